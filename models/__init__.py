@@ -1,0 +1,30 @@
+"""Kinetic fermentation models, declared once and evaluated by CasADi and by JAX.
+
+>>> from models import load_model
+>>> model = load_model("ecoli_fedbatch")
+>>> cas, jx = model.to_casadi(), model.to_jax()
+"""
+
+from models._casadi import CasadiModel
+from models._jax import JaxModel
+from models._math import CASADI, JAX, NUMPY, MathNamespace
+from models._registry import available_models, load_model
+from models._spec import Input, Model, ModelError, Output, Parameter, State, Values
+
+__all__ = [
+    "CASADI",
+    "JAX",
+    "NUMPY",
+    "CasadiModel",
+    "Input",
+    "JaxModel",
+    "MathNamespace",
+    "Model",
+    "ModelError",
+    "Output",
+    "Parameter",
+    "State",
+    "Values",
+    "available_models",
+    "load_model",
+]

@@ -1,0 +1,128 @@
+"""The small math namespace a model's right-hand side is written against.
+
+A model calls ``m.exp``, ``m.fmin``, ``m.if_else`` ... instead of importing a backend,
+so the same Python function traces to CasADi SX (exact derivatives for the optimizer),
+to JAX (jit, vmap and Jacobians for the estimator) and to NumPy (validation, plain use).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import casadi as ca
+import jax.numpy as jnp
+import numpy as np
+
+
+class MathNamespace(Protocol):
+    """Functions a right-hand side may use; each backend implements all of them."""
+
+    name: str
+    pi: float
+
+    def exp(self, a: Any) -> Any: ...
+    def log(self, a: Any) -> Any: ...
+    def sqrt(self, a: Any) -> Any: ...
+    def tanh(self, a: Any) -> Any: ...
+    def fabs(self, a: Any) -> Any: ...
+    def fmin(self, a: Any, b: Any) -> Any: ...
+    def fmax(self, a: Any, b: Any) -> Any: ...
+    def if_else(self, cond: Any, if_true: Any, if_false: Any) -> Any: ...
+
+
+class _CasadiMath:
+    """CasADi SX/MX operations (exact derivatives by algorithmic differentiation)."""
+
+    name = "casadi"
+    pi = float(np.pi)
+
+    def exp(self, a: Any) -> Any:
+        return ca.exp(a)
+
+    def log(self, a: Any) -> Any:
+        return ca.log(a)
+
+    def sqrt(self, a: Any) -> Any:
+        return ca.sqrt(a)
+
+    def tanh(self, a: Any) -> Any:
+        return ca.tanh(a)
+
+    def fabs(self, a: Any) -> Any:
+        return ca.fabs(a)
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return ca.fmin(a, b)
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return ca.fmax(a, b)
+
+    def if_else(self, cond: Any, if_true: Any, if_false: Any) -> Any:
+        return ca.if_else(cond, if_true, if_false)
+
+
+class _JaxMath:
+    """jax.numpy operations (traceable under jit, vmap and jacfwd)."""
+
+    name = "jax"
+    pi = float(np.pi)
+
+    def exp(self, a: Any) -> Any:
+        return jnp.exp(a)
+
+    def log(self, a: Any) -> Any:
+        return jnp.log(a)
+
+    def sqrt(self, a: Any) -> Any:
+        return jnp.sqrt(a)
+
+    def tanh(self, a: Any) -> Any:
+        return jnp.tanh(a)
+
+    def fabs(self, a: Any) -> Any:
+        return jnp.abs(a)
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return jnp.minimum(a, b)
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return jnp.maximum(a, b)
+
+    def if_else(self, cond: Any, if_true: Any, if_false: Any) -> Any:
+        return jnp.where(cond, if_true, if_false)
+
+
+class _NumpyMath:
+    """NumPy operations, used to validate a model at its nominal point."""
+
+    name = "numpy"
+    pi = float(np.pi)
+
+    def exp(self, a: Any) -> Any:
+        return np.exp(a)
+
+    def log(self, a: Any) -> Any:
+        return np.log(a)
+
+    def sqrt(self, a: Any) -> Any:
+        return np.sqrt(a)
+
+    def tanh(self, a: Any) -> Any:
+        return np.tanh(a)
+
+    def fabs(self, a: Any) -> Any:
+        return np.abs(a)
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return np.minimum(a, b)
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return np.maximum(a, b)
+
+    def if_else(self, cond: Any, if_true: Any, if_false: Any) -> Any:
+        return np.where(cond, if_true, if_false)
+
+
+CASADI: MathNamespace = _CasadiMath()
+JAX: MathNamespace = _JaxMath()
+NUMPY: MathNamespace = _NumpyMath()
