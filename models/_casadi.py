@@ -23,12 +23,12 @@ class CasadiModel:
         self.model = model
         self.x = ca.SX.sym("x", model.nx)
         self.u = ca.SX.sym("u", model.nu)
-        self.p = ca.SX.sym("p", model.np)
+        self.p = ca.SX.sym("p", model.n_p)
         dx, y = model.evaluate(
             CASADI,
             [self.x[i] for i in range(model.nx)],
             [self.u[i] for i in range(model.nu)],
-            [self.p[i] for i in range(model.np)],
+            [self.p[i] for i in range(model.n_p)],
         )
         self.xdot = ca.vertcat(*dx)
         self.y = ca.vertcat(*y) if y else ca.SX(0, 1)
@@ -88,7 +88,7 @@ class CasadiModel:
         x0, u, p = (
             ca.MX.sym("x0", self.model.nx),
             ca.MX.sym("u", self.model.nu),
-            ca.MX.sym("p", self.model.np),
+            ca.MX.sym("p", self.model.n_p),
         )
         xf = integ(x0=x0, p=ca.vertcat(u, p))["xf"]
         return ca.Function(f"{self.model.name}_step", [x0, u, p], [xf], ["x0", "u", "p"], ["xf"])

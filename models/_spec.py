@@ -50,7 +50,7 @@ class Input:
 
 @dataclass(frozen=True, kw_only=True)
 class Parameter:
-    """A kinetic or physical constant with its literature ``source``; bounds say what is plausible."""
+    """A kinetic or physical constant with its literature ``source``; bounds: plausible range."""
 
     name: str
     unit: str
@@ -121,12 +121,13 @@ class Model:
 
     def __post_init__(self) -> None:
         _validate_declaration(self)
-        for group, items in (
+        groups: tuple[tuple[str, tuple[Any, ...]], ...] = (
             ("state", self.states),
             ("input", self.inputs),
             ("parameter", self.parameters),
             ("output", self.outputs),
-        ):
+        )
+        for group, items in groups:
             for i, item in enumerate(items):
                 self._index[item.name] = (group, i)
         _validate_functions(self)
@@ -157,7 +158,7 @@ class Model:
         return len(self.inputs)
 
     @property
-    def np(self) -> int:
+    def n_p(self) -> int:
         return len(self.parameters)
 
     @property
@@ -180,7 +181,7 @@ class Model:
         return np.array([p.value for p in self.parameters], dtype=float)
 
     def bounds(self, group: str) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper) arrays of ``"states"``, ``"inputs"``, ``"parameters"`` or ``"outputs"``."""
+        """(lower, upper) arrays of a group: states, inputs, parameters or outputs."""
         items = getattr(self, group)
         return (
             np.array([v.lower for v in items], dtype=float),
@@ -260,7 +261,7 @@ def _validate_declaration(model: Model) -> None:
     if not model.states:
         raise ModelError(f"{where}: declares no states")
     seen: dict[str, str] = {}
-    groups: tuple[tuple[str, tuple[Any, ...], type], ...] = (
+    groups: tuple[tuple[str, tuple[Any, ...], Any], ...] = (
         ("state", model.states, State),
         ("input", model.inputs, Input),
         ("parameter", model.parameters, Parameter),
@@ -269,6 +270,7 @@ def _validate_declaration(model: Model) -> None:
     for group, items, cls in groups:
         if not isinstance(items, tuple):
             raise ModelError(f"{where}: {group}s must be a tuple of {cls.__name__}")
+        item: Any
         for item in items:
             if not isinstance(item, cls):
                 raise ModelError(f"{where}: {group}s holds {item!r}, not a {cls.__name__}")
