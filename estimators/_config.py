@@ -1,0 +1,124 @@
+"""Configuration of the extended Kalman filter: sensors, tracked parameters, noise, gating."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from models import Model
+
+
+class EstimatorConfigError(ValueError):
+    """The filter configuration does not fit the model; the message says which entry."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sensor:
+    """One measured model output: its noise (std, output units) and nominal period (h).
+
+    ``period_h`` documents the sensor's rate (and drives simulated plants); the filter
+    fuses a reading whenever it arrives. Offline assays have a period of hours.
+    """
+
+    output: str
+    sigma: float
+    period_h: float = 1.0 / 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackedParameter:
+    """A model parameter estimated as a random-walk state.
+
+    ``sigma0``: prior std (parameter units); ``drift_per_sqrt_h``: random-walk intensity,
+    the std the parameter may drift in one hour.
+    """
+
+    name: str
+    sigma0: float
+    drift_per_sqrt_h: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EKFConfig:
+    """Everything the filter needs besides the model.
+
+    ``state_sigma0`` and ``process_sigma`` map state names to the initial std and to the
+    process-noise std per sqrt(hour); states not named get defaults relative to their
+    scale (see :func:`default_scale`). ``max_step_h`` bounds one prediction interval,
+    inside which ``n_substeps`` L-stable ROS2 steps are taken (stiff oxygen transfer
+    needs no small steps).
+    ``gate_probability`` is the per-measurement chi-square acceptance probability
+    (1 degree of freedom). ``lag_h`` is how far back a late sample may be fused.
+    ``variance_limit`` (multiple of the initial variance) triggers a covariance reset.
+    """
+
+    sensors: tuple[Sensor, ...]
+    tracked: tuple[TrackedParameter, ...] = ()
+    state_sigma0: Mapping[str, float] = field(default_factory=dict)
+    process_sigma: Mapping[str, float] = field(default_factory=dict)
+    max_step_h: float = 1.0 / 60.0
+    n_substeps: int = 1
+    gate_probability: float = 0.9999
+    lag_h: float = 6.0
+    variance_limit: float = 1e6
+
+    def validate(self, model: Model) -> None:
+        """Raise :class:`EstimatorConfigError` naming the first entry that does not fit."""
+        if not self.sensors:
+            raise EstimatorConfigError("filter configuration has no sensors")
+        outputs = set(model.output_names)
+        seen: set[str] = set()
+        for s in self.sensors:
+            if s.output not in outputs:
+                raise EstimatorConfigError(
+                    f"sensor {s.output!r} is not an output of model {model.name!r}; "
+                    f"known: {', '.join(model.output_names)}"
+                )
+            if s.output in seen:
+                raise EstimatorConfigError(f"sensor {s.output!r} is configured twice")
+            seen.add(s.output)
+            if not (math.isfinite(s.sigma) and s.sigma > 0):
+                raise EstimatorConfigError(f"sensor {s.output!r}: sigma must be > 0, got {s.sigma}")
+            if not (math.isfinite(s.period_h) and s.period_h > 0):
+                raise EstimatorConfigError(
+                    f"sensor {s.output!r}: period_h must be > 0, got {s.period_h}"
+                )
+        params = set(model.parameter_names)
+        for tp in self.tracked:
+            if tp.name not in params:
+                raise EstimatorConfigError(
+                    f"tracked parameter {tp.name!r} is not a parameter of model {model.name!r}"
+                )
+            if not (tp.sigma0 > 0 and tp.drift_per_sqrt_h >= 0):
+                raise EstimatorConfigError(
+                    f"tracked parameter {tp.name!r}: need sigma0 > 0 and drift_per_sqrt_h >= 0"
+                )
+        if len({tp.name for tp in self.tracked}) != len(self.tracked):
+            raise EstimatorConfigError("a tracked parameter is listed twice")
+        states = set(model.state_names)
+        for label, mapping in (
+            ("state_sigma0", self.state_sigma0),
+            ("process_sigma", self.process_sigma),
+        ):
+            for name, value in mapping.items():
+                if name not in states:
+                    raise EstimatorConfigError(
+                        f"{label}: {name!r} is not a state of {model.name!r}"
+                    )
+                if not (math.isfinite(value) and value >= 0):
+                    raise EstimatorConfigError(f"{label}[{name!r}] must be >= 0, got {value}")
+        if not (self.max_step_h > 0 and self.n_substeps >= 1):
+            raise EstimatorConfigError("max_step_h must be > 0 and n_substeps >= 1")
+        if not 0.5 < self.gate_probability < 1.0:
+            raise EstimatorConfigError("gate_probability must be in (0.5, 1)")
+        if not self.lag_h >= 0:
+            raise EstimatorConfigError("lag_h must be >= 0")
+
+
+def default_scale(model: Model) -> list[float]:
+    """Typical magnitude of each state: its nominal value, or 1 % of its range if larger."""
+    out = []
+    for s in model.states:
+        out.append(max(abs(s.nominal), 0.01 * (s.upper - s.lower), 1e-6))
+    return out

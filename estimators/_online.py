@@ -1,0 +1,282 @@
+"""Online estimation around the EKF: reading checks, late samples, events and health.
+
+``OnlineEstimator.step(state, t, u, readings) -> (state, report)`` is pure: the
+:class:`EstimatorState` carries a short history (a fixed lag, ``config.lag_h``) so that
+an offline assay arriving hours after its sample time is fused *at its sample time* by
+re-filtering the stored steps, giving the very estimate it would have given on time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult, filter_covariance_ok
+
+_T_EPS = 1e-9  # h: readings closer than this in time belong to the same step
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sensor value; ``t_sample`` (h) is when it was taken (default: now)."""
+
+    sensor: str
+    value: float
+    t_sample: float | None = None
+
+
+@dataclass(frozen=True)
+class FilterEvent:
+    """Something the operator should see: a rejected or late value, a covariance reset.
+
+    ``kind`` is one of ``rejected`` (not physical / unknown sensor), ``gated`` (failed the
+    chi-square innovation gate), ``late_fused``, ``too_late``, ``reset``.
+    """
+
+    t: float
+    kind: str
+    message: str
+    sensor: str | None = None
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    t: float
+    u: np.ndarray | None
+    readings: Mapping[str, float]
+    after: FilterState
+
+
+@dataclass(frozen=True)
+class EstimatorState:
+    """Filter state plus the history needed to fuse late samples (oldest first)."""
+
+    filter: FilterState
+    history: tuple[_Entry, ...]
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Estimate after a step with its uncertainty, innovation statistics and events."""
+
+    t: float
+    x: np.ndarray
+    p: np.ndarray
+    sigma: np.ndarray  # std of the augmented mean [x; tracked parameters]
+    nis: float
+    dof: int
+    events: tuple[FilterEvent, ...] = field(default_factory=tuple)
+
+
+class OnlineEstimator:
+    """Multi-rate, delay-tolerant estimator for one reactor, built on an EKF."""
+
+    def __init__(self, ekf: ExtendedKalmanFilter) -> None:
+        self.ekf = ekf
+        self._prior_var = np.asarray(ekf.P0_diag)
+
+    def init(
+        self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
+    ) -> EstimatorState:
+        fs = self.ekf.init(x0, t0=t0, theta0=theta0)
+        return EstimatorState(
+            filter=fs, history=(_Entry(t=float(t0), u=None, readings={}, after=fs),)
+        )
+
+    # --- reading checks -------------------------------------------------------------
+    def check(self, reading: Reading, t: float) -> FilterEvent | None:
+        """A 'rejected' event when a reading is unknown or not physical, else None."""
+        names = self.ekf.sensor_names
+        if reading.sensor not in names:
+            return FilterEvent(
+                t,
+                "rejected",
+                f"unknown sensor {reading.sensor!r}; configured: {', '.join(names)}",
+                reading.sensor,
+                reading.value,
+            )
+        value = reading.value
+        if not isinstance(value, (int, float, np.floating)) or not math.isfinite(float(value)):
+            return FilterEvent(
+                t,
+                "rejected",
+                f"{reading.sensor}: value {value!r} is not a finite number",
+                reading.sensor,
+                None,
+            )
+        i = names.index(reading.sensor)
+        lo, hi = self.ekf.y_lower[i], self.ekf.y_upper[i]
+        unit = self.ekf.model.outputs[self.ekf.model.index(reading.sensor)].unit
+        if not lo <= float(value) <= hi:
+            return FilterEvent(
+                t,
+                "rejected",
+                f"{reading.sensor}: {value} {unit} is outside the physical range "
+                f"[{lo}, {hi}] {unit}",
+                reading.sensor,
+                float(value),
+            )
+        if reading.t_sample is not None and reading.t_sample > t + _T_EPS:
+            return FilterEvent(
+                t,
+                "rejected",
+                f"{reading.sensor}: sample time {reading.t_sample} h is in the future (now {t} h)",
+                reading.sensor,
+                float(value),
+            )
+        return None
+
+    # --- one step -------------------------------------------------------------------
+    def step(
+        self, state: EstimatorState, t: float, u: np.ndarray, readings: Iterable[Reading] = ()
+    ) -> tuple[EstimatorState, StepReport]:
+        """Advance to ``t`` (h) with ``u`` held since the last step, fuse ``readings``.
+
+        Readings whose sample time lies before ``t`` are fused at their sample time.
+        """
+        t = float(t)
+        t_last = state.history[-1].t
+        if t < t_last - _T_EPS:
+            raise ValueError(f"step time {t} h is before the last step {t_last} h")
+        u = np.asarray(u, dtype=float)
+        if u.shape != (self.ekf.model.nu,) or not np.all(np.isfinite(u)):
+            raise ValueError(
+                f"u must be {self.ekf.model.nu} finite inputs {self.ekf.model.input_names}"
+            )
+        events: list[FilterEvent] = []
+        now: dict[str, float] = {}
+        late: list[Reading] = []
+        for r in readings:
+            bad = self.check(r, t)
+            if bad is not None:
+                events.append(bad)
+            elif r.t_sample is None or r.t_sample >= t - _T_EPS:
+                now[r.sensor] = float(r.value)
+            else:
+                late.append(r)
+        history = list(state.history)
+        if t <= t_last + _T_EPS and len(history) > 1:
+            # same time as the last step: merge readings into it
+            merged = {**history[-1].readings, **now}
+            history[-1] = replace(history[-1], readings=merged)
+            start = len(history) - 1
+        else:
+            history.append(_Entry(t=t, u=u, readings=now, after=state.filter))
+            start = len(history) - 1
+        for r in sorted(late, key=lambda r: float(r.t_sample or 0.0)):
+            ts = float(r.t_sample or 0.0)
+            if ts < history[0].t - _T_EPS:
+                events.append(
+                    FilterEvent(
+                        t,
+                        "too_late",
+                        f"{r.sensor}: sample at {ts:.3f} h is older than the "
+                        f"{self.ekf.config.lag_h} h lag window",
+                        r.sensor,
+                        float(r.value),
+                    )
+                )
+                continue
+            k = _insert(history, ts, r)
+            start = min(start, k)
+            events.append(
+                FilterEvent(
+                    t,
+                    "late_fused",
+                    f"{r.sensor}: sample from {ts:.3f} h fused {t - ts:.2f} h late",
+                    r.sensor,
+                    float(r.value),
+                )
+            )
+        new_events, last = self._replay(history, start)
+        events.extend(
+            e for e in new_events if e.t >= t - _T_EPS or e.kind != "gated" or _is_late(e, late)
+        )
+        history = _prune(history, t - self.ekf.config.lag_h)
+        new_state = EstimatorState(filter=history[-1].after, history=tuple(history))
+        x, p, sigma = self.ekf.estimate(new_state.filter)
+        report = StepReport(
+            t=t,
+            x=x,
+            p=p,
+            sigma=sigma,
+            nis=float(last.nis) if last else 0.0,
+            dof=int(last.dof) if last else 0,
+            events=tuple(events),
+        )
+        return new_state, report
+
+    def _replay(
+        self, history: list[_Entry], start: int
+    ) -> tuple[list[FilterEvent], UpdateResult | None]:
+        """Re-filter history[start:] from the state stored before it (in place)."""
+        events: list[FilterEvent] = []
+        fs = history[start - 1].after if start > 0 else history[0].after
+        last: UpdateResult | None = None
+        for k in range(max(start, 1), len(history)):
+            e = history[k]
+            assert e.u is not None
+            fs = self.ekf.predict(fs, e.u, e.t)
+            if e.readings:
+                y, mask = self.ekf.to_arrays(e.readings)
+                fs, last = self.ekf.update(fs, e.u, y, mask)
+                gated = np.asarray(last.gated)
+                for i in np.flatnonzero(gated):
+                    name = self.ekf.sensor_names[i]
+                    nu, sd = float(last.innovation[i]), math.sqrt(float(last.innovation_var[i]))
+                    events.append(
+                        FilterEvent(
+                            e.t,
+                            "gated",
+                            f"{name}: {y[i]:.6g} failed the innovation gate "
+                            f"(innovation {nu:.4g}, std {sd:.4g})",
+                            name,
+                            float(y[i]),
+                        )
+                    )
+                if not bool(last.healthy) or not filter_covariance_ok(
+                    fs.P, self._prior_var * self.ekf.config.variance_limit
+                ):
+                    fs = self.ekf.reset_covariance(fs, history[k - 1].after)
+                    events.append(
+                        FilterEvent(e.t, "reset", "covariance degenerated; reset to its prior")
+                    )
+            history[k] = replace(e, after=fs)
+        return events, last
+
+
+def _insert(history: list[_Entry], ts: float, r: Reading) -> int:
+    """Put a late reading into the step at its sample time (a new step if none); index."""
+    for k in range(1, len(history)):
+        e = history[k]
+        if abs(e.t - ts) <= _T_EPS:
+            history[k] = replace(e, readings={**e.readings, r.sensor: float(r.value)})
+            return k
+        if e.t > ts:
+            # the input held over (t_{k-1}, t_k] also held at ts
+            history.insert(
+                k, _Entry(t=ts, u=e.u, readings={r.sensor: float(r.value)}, after=e.after)
+            )
+            return k
+    history.append(
+        _Entry(t=ts, u=history[-1].u, readings={r.sensor: float(r.value)}, after=history[-1].after)
+    )
+    return len(history) - 1
+
+
+def _prune(history: list[_Entry], t_keep: float) -> list[_Entry]:
+    """Drop entries older than the lag window, keeping one anchor before it."""
+    k = 0
+    while k + 1 < len(history) and history[k + 1].t <= t_keep:
+        k += 1
+    return history[k:]
+
+
+def _is_late(event: FilterEvent, late: list[Reading]) -> bool:
+    return any(
+        r.sensor == event.sensor and abs(float(r.t_sample or 0.0) - event.t) <= _T_EPS for r in late
+    )
