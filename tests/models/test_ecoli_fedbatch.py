@@ -29,9 +29,7 @@ def carbon_in_broth(x: np.ndarray, p: np.ndarray) -> float:
     """g C in biomass, glucose, acetate and product in the broth."""
     P = Values(MODEL.parameter_names, list(p))
     v = x[IX["V"]]
-    return v * (
-        x[IX["X"]] * P.C_x + x[IX["S"]] * P.C_s + x[IX["A"]] * P.C_a + x[IX["P"]] * P.C_p
-    )
+    return v * (x[IX["X"]] * P.C_x + x[IX["S"]] * P.C_s + x[IX["A"]] * P.C_a + x[IX["P"]] * P.C_p)
 
 
 def augmented_integrator(dt_h: float) -> ca.Function:
@@ -53,7 +51,7 @@ def run_nominal(hours: float = 30.0, dt_h: float = 0.25, p: np.ndarray | None = 
     step = augmented_integrator(dt_h)
     xa = np.concatenate([MODEL.x0, [0.0, 0.0]])
     traj, fed_volume = [xa], 0.0
-    for k in range(int(round(hours / dt_h))):
+    for k in range(round(hours / dt_h)):
         u = feed_profile(k * dt_h)
         xa = np.asarray(step(x0=xa, p=np.concatenate([u, p]))["xf"]).ravel()
         fed_volume += u[IU["F"]] * dt_h

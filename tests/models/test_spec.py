@@ -75,7 +75,11 @@ def test_valid_model_evaluates() -> None:
             "input 'F' has bounds [1.0, 0.0]",
         ),
         (
-            {"parameters": (Parameter(name="mu", unit="1/h", value=0.5, lower=0, upper=1, source=""),)},
+            {
+                "parameters": (
+                    Parameter(name="mu", unit="1/h", value=0.5, lower=0, upper=1, source=""),
+                )
+            },
             "parameter 'mu' has no literature source",
         ),
         (
@@ -149,7 +153,7 @@ def test_bad_model_file_gives_one_clear_line(tmp_path: Path, source: str, messag
 
 
 def test_unknown_name_lists_the_builtins() -> None:
-    with pytest.raises(ModelError, match="use one of .*ecoli_fedbatch"):
+    with pytest.raises(ModelError, match=r"use one of .*ecoli_fedbatch"):
         load_model("no_such_model")
     with pytest.raises(ModelError, match="model file not found"):
         load_model("/nonexistent/model.py")

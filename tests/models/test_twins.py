@@ -30,10 +30,8 @@ def _assert_close(a: np.ndarray, b: np.ndarray, what: str, floor: np.ndarray) ->
     bound = RTOL * np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     bad = err > bound
     if bad.any():
-        i = np.argwhere(bad)[0]
-        raise AssertionError(
-            f"{what}: {bad.sum()} entries differ, first at {tuple(i)}: {a[tuple(i)]} vs {b[tuple(i)]}"
-        )
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(f"{what}: {bad.sum()} entries differ, first at {i}: {a[i]} vs {b[i]}")
 
 
 @pytest.mark.parametrize("name", available_models())
