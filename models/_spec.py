@@ -224,16 +224,20 @@ class Model:
         return dx, y
 
     def to_casadi(self) -> Any:
-        """Compile to CasADi functions (see :class:`models.CasadiModel`)."""
-        from models._casadi import CasadiModel
+        """CasADi twin (see :class:`models.CasadiModel`), traced once and cached."""
+        if "_casadi" not in self.__dict__:
+            from models._casadi import CasadiModel
 
-        return CasadiModel(self)
+            self.__dict__["_casadi"] = CasadiModel(self)  # frozen: cache beside the fields
+        return self.__dict__["_casadi"]
 
     def to_jax(self) -> Any:
-        """Compile to jitted JAX functions (see :class:`models.JaxModel`)."""
-        from models._jax import JaxModel
+        """JAX twin (see :class:`models.JaxModel`), built once and cached."""
+        if "_jax" not in self.__dict__:
+            from models._jax import JaxModel
 
-        return JaxModel(self)
+            self.__dict__["_jax"] = JaxModel(self)
+        return self.__dict__["_jax"]
 
 
 def _ordered(model: Model, fn: str, result: Any, names: tuple[str, ...]) -> list[Any]:
