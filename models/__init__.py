@@ -9,6 +9,7 @@ from models._casadi import CasadiModel
 from models._jax import JaxModel
 from models._math import CASADI, JAX, NUMPY, MathNamespace
 from models._registry import available_models, load_model
+from models._simulate import InputProfile, SimulationError, Trajectory, simulate
 from models._spec import Input, Model, ModelError, Output, Parameter, State, Values
 
 __all__ = [
@@ -17,14 +18,18 @@ __all__ = [
     "NUMPY",
     "CasadiModel",
     "Input",
+    "InputProfile",
     "JaxModel",
     "MathNamespace",
     "Model",
     "ModelError",
     "Output",
     "Parameter",
+    "SimulationError",
     "State",
+    "Trajectory",
     "Values",
     "available_models",
     "load_model",
+    "simulate",
 ]

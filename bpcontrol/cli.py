@@ -1,0 +1,172 @@
+"""Command line of bpcontrol, the composition root: it wires models, jobs and outputs.
+
+Each command is a small function on :data:`app` that builds a request, calls a job
+module (``bpcontrol.simulate_job`` ...) and prints. Bad user input (a model file, a
+profile, a number) is reported as one line ``error: <message>`` on stderr with exit
+status 2; an integration that fails on valid input exits with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bpcontrol import __version__
+from bpcontrol.profiles import ProfileError
+from bpcontrol.simulate_job import SimulationRequest, output_steps, run_simulation, summary_table
+from models import ModelError, SimulationError, available_models, load_model
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+PROGRESS_MIN_STEPS = 50
+"""Runs with more output steps than this show a progress bar (when stderr is a terminal)."""
+
+app = typer.Typer(
+    name="bpcontrol",
+    help="Monitoring and nonlinear model-predictive control of fed-batch fermentations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Backend(StrEnum):
+    casadi = "casadi"
+    jax = "jax"
+
+
+class OutputFormat(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+def _fail(exc: BaseException, code: int) -> NoReturn:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user's mistake into one ``error:`` line and an exit status, no traceback."""
+    try:
+        yield
+    except (ModelError, ProfileError, ValueError) as exc:
+        _fail(exc, EXIT_USAGE)
+    except SimulationError as exc:
+        _fail(exc, EXIT_FAILURE)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bpcontrol {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Monitoring and nonlinear model-predictive control of fed-batch fermentations."""
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the built-in kinetic models with their sizes and descriptions."""
+    table = Table(title="built-in models", title_justify="left")
+    table.add_column("name")
+    table.add_column("states", justify="right")
+    table.add_column("inputs", justify="right")
+    table.add_column("description")
+    for name in available_models():
+        try:
+            model = load_model(name)
+        except Exception as exc:  # a broken or missing built-in must not hide the others
+            table.add_row(name, "-", "-", f"unavailable: {type(exc).__name__}: {exc}")
+            continue
+        table.add_row(name, str(model.nx), str(model.nu), model.description)
+    Console().print(table)
+
+
+@app.command("simulate")
+def simulate_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Built-in model name (see `bpcontrol models`) or path of a .py model file.",
+        ),
+    ],
+    hours: Annotated[float, typer.Option("--hours", help="Simulated time in hours.")],
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--inputs",
+            help="Input profile, .csv (t_h + input columns) or .toml (\\[inputs] table); "
+            "nominal inputs if omitted.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder \\[default: runs/sim-<model>-<timestamp>]."),
+    ] = None,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="Trajectory file format.")
+    ] = OutputFormat.csv,
+    dt: Annotated[float, typer.Option("--dt", help="Output step in hours.")] = 0.1,
+    backend: Annotated[
+        Backend,
+        typer.Option("--backend", help="casadi: CVODES (reference); jax: jitted RK4."),
+    ] = Backend.casadi,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Recorded in run.json; a plain simulation is deterministic."),
+    ] = 0,
+) -> None:
+    """Simulate a model open-loop; write trajectories, plot.png and run.json."""
+    request = SimulationRequest(
+        model=model,
+        hours=hours,
+        inputs=inputs,
+        out_dir=out,
+        fmt=fmt.value,
+        dt_h=dt,
+        backend=backend.value,
+        seed=seed,
+    )
+    progress_console = Console(stderr=True)
+    with user_errors():
+        if progress_console.is_terminal and output_steps(hours, dt) > PROGRESS_MIN_STEPS:
+            columns = (
+                TextColumn("simulating"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=progress_console, transient=True) as bar:
+                task = bar.add_task("simulate", total=hours)
+                result = run_simulation(
+                    request, progress=lambda t, _end: bar.update(task, completed=t)
+                )
+        else:
+            result = run_simulation(request)
+    Console().print(summary_table(result))
+    for warning in result.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    typer.echo(f"wrote {result.data_path}")
+    typer.echo(f"wrote {result.plot_path}")
+    typer.echo(f"wrote {result.info_path}")
