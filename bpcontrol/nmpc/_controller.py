@@ -1,0 +1,365 @@
+"""The NMPC: a compiled problem plus pure ``init``/``step`` functions that never raise in the loop.
+
+``NMPC(model, config)`` validates and compiles once. ``init(x0)`` gives an
+:class:`NMPCState` (warm start, previous plan); ``step(state, estimate, t)`` returns a
+:class:`Plan` and the next state. A failed, late or nonsensical solve never escapes as an
+exception: the plan is then the previous plan shifted by one period, and its status says so.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import casadi as ca
+import numpy as np
+
+from bpcontrol.nmpc._config import NMPCConfig
+from bpcontrol.nmpc._ocp import OCP, build_ocp
+from models import Model
+
+
+class SolveStatus(enum.Enum):
+    """Outcome of one controller step."""
+
+    SOLVED = "solved"
+    SOLVED_INACCURATE = "solved-inaccurate"
+    TIME_LIMIT = "time-limit"
+    INFEASIBLE_SOFTENED = "infeasible-softened"
+    FAILED = "failed"
+
+    @property
+    def usable(self) -> bool:
+        """True when the plan comes from this step's solve (not a shifted old plan)."""
+        return self in (
+            SolveStatus.SOLVED,
+            SolveStatus.SOLVED_INACCURATE,
+            SolveStatus.INFEASIBLE_SOFTENED,
+        )
+
+
+class Estimate(Protocol):
+    """What the controller needs from an estimate: states and full parameter vector."""
+
+    @property
+    def x(self) -> np.ndarray: ...
+
+    @property
+    def p(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class StateEstimate:
+    """A plain estimate (perfect state knowledge, or an estimator's report)."""
+
+    x: np.ndarray
+    p: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Next setpoints, predicted trajectories and how the solve went.
+
+    ``u_next``: all model inputs for the coming period; ``U`` (N, nu) inputs per interval;
+    ``X`` (N+1, nx) predicted states at ``t_nodes`` (h).
+    """
+
+    t: float
+    u_next: np.ndarray
+    U: np.ndarray
+    X: np.ndarray
+    t_nodes: np.ndarray
+    status: SolveStatus
+    iterations: int
+    solve_time_s: float
+    cost: float
+    slack_max: float
+    message: str = ""
+
+    def setpoints(self, input_names: tuple[str, ...]) -> dict[str, float]:
+        """The next setpoints by input name."""
+        return dict(zip(input_names, map(float, self.u_next), strict=True))
+
+
+@dataclass(frozen=True)
+class NMPCState:
+    """Warm start and memory between steps."""
+
+    w: np.ndarray | None
+    lam_x: np.ndarray | None
+    lam_g: np.ndarray | None
+    plan: Plan | None
+    u_prev: np.ndarray
+    steps: int = 0
+
+
+_QUIET = {"print_time": False}
+# sqpmethod stops after its single iteration on purpose; these mean the QP was solved
+_RTI_OK = frozenset(
+    {"Maximum_Iterations_Exceeded", "Solve_Succeeded", "Maximum_iterations_exceeded"}
+)
+
+
+class NMPC:
+    """Nonlinear MPC compiled for one model and configuration (immutable)."""
+
+    def __init__(self, model: Model, config: NMPCConfig, *, t0_h: float = 0.0) -> None:
+        config.validate(model, t0_h=t0_h)
+        self.model = model
+        self.config = config
+        self.ocp: OCP = build_ocp(model, config)
+        cfg = config
+        ipopt_opts: dict[str, Any] = {
+            **_QUIET,
+            "ipopt.print_level": 0,
+            "ipopt.sb": "yes",
+            "ipopt.max_iter": cfg.max_iter,
+            "ipopt.max_wall_time": cfg.time_limit_s,
+            "ipopt.tol": 1e-8,
+            "ipopt.acceptable_tol": 1e-6,
+        }
+        self._ipopt = ca.nlpsol("nmpc_ipopt", "ipopt", self.ocp.nlp, ipopt_opts)
+        self._rti: ca.Function | None = None
+        if cfg.solver == "rti":
+            self._rti = ca.nlpsol(
+                "nmpc_rti",
+                "sqpmethod",
+                self.ocp.nlp,
+                {
+                    **_QUIET,
+                    "qpsol": cfg.qp_solver,
+                    "qpsol_options": _qp_options(cfg.qp_solver),
+                    "max_iter": 1,
+                    "print_header": False,
+                    "print_iteration": False,
+                    "print_status": False,
+                    "error_on_fail": False,
+                    **_jit_options(cfg.jit),
+                },
+            )
+
+    # --- helpers -------------------------------------------------------------------
+    def interval_lengths(self, t: float) -> np.ndarray:
+        """Interval lengths (h) of the horizon starting at ``t``: receding or shrinking."""
+        cfg = self.config
+        N, dt = cfg.horizon, cfg.dt_h
+        if cfg.horizon_mode == "receding" or cfg.batch_end_h is None:
+            return np.full(N, dt)
+        remaining = max(cfg.batch_end_h - t, 0.0)
+        if remaining >= N * dt:
+            h = np.full(N, (remaining - dt) / max(N - 1, 1))
+            h[0] = dt
+            return h if N > 1 else np.array([remaining])
+        return np.clip(remaining - dt * np.arange(N), 0.0, dt)
+
+    def initial_guess(
+        self, x0: np.ndarray, u: np.ndarray, h: np.ndarray, p: np.ndarray
+    ) -> np.ndarray:
+        """A feasible-ish start: simulate with inputs held, fill collocation points too."""
+        lay = self.ocp.layout
+        w = np.zeros(lay.n_w)
+        # every state-like block gets x0, then the nodes get the simulation
+        w[:] = 0.0
+        state_rows = np.setdiff1d(np.arange(lay.n_w), np.concatenate([lay.U.ravel(), lay.S]))
+        w[state_rows] = np.resize(x0, state_rows.size)
+        cas = self.model.to_casadi()
+        x = x0.copy()
+        for k in range(self.config.horizon):
+            if h[k] > 0:
+                x = np.asarray(cas.integrator(float(h[k]))(x, u, p)).ravel()
+            w[lay.X[k + 1]] = x
+        for b in range(lay.U.shape[0]):
+            w[lay.U[b]] = u[lay.manip]
+        return w
+
+    # --- pure interface ------------------------------------------------------------
+    def init(self, x0: np.ndarray, u0: np.ndarray | None = None) -> NMPCState:
+        """Initial controller state; the first step makes a full solve."""
+        u = self.model.u0.copy() if u0 is None else np.asarray(u0, dtype=float).copy()
+        for name, v in self.config.fixed_inputs.items():
+            u[self.model.index(name)] = v
+        return NMPCState(w=None, lam_x=None, lam_g=None, plan=None, u_prev=u)
+
+    def step(
+        self, state: NMPCState, estimate: Estimate, t: float, *, u_applied: np.ndarray | None = None
+    ) -> tuple[Plan, NMPCState]:
+        """One control step at time ``t`` (h). Never raises for numerical trouble."""
+        u_prev = state.u_prev if u_applied is None else np.asarray(u_applied, dtype=float)
+        t0 = time.perf_counter()
+        try:
+            x, p = np.asarray(estimate.x, dtype=float), np.asarray(estimate.p, dtype=float)
+            if x.shape != (self.model.nx,) or p.shape != (self.model.n_p,):
+                raise ValueError("estimate has the wrong shape")
+            if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):
+                raise ValueError("estimate is not finite")
+            h = self.interval_lengths(t)
+            par = np.concatenate([x, u_prev, p, h])
+            w0 = state.w
+            if w0 is None:
+                w0 = self.initial_guess(x, u_prev, h, p)
+            else:
+                w0 = w0.copy()
+                w0[self.ocp.layout.X[0]] = x
+            use_rti = self._rti is not None and state.w is not None
+            solver = self._rti if use_rti else self._ipopt
+            assert solver is not None
+            args: dict[str, Any] = dict(
+                x0=w0, p=par, lbx=self.ocp.lbw, ubx=self.ocp.ubw, lbg=self.ocp.lbg, ubg=self.ocp.ubg
+            )
+            if state.lam_x is not None:
+                args.update(lam_x0=state.lam_x, lam_g0=state.lam_g)
+            sol = solver(**args)
+            stats = solver.stats()
+            elapsed = time.perf_counter() - t0
+            w = np.asarray(sol["x"]).ravel()
+            if not np.all(np.isfinite(w)):
+                raise FloatingPointError("solver returned non-finite values")
+            status, iters, msg = self._status(stats, use_rti, elapsed, w)
+            if status is SolveStatus.FAILED:
+                raise RuntimeError(msg)
+            plan = self._plan(t, w, par, h, status, iters, elapsed, msg)
+            new_state = NMPCState(
+                w=self._shift(w),
+                lam_x=np.asarray(sol["lam_x"]).ravel(),
+                lam_g=np.asarray(sol["lam_g"]).ravel(),
+                plan=plan,
+                u_prev=plan.u_next,
+                steps=state.steps + 1,
+            )
+            return plan, new_state
+        except Exception as exc:  # the loop must never see a controller exception
+            elapsed = time.perf_counter() - t0
+            plan = self._fallback_plan(state, t, elapsed, f"{type(exc).__name__}: {exc}")
+            return plan, replace(
+                state,
+                w=None,
+                lam_x=None,
+                lam_g=None,
+                plan=plan,
+                u_prev=plan.u_next,
+                steps=state.steps + 1,
+            )
+
+    # --- internals -----------------------------------------------------------------
+    def _status(
+        self, stats: dict[str, Any], rti: bool, elapsed: float, w: np.ndarray
+    ) -> tuple[SolveStatus, int, str]:
+        ret = str(stats.get("return_status", ""))
+        iters = int(stats.get("iter_count", 1 if rti else 0))
+        slack = float(self.ocp.slack_fn(w)) if self.ocp.layout.S.size else 0.0
+        if rti:
+            ok = ret in _RTI_OK or bool(stats.get("success"))
+            status = SolveStatus.SOLVED if ok else SolveStatus.FAILED
+            msg = "real-time iteration" if ok else f"QP failed: {ret}"
+        elif ret in ("Solve_Succeeded",):
+            status, msg = SolveStatus.SOLVED, ret
+        elif ret in ("Solved_To_Acceptable_Level", "Maximum_Iterations_Exceeded"):
+            status, msg = SolveStatus.SOLVED_INACCURATE, ret
+        elif ret == "Maximum_WallTime_Exceeded" or elapsed > self.config.time_limit_s:
+            status, msg = (
+                SolveStatus.TIME_LIMIT,
+                f"{ret}: wall-time limit {self.config.time_limit_s} s",
+            )
+        else:
+            status, msg = SolveStatus.FAILED, f"IPOPT: {ret}"
+        if status is SolveStatus.TIME_LIMIT:
+            # an unconverged iterate is not trusted: fall back to the shifted plan
+            return SolveStatus.FAILED, iters, msg
+        if (
+            status in (SolveStatus.SOLVED, SolveStatus.SOLVED_INACCURATE)
+            and slack > self.config.slack_tolerance
+        ):
+            return (
+                SolveStatus.INFEASIBLE_SOFTENED,
+                iters,
+                f"soft bounds violated by up to {slack:.3g}",
+            )
+        return status, iters, msg
+
+    def _plan(
+        self,
+        t: float,
+        w: np.ndarray,
+        par: np.ndarray,
+        h: np.ndarray,
+        status: SolveStatus,
+        iters: int,
+        elapsed: float,
+        msg: str,
+    ) -> Plan:
+        lay = self.ocp.layout
+        X = w[lay.X]
+        U = np.tile(par[self.model.nx : self.model.nx + self.model.nu], (self.config.horizon, 1))
+        for i in lay.fixed:
+            U[:, i] = self.config.fixed_inputs.get(
+                self.model.input_names[i], self.model.inputs[i].nominal
+            )
+        U[:, lay.manip] = w[lay.U[lay.move_of]]
+        return Plan(
+            t=t,
+            u_next=U[0].copy(),
+            U=U,
+            X=X,
+            t_nodes=t + np.concatenate([[0.0], np.cumsum(h)]),
+            status=status,
+            iterations=iters,
+            solve_time_s=elapsed,
+            cost=float(self.ocp.cost_fn(w, par)),
+            slack_max=float(self.ocp.slack_fn(w)) if lay.S.size else 0.0,
+            message=msg,
+        )
+
+    def _shift(self, w: np.ndarray) -> np.ndarray:
+        """Warm start for the next period: nodes and moves moved one interval ahead."""
+        lay = self.ocp.layout
+        w2 = w.copy()
+        if self.config.horizon_mode == "receding" and self.config.move_blocks is None:
+            w2[lay.X[:-1].ravel()] = w[lay.X[1:].ravel()]
+            w2[lay.U[:-1].ravel()] = w[lay.U[1:].ravel()]
+        return w2
+
+    def _fallback_plan(self, state: NMPCState, t: float, elapsed: float, msg: str) -> Plan:
+        prev = state.plan
+        U: np.ndarray
+        X: np.ndarray
+        t_nodes: np.ndarray
+        if prev is not None:
+            U = np.vstack([prev.U[1:], prev.U[-1:]])
+            X = np.vstack([prev.X[1:], prev.X[-1:]])
+            t_nodes = prev.t_nodes + (t - prev.t)
+        else:
+            U = np.tile(state.u_prev, (self.config.horizon, 1))
+            X = np.full((self.config.horizon + 1, self.model.nx), np.nan)
+            t_nodes = t + self.config.dt_h * np.arange(self.config.horizon + 1)
+        return Plan(
+            t=t,
+            u_next=U[0].copy(),
+            U=U,
+            X=X,
+            t_nodes=t_nodes,
+            status=SolveStatus.FAILED,
+            iterations=0,
+            solve_time_s=elapsed,
+            cost=float("nan"),
+            slack_max=float("nan"),
+            message=f"{msg}; using the previous plan shifted by one period",
+        )
+
+
+def _jit_options(enabled: bool) -> dict[str, Any]:
+    """Compile the NLP's functions to machine code with the system C compiler (faster RTI)."""
+    if not enabled:
+        return {}
+    return {"jit": True, "compiler": "shell", "jit_options": {"flags": ["-O2"], "verbose": False}}
+
+
+def _qp_options(name: str) -> dict[str, Any]:
+    if name == "qrqp":
+        return {"print_iter": False, "print_header": False, "error_on_fail": False}
+    if name == "qpoases":
+        return {"printLevel": "none", "error_on_fail": False}
+    if name == "osqp":
+        return {"osqp": {"verbose": False}, "error_on_fail": False}
+    return {"error_on_fail": False}

@@ -1,0 +1,251 @@
+"""Transcription of the optimal control problem to a CasADi NLP (direct multiple shooting).
+
+Each interval is integrated by RK4 (non-stiff models) or by Radau IIA collocation
+(stiff oxygen transfer; L-stable). Interval lengths are parameters of the NLP, like the
+initial state, the last applied input and the model parameters, so a shrinking horizon
+and estimator updates never recompile the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+from bpcontrol.nmpc._config import NMPCConfig
+from models import CASADI, Model, Values
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are in the NLP vectors (index arrays into w, g and the parameters)."""
+
+    X: np.ndarray  # (N+1, nx) indices into w
+    U: np.ndarray  # (n_moves, n_manip) indices into w
+    move_of: np.ndarray  # (N,) interval -> move index
+    S: np.ndarray  # slack indices into w
+    n_w: int
+    n_g: int
+    manip: np.ndarray  # model input indices that are manipulated
+    fixed: np.ndarray  # model input indices held fixed
+    n_par: int
+
+
+@dataclass(frozen=True)
+class OCP:
+    """The NLP with its bounds and layout; ``inputs_full`` maps w and params to all inputs."""
+
+    nlp: dict[str, Any]
+    layout: Layout
+    lbw: np.ndarray
+    ubw: np.ndarray
+    lbg: np.ndarray
+    ubg: np.ndarray
+    cost_fn: ca.Function
+    slack_fn: ca.Function
+
+
+def _rk4(model: Model, x: Any, u: Any, p: Any, h: Any, n: int) -> Any:
+    f = model.to_casadi().f
+    hs = h / n
+    for _ in range(n):
+        k1 = f(x, u, p)
+        k2 = f(x + hs / 2 * k1, u, p)
+        k3 = f(x + hs / 2 * k2, u, p)
+        k4 = f(x + hs * k3, u, p)
+        x = x + hs / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+def _radau(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Derivative matrix C (d+1 x d+1) and end weights D of Radau IIA collocation."""
+    tau = np.append(0.0, ca.collocation_points(d, "radau"))
+    C = np.zeros((d + 1, d + 1))
+    D = np.zeros(d + 1)
+    for j in range(d + 1):
+        coeff = np.poly1d([1.0])
+        for r in range(d + 1):
+            if r != j:
+                coeff *= np.poly1d([1.0, -tau[r]]) / (tau[j] - tau[r])
+        D[j] = coeff(1.0)
+        dcoeff = np.polyder(coeff)
+        for r in range(d + 1):
+            C[j, r] = dcoeff(tau[r])
+    return C, D
+
+
+def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
+    """Build the NLP: variables w = [X_0, moves, X_1.., collocation states, slacks]."""
+    nx, nu, N = model.nx, model.nu, cfg.horizon
+    manip_names = cfg.manipulated or model.input_names
+    manip = np.array([model.index(n) for n in manip_names], dtype=int)
+    fixed = np.array([i for i in range(nu) if i not in set(manip)], dtype=int)
+    blocks = cfg.move_blocks or (1,) * N
+    move_of = np.repeat(np.arange(len(blocks)), blocks)
+
+    # parameters: x0, u_prev (all inputs), model parameters, interval lengths
+    x0 = ca.SX.sym("x0", nx)
+    u_prev = ca.SX.sym("u_prev", nu)
+    pm = ca.SX.sym("p", model.n_p)
+    h = ca.SX.sym("h", N)
+    par = ca.vertcat(x0, u_prev, pm, h)
+
+    u_lo, u_hi = model.bounds("inputs")
+    for name, (lo, hi) in cfg.input_bounds.items():
+        u_lo[model.index(name)], u_hi[model.index(name)] = lo, hi
+
+    w: list[Any] = []
+    lbw: list[float] = []
+    ubw: list[float] = []
+    g: list[Any] = []
+    lbg: list[float] = []
+    ubg: list[float] = []
+    counter = [0]
+
+    def new_var(name: str, n: int, lo: Any, hi: Any) -> tuple[Any, np.ndarray]:
+        v = ca.SX.sym(name, n)
+        w.append(v)
+        lbw.extend(np.broadcast_to(lo, (n,)).tolist())
+        ubw.extend(np.broadcast_to(hi, (n,)).tolist())
+        idx = np.arange(counter[0], counter[0] + n)
+        counter[0] += n
+        return v, idx
+
+    X_idx = np.zeros((N + 1, nx), dtype=int)
+    Xk, X_idx[0] = new_var("X0", nx, -np.inf, np.inf)
+    g.append(Xk - x0)
+    lbg += [0.0] * nx
+    ubg += [0.0] * nx
+    moves, U_idx = [], np.zeros((len(blocks), len(manip)), dtype=int)
+    for b in range(len(blocks)):
+        Ub, U_idx[b] = new_var(f"U{b}", len(manip), u_lo[manip], u_hi[manip])
+        moves.append(Ub)
+
+    def full_input(k: int) -> Any:
+        """All model inputs on interval k: manipulated from the move, the rest fixed."""
+        parts: list[Any] = [None] * nu
+        for j, i in enumerate(manip):
+            parts[i] = moves[move_of[k]][j]
+        for i in fixed:
+            name = model.input_names[i]
+            parts[i] = cfg.fixed_inputs.get(name, model.inputs[i].nominal)
+        return ca.vertcat(*parts)
+
+    def values(x: Any, u: Any) -> dict[str, Any]:
+        """Named states and outputs at (x, u) as CasADi expressions."""
+        y = model.to_casadi().h(x, u, pm)
+        out = {n: x[i] for i, n in enumerate(model.state_names)}
+        out.update({n: y[i] for i, n in enumerate(model.output_names)})
+        return out
+
+    def named(vec: Any, names: tuple[str, ...]) -> Values:
+        return Values(names, [vec[i] for i in range(len(names))])
+
+    obj = cfg.objective
+    J: Any = 0
+    slacks: list[Any] = []
+    C, D = _radau(cfg.collocation_degree)
+    d = cfg.collocation_degree
+    for k in range(N):
+        uk = full_input(k)
+        hk = h[k]
+        # stage cost at the interval start, per hour
+        v0 = values(Xk, uk)
+        L: Any = 0
+        for name, wt in obj.stage.items():
+            L += wt * v0[name]
+        for name, wt in obj.input_cost.items():
+            L += wt * uk[model.index(name)]
+        for tr in obj.tracking:
+            L += tr.weight * (v0[tr.name] - tr.target) ** 2
+        if obj.stage_fn is not None:
+            L += obj.stage_fn(
+                CASADI,
+                named(Xk, model.state_names),
+                named(uk, model.input_names),
+                named(pm, model.parameter_names),
+            )
+        J += hk * L
+        # move penalty and rate limits between consecutive intervals
+        u_before = u_prev if k == 0 else full_input(k - 1)
+        for name, wt in obj.move.items():
+            i = model.index(name)
+            J += wt * (uk[i] - u_before[i]) ** 2
+        if k == 0 or move_of[k] != move_of[k - 1]:
+            for name, r in cfg.rate_limits.items():
+                i = model.index(name)
+                span = cfg.dt_h if k == 0 else hk  # the first move happens over one period
+                du = uk[i] - u_before[i]
+                g.append(ca.vertcat(du - r * span, -du - r * span))
+                lbg += [-np.inf, -np.inf]
+                ubg += [0.0, 0.0]
+        # dynamics
+        if cfg.discretization == "rk4":
+            x_end = _rk4(model, Xk, uk, pm, hk, cfg.rk4_substeps)
+        else:
+            Xc = []
+            for j in range(d):
+                xc, _ = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf)
+                Xc.append(xc)
+            f = model.to_casadi().f
+            for j in range(1, d + 1):
+                xp = C[0, j] * Xk
+                for r in range(d):
+                    xp = xp + C[r + 1, j] * Xc[r]
+                g.append(hk * f(Xc[j - 1], uk, pm) - xp)
+                lbg += [0.0] * nx
+                ubg += [0.0] * nx
+            x_end = D[0] * Xk
+            for r in range(d):
+                x_end = x_end + D[r + 1] * Xc[r]
+        Xk, X_idx[k + 1] = new_var(f"X{k + 1}", nx, -np.inf, np.inf)
+        g.append(x_end - Xk)
+        lbg += [0.0] * nx
+        ubg += [0.0] * nx
+        # soft bounds at the new node
+        vk = values(Xk, uk)
+        for sb in cfg.soft_bounds:
+            s, _ = new_var(f"s_{sb.name}_{k}", 1, 0.0, np.inf)
+            slacks.append(s)
+            J += sb.weight_l1 * s + sb.weight_l2 * s**2
+            if np.isfinite(sb.lower):
+                g.append(vk[sb.name] + s - sb.lower)
+                lbg.append(0.0)
+                ubg.append(np.inf)
+            if np.isfinite(sb.upper):
+                g.append(sb.upper - vk[sb.name] + s)
+                lbg.append(0.0)
+                ubg.append(np.inf)
+    vN = values(Xk, full_input(N - 1))
+    for name, wt in obj.terminal.items():
+        J += wt * vN[name]
+    if obj.terminal_fn is not None:
+        J += obj.terminal_fn(CASADI, named(Xk, model.state_names), named(pm, model.parameter_names))
+
+    wv = ca.vertcat(*w)
+    gv = ca.vertcat(*g)
+    S_idx = np.array([i for i in range(counter[0]) if str(wv[i]).startswith("s_")], dtype=int)
+    layout = Layout(
+        X=X_idx,
+        U=U_idx,
+        move_of=move_of,
+        S=S_idx,
+        n_w=counter[0],
+        n_g=int(gv.shape[0]),
+        manip=manip,
+        fixed=fixed,
+        n_par=int(par.shape[0]),
+    )
+    sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
+    return OCP(
+        nlp={"x": wv, "f": J, "g": gv, "p": par},
+        layout=layout,
+        lbw=np.array(lbw),
+        ubw=np.array(ubw),
+        lbg=np.array(lbg, dtype=float),
+        ubg=np.array(ubg, dtype=float),
+        cost_fn=ca.Function("cost", [wv, par], [J]),
+        slack_fn=ca.Function("slack_max", [wv], [ca.mmax(sv)]),
+    )
