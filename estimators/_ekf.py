@@ -1,10 +1,12 @@
 """Continuous-discrete extended Kalman filter as pure, jitted JAX functions.
 
-The mean is propagated with RK4 through the model's right-hand side (parameters being
-tracked are augmented as random-walk states); the covariance with the exact Jacobian of
-that discrete map, ``P+ = Phi P Phi' + Q dt``. Updates use any subset of sensors (a
-mask), per-measurement chi-square gating and the Joseph form. Every function is pure:
-state in, state out, so a run replays exactly, and ``*_batch`` map over reactors.
+The mean is propagated through the model's right-hand side by an L-stable Rosenbrock
+method (ROS2), so stiff oxygen transfer needs no tiny steps; tracked parameters are
+augmented as random-walk states. The covariance uses the transition of the same stages
+applied to the linearisation, ``P+ = Phi P Phi' + Q h``. Updates take any subset of
+sensors (a mask), gate each measurement by chi-square and use the Joseph form. Every
+function is pure: state in, state out, so a run replays exactly, and ``*_batch`` map over
+reactors.
 """
 
 from __future__ import annotations
