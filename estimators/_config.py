@@ -15,7 +15,10 @@ class EstimatorConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Sensor:
-    """One measured model output: its noise (std, output units) and nominal period (h).
+    """One measured model output: its noise and nominal period (h).
+
+    The noise std is ``sqrt(sigma^2 + (relative_sigma * y)^2)`` (output units), with ``y``
+    the predicted reading: offline assays have a relative error (e.g. 5 %).
 
     ``period_h`` documents the sensor's rate (and drives simulated plants); the filter
     fuses a reading whenever it arrives. Offline assays have a period of hours.
@@ -24,6 +27,7 @@ class Sensor:
     output: str
     sigma: float
     period_h: float = 1.0 / 60.0
+    relative_sigma: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +84,10 @@ class EKFConfig:
             seen.add(s.output)
             if not (math.isfinite(s.sigma) and s.sigma > 0):
                 raise EstimatorConfigError(f"sensor {s.output!r}: sigma must be > 0, got {s.sigma}")
+            if not (math.isfinite(s.relative_sigma) and s.relative_sigma >= 0):
+                raise EstimatorConfigError(
+                    f"sensor {s.output!r}: relative_sigma must be >= 0, got {s.relative_sigma}"
+                )
             if not (math.isfinite(s.period_h) and s.period_h > 0):
                 raise EstimatorConfigError(
                     f"sensor {s.output!r}: period_h must be > 0, got {s.period_h}"

@@ -69,6 +69,7 @@ class ExtendedKalmanFilter:
         self._out_idx = np.array([model.index(n) for n in self.sensor_names], dtype=int)
         self._par_idx = np.array([model.index(n) for n in self.tracked_names], dtype=int)
         self.R = np.array([s.sigma**2 for s in config.sensors])
+        self.R_rel = np.array([s.relative_sigma**2 for s in config.sensors])
         scale = default_scale(model)
         q_state = [
             config.process_sigma.get(s.name, 1e-3 * sc) ** 2
@@ -153,8 +154,9 @@ class ExtendedKalmanFilter:
     def _update_core(
         self, z: Array, P: Array, u: Array, p_base: Array, y: Array, mask: Array
     ) -> tuple[Array, Array, UpdateResult]:
-        R = jnp.asarray(self.R)
         H, y_hat = jax.jacfwd(self._h_aux, argnums=0, has_aux=True)(z, u, p_base)
+        # absolute plus relative noise (an assay's error grows with its value)
+        R = jnp.asarray(self.R) + jnp.asarray(self.R_rel) * y_hat**2
         nu = jnp.where(mask, y - y_hat, 0.0)
         s_diag = jnp.einsum("ij,jk,ik->i", H, P, H) + R
         gated = mask & (nu**2 / s_diag > self.gate)
