@@ -1,11 +1,13 @@
 """State and parameter estimation: a continuous-discrete EKF in JAX, online wrapper, soft sensors.
 
 >>> from estimators import EKFConfig, ExtendedKalmanFilter, OnlineEstimator, Sensor
+>>> from estimators import default_ekf_config, load_ekf_config
 """
 
 from estimators._config import EKFConfig, EstimatorConfigError, Sensor, TrackedParameter
 from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
+from estimators.presets import default_ekf_config, dump_ekf_config, load_ekf_config
 
 __all__ = [
     "EKFConfig",
@@ -20,4 +22,7 @@ __all__ = [
     "StepReport",
     "TrackedParameter",
     "UpdateResult",
+    "default_ekf_config",
+    "dump_ekf_config",
+    "load_ekf_config",
 ]
