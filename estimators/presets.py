@@ -43,7 +43,7 @@ TOML format
     n_substeps = 1
     variance_limit = 1e6
 
-    [sensors]                   # required, at least one; period_h optional (1 min)
+    [sensors]                   # required; period_h (1 min), relative_sigma (0) optional
     DO_probe = { sigma = 1.0, period_h = 0.016666666666666666 }
     X_off = { sigma = 1.0, period_h = 3.0 }
 
@@ -82,8 +82,15 @@ ECOLI_ONLINE_SIGMA: Mapping[str, float] = {
     "V_meas": 0.01,  # L (load cell)
 }
 """Online E. coli sensors (std), equal to ``hil.synthetic.ECOLI_ONLINE_NOISE``."""
-ECOLI_OFFLINE_SIGMA: Mapping[str, float] = {"X_off": 1.0, "S_off": 0.1, "A_off": 0.05, "P_off": 0.1}
-"""Offline E. coli assays (std, g/L): 5 % of a typical level."""
+ECOLI_OFFLINE_SIGMA: Mapping[str, float] = {
+    "X_off": 0.02,
+    "S_off": 0.01,
+    "A_off": 0.01,
+    "P_off": 0.01,
+}
+"""Offline E. coli assays: absolute floor of the std (g/L, detection level)..."""
+ECOLI_OFFLINE_RELATIVE = 0.05
+"""... plus 5 % of the reading (typical assay error)."""
 ECOLI_OFFLINE_PERIOD_H = 3.0
 ONLINE_PERIOD_H = 1.0 / 60.0
 GENERIC_RELATIVE_SIGMA = 0.01
@@ -96,7 +103,7 @@ _SCALARS: dict[str, type] = {
     "variance_limit": float,
 }
 _TABLES = ("sensors", "tracked", "state_sigma0", "process_sigma")
-_SENSOR_KEYS = ("sigma", "period_h")
+_SENSOR_KEYS = ("sigma", "period_h", "relative_sigma")
 _TRACKED_KEYS = ("sigma0", "drift_per_sqrt_h")
 
 
@@ -114,7 +121,12 @@ def ecoli_ekf_config(model: Model) -> EKFConfig:
                 for n, s in ECOLI_ONLINE_SIGMA.items()
             ),
             *(
-                Sensor(output=n, sigma=s, period_h=ECOLI_OFFLINE_PERIOD_H)
+                Sensor(
+                    output=n,
+                    sigma=s,
+                    period_h=ECOLI_OFFLINE_PERIOD_H,
+                    relative_sigma=ECOLI_OFFLINE_RELATIVE,
+                )
                 for n, s in ECOLI_OFFLINE_SIGMA.items()
             ),
         ),
@@ -216,6 +228,7 @@ def _config_from(doc: Mapping[str, Any]) -> EKFConfig:
             output=name,
             sigma=_number(entry, "sigma", f"sensors.{name}"),
             period_h=_number(entry, "period_h", f"sensors.{name}", default=ONLINE_PERIOD_H),
+            relative_sigma=_number(entry, "relative_sigma", f"sensors.{name}", default=0.0),
         )
         for name, entry in _entries(doc, "sensors", _SENSOR_KEYS)
     )
@@ -300,7 +313,8 @@ def dump_ekf_config(config: EKFConfig, *, comment: str | None = None) -> str:
     for s in config.sensors:
         lines.append(
             f"{_toml_key(s.output)} = {{ sigma = {_toml_number(s.sigma)}, "
-            f"period_h = {_toml_number(s.period_h)} }}"
+            f"period_h = {_toml_number(s.period_h)}, "
+            f"relative_sigma = {_toml_number(s.relative_sigma)} }}"
         )
     if config.tracked:
         lines += ["", "[tracked]"]
