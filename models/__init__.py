@@ -7,7 +7,7 @@
 
 from models._casadi import CasadiModel
 from models._jax import JaxModel
-from models._math import CASADI, JAX, NUMPY, MathNamespace
+from models._math import CASADI, JAX, NUMPY, MathNamespace, SmoothCasadiMath
 from models._registry import available_models, load_model
 from models._simulate import InputProfile, SimulationError, Trajectory, simulate
 from models._spec import Input, Model, ModelError, Output, Parameter, State, Values
@@ -26,6 +26,7 @@ __all__ = [
     "Output",
     "Parameter",
     "SimulationError",
+    "SmoothCasadiMath",
     "State",
     "Trajectory",
     "Values",

@@ -8,7 +8,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from models._math import CASADI
+from models._math import CASADI, MathNamespace
 from models._spec import Model
 
 
@@ -19,13 +19,14 @@ class CasadiModel:
     that the optimizer embeds; ``jac_f`` gives (df/dx, df/du, df/dp) exactly.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, math: MathNamespace = CASADI) -> None:
         self.model = model
+        self.math = math
         self.x = ca.SX.sym("x", model.nx)
         self.u = ca.SX.sym("u", model.nu)
         self.p = ca.SX.sym("p", model.n_p)
         dx, y = model.evaluate(
-            CASADI,
+            math,
             [self.x[i] for i in range(model.nx)],
             [self.u[i] for i in range(model.nu)],
             [self.p[i] for i in range(model.n_p)],

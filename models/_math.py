@@ -61,6 +61,26 @@ class _CasadiMath:
         return ca.if_else(cond, if_true, if_false)
 
 
+class SmoothCasadiMath(_CasadiMath):
+    """CasADi operations with fmin/fmax smoothed over a width ``eps`` (an optimizer's view).
+
+    min(a, b) ~ (a + b - sqrt((a - b)^2 + eps^2)) / 2: differentiable everywhere and within
+    eps/2 of the exact value, so Newton-type solvers do not stall on switching branches.
+    """
+
+    def __init__(self, eps: float) -> None:
+        if not eps > 0:
+            raise ValueError(f"smoothing width must be > 0, got {eps}")
+        self.eps = float(eps)
+        self.name = f"casadi-smooth({eps:g})"
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return 0.5 * (a + b - ca.sqrt((a - b) ** 2 + self.eps**2))
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return 0.5 * (a + b + ca.sqrt((a - b) ** 2 + self.eps**2))
+
+
 class _JaxMath:
     """jax.numpy operations (traceable under jit, vmap and jacfwd)."""
 

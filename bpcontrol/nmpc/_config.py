@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import casadi as ca
+
 from models import Model
 
 
@@ -73,10 +75,21 @@ class NMPCConfig:
     the N intervals cover the time left to ``batch_end_h``, the first one ``dt_h`` long).
     ``manipulated``: inputs the controller chooses (default all); the others are held at
     ``fixed_inputs`` (default nominal). ``rate_limits``: max |change| per hour of an input.
+    ``state_bounds``: hard bounds on states at the predicted nodes (not the measured first
+    node, so a disturbed estimate never makes the problem infeasible; use ``soft_bounds``
+    where a hard bound could be unreachable).
     ``move_blocks``: lengths of blocks of intervals sharing one move (sum = horizon).
     ``solver``: ``rti`` (one SQP iteration per step, QP by ``qp_solver``, after a full
     ``ipopt`` solve on the first step) or ``ipopt`` (full solve each step). ``jit``
-    compiles the RTI functions with the system C compiler (seconds once, faster steps).
+    compiles the RTI linearization with the system C compiler (about 3x faster steps; the
+    first build of a configuration on a machine can take a minute, later ones load it from
+    the cache, see ``bpcontrol.nmpc._rti``).
+    ``qp_fallback``: QP solver for an RTI step whose ``qp_solver`` result fails the
+    feasibility check (``None``: report the step as failed instead).
+    ``smoothing`` (> 0) replaces the model's min/max kinks by smooth ones of that width in
+    the controller's copy (Newton solvers stall on kinks; the plant stays exact).
+    ``initial_inputs(t_h)`` gives all model inputs of a recipe, used to build the first
+    guess (a feasible recipe makes the first full solve far more reliable).
     """
 
     horizon: int = 20
@@ -87,6 +100,7 @@ class NMPCConfig:
     fixed_inputs: Mapping[str, float] = field(default_factory=dict)
     input_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     rate_limits: Mapping[str, float] = field(default_factory=dict)
+    state_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     soft_bounds: tuple[SoftBound, ...] = ()
     objective: Objective = field(default_factory=Objective)
     move_blocks: tuple[int, ...] | None = None
@@ -95,6 +109,9 @@ class NMPCConfig:
     collocation_degree: int = 3
     solver: Literal["rti", "ipopt"] = "rti"
     qp_solver: str = "qrqp"
+    qp_fallback: str | None = "qpoases"
+    smoothing: float = 0.0
+    initial_inputs: Callable[[float], Any] | None = None
     jit: bool = False
     max_iter: int = 200
     time_limit_s: float = 5.0
@@ -152,6 +169,14 @@ class NMPCConfig:
                     f"input_bounds[{k!r}] = [{lo}, {hi}] leaves the model's range "
                     f"[{u.lower}, {u.upper}] {u.unit}"
                 )
+        for k, (lo, hi) in self.state_bounds.items():
+            if k not in model.state_names:
+                raise NMPCConfigError(
+                    f"state_bounds: unknown state {k!r}; states of {model.name!r}: "
+                    f"{', '.join(model.state_names)} (bound outputs with soft_bounds)"
+                )
+            if not lo <= hi:
+                raise NMPCConfigError(f"state_bounds[{k!r}] is inverted: [{lo}, {hi}]")
         for k, r in self.rate_limits.items():
             if not r > 0:
                 raise NMPCConfigError(f"rate_limits[{k!r}] must be > 0 per hour, got {r}")
@@ -183,5 +208,13 @@ class NMPCConfig:
             raise NMPCConfigError(f"unknown discretization {self.discretization!r}")
         if self.solver not in ("rti", "ipopt"):
             raise NMPCConfigError(f"unknown solver {self.solver!r}; use 'rti' or 'ipopt'")
+        for label, qp in (("qp_solver", self.qp_solver), ("qp_fallback", self.qp_fallback)):
+            if qp is not None and not (isinstance(qp, str) and ca.has_conic(qp)):
+                raise NMPCConfigError(
+                    f"{label}: unknown QP solver {qp!r} (CasADi conic plugins, e.g. qrqp, "
+                    "qpoases, osqp)"
+                )
+        if not (math.isfinite(self.smoothing) and self.smoothing >= 0):
+            raise NMPCConfigError(f"smoothing must be >= 0, got {self.smoothing}")
         if not self.time_limit_s > 0:
             raise NMPCConfigError("time_limit_s must be > 0")

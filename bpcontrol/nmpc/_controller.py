@@ -18,6 +18,7 @@ import numpy as np
 
 from bpcontrol.nmpc._config import NMPCConfig
 from bpcontrol.nmpc._ocp import OCP, build_ocp
+from bpcontrol.nmpc._rti import RealTimeIteration
 from models import Model
 
 
@@ -96,10 +97,6 @@ class NMPCState:
 
 
 _QUIET = {"print_time": False}
-# sqpmethod stops after its single iteration on purpose; these mean the QP was solved
-_RTI_OK = frozenset(
-    {"Maximum_Iterations_Exceeded", "Solve_Succeeded", "Maximum_iterations_exceeded"}
-)
 
 
 class NMPC:
@@ -110,6 +107,7 @@ class NMPC:
         self.model = model
         self.config = config
         self.ocp: OCP = build_ocp(model, config)
+        self._integrators: dict[float, ca.Function] = {}
         cfg = config
         ipopt_opts: dict[str, Any] = {
             **_QUIET,
@@ -121,24 +119,12 @@ class NMPC:
             "ipopt.acceptable_tol": 1e-6,
         }
         self._ipopt = ca.nlpsol("nmpc_ipopt", "ipopt", self.ocp.nlp, ipopt_opts)
-        self._rti: ca.Function | None = None
+        self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
-            self._rti = ca.nlpsol(
-                "nmpc_rti",
-                "sqpmethod",
-                self.ocp.nlp,
-                {
-                    **_QUIET,
-                    "qpsol": cfg.qp_solver,
-                    "qpsol_options": _qp_options(cfg.qp_solver),
-                    "max_iter": 1,
-                    "print_header": False,
-                    "print_iteration": False,
-                    "print_status": False,
-                    "error_on_fail": False,
-                    **_jit_options(cfg.jit),
-                },
-            )
+            qps = [cfg.qp_solver]
+            if cfg.qp_fallback is not None and cfg.qp_fallback != cfg.qp_solver:
+                qps.append(cfg.qp_fallback)
+            self._rti = RealTimeIteration(self.ocp, [(q, _qp_options(q)) for q in qps], jit=cfg.jit)
 
     # --- helpers -------------------------------------------------------------------
     def interval_lengths(self, t: float) -> np.ndarray:
@@ -155,24 +141,38 @@ class NMPC:
         return np.clip(remaining - dt * np.arange(N), 0.0, dt)
 
     def initial_guess(
-        self, x0: np.ndarray, u: np.ndarray, h: np.ndarray, p: np.ndarray
+        self, x0: np.ndarray, u: np.ndarray, h: np.ndarray, p: np.ndarray, t: float = 0.0
     ) -> np.ndarray:
-        """A feasible-ish start: simulate with inputs held, fill collocation points too."""
+        """A start for the first solve: simulate the recipe (or hold ``u``) over the horizon.
+
+        Nodes get the simulated states, collocation points the state at their interval's
+        end, moves the recipe's inputs.
+        """
         lay = self.ocp.layout
+        recipe = self.config.initial_inputs
         w = np.zeros(lay.n_w)
-        # every state-like block gets x0, then the nodes get the simulation
-        w[:] = 0.0
-        state_rows = np.setdiff1d(np.arange(lay.n_w), np.concatenate([lay.U.ravel(), lay.S]))
-        w[state_rows] = np.resize(x0, state_rows.size)
-        cas = self.model.to_casadi()
-        x = x0.copy()
+        w[lay.X[0]] = x0
+        x, tk = x0.copy(), t
+        inner = np.setdiff1d(
+            np.arange(lay.n_w), np.concatenate([lay.U.ravel(), lay.S, lay.X.ravel()])
+        )
+        per = inner.size // self.config.horizon
         for k in range(self.config.horizon):
+            uk = np.asarray(recipe(tk), dtype=float) if recipe is not None else u
+            if k == 0 or lay.move_of[k] != lay.move_of[k - 1]:
+                w[lay.U[lay.move_of[k]]] = uk[lay.manip]
             if h[k] > 0:
-                x = np.asarray(cas.integrator(float(h[k]))(x, u, p)).ravel()
+                x = np.asarray(self._integrator(float(h[k]))(x, uk, p)).ravel()
             w[lay.X[k + 1]] = x
-        for b in range(lay.U.shape[0]):
-            w[lay.U[b]] = u[lay.manip]
+            w[inner[k * per : (k + 1) * per]] = np.resize(x, per)
+            tk += float(h[k])
         return w
+
+    def _integrator(self, dt_h: float) -> ca.Function:
+        key = round(dt_h, 12)
+        if key not in self._integrators:
+            self._integrators[key] = self.model.to_casadi().integrator(dt_h)
+        return self._integrators[key]
 
     # --- pure interface ------------------------------------------------------------
     def init(self, x0: np.ndarray, u0: np.ndarray | None = None) -> NMPCState:
@@ -196,24 +196,41 @@ class NMPC:
                 raise ValueError("estimate is not finite")
             h = self.interval_lengths(t)
             par = np.concatenate([x, u_prev, p, h])
-            w0 = state.w
+            scale = self.ocp.w_scale
+            w0 = state.w  # solver (scaled) variables
             if w0 is None:
-                w0 = self.initial_guess(x, u_prev, h, p)
+                w0 = self.initial_guess(x, u_prev, h, p, t) / scale
             else:
                 w0 = w0.copy()
-                w0[self.ocp.layout.X[0]] = x
-            use_rti = self._rti is not None and state.w is not None
-            solver = self._rti if use_rti else self._ipopt
-            assert solver is not None
-            args: dict[str, Any] = dict(
-                x0=w0, p=par, lbx=self.ocp.lbw, ubx=self.ocp.ubw, lbg=self.ocp.lbg, ubg=self.ocp.ubg
-            )
-            if state.lam_x is not None:
-                args.update(lam_x0=state.lam_x, lam_g0=state.lam_g)
-            sol = solver(**args)
-            stats = solver.stats()
+                w0[self.ocp.layout.X[0]] = x / scale[self.ocp.layout.X[0]]
+            if self._rti is not None and state.lam_x is not None and state.lam_g is not None:
+                rti = self._rti(w0, par, state.lam_x, state.lam_g)
+                w, lam_x, lam_g = rti.w, rti.lam_x, rti.lam_g
+                stats: dict[str, Any] = {
+                    "success": rti.success,
+                    "return_status": rti.status,
+                    "qp_solver": rti.solver,
+                    "iter_count": 1,
+                }
+                use_rti = True
+            else:
+                args: dict[str, Any] = dict(
+                    x0=w0,
+                    p=par,
+                    lbx=self.ocp.lbw,
+                    ubx=self.ocp.ubw,
+                    lbg=self.ocp.lbg,
+                    ubg=self.ocp.ubg,
+                )
+                if state.lam_x is not None:
+                    args.update(lam_x0=state.lam_x, lam_g0=state.lam_g)
+                sol = self._ipopt(**args)
+                stats = self._ipopt.stats()
+                w = np.asarray(sol["x"]).ravel()
+                lam_x = np.asarray(sol["lam_x"]).ravel()
+                lam_g = np.asarray(sol["lam_g"]).ravel()
+                use_rti = False
             elapsed = time.perf_counter() - t0
-            w = np.asarray(sol["x"]).ravel()
             if not np.all(np.isfinite(w)):
                 raise FloatingPointError("solver returned non-finite values")
             status, iters, msg = self._status(stats, use_rti, elapsed, w)
@@ -222,8 +239,8 @@ class NMPC:
             plan = self._plan(t, w, par, h, status, iters, elapsed, msg)
             new_state = NMPCState(
                 w=self._shift(w),
-                lam_x=np.asarray(sol["lam_x"]).ravel(),
-                lam_g=np.asarray(sol["lam_g"]).ravel(),
+                lam_x=lam_x,
+                lam_g=lam_g,
                 plan=plan,
                 u_prev=plan.u_next,
                 steps=state.steps + 1,
@@ -250,9 +267,14 @@ class NMPC:
         iters = int(stats.get("iter_count", 1 if rti else 0))
         slack = float(self.ocp.slack_fn(w)) if self.ocp.layout.S.size else 0.0
         if rti:
-            ok = ret in _RTI_OK or bool(stats.get("success"))
+            ok = bool(stats.get("success"))
             status = SolveStatus.SOLVED if ok else SolveStatus.FAILED
-            msg = "real-time iteration" if ok else f"QP failed: {ret}"
+            if not ok:
+                msg = f"QP failed: {ret}"
+            elif ret == "solved":
+                msg = "real-time iteration"
+            else:  # the fallback QP solver delivered the step
+                msg = f"real-time iteration, QP by {stats.get('qp_solver')} ({ret})"
         elif ret in ("Solve_Succeeded",):
             status, msg = SolveStatus.SOLVED, ret
         elif ret in ("Solved_To_Acceptable_Level", "Maximum_Iterations_Exceeded"):
@@ -290,6 +312,7 @@ class NMPC:
         msg: str,
     ) -> Plan:
         lay = self.ocp.layout
+        w_scaled, w = w, w * self.ocp.w_scale
         X = w[lay.X]
         U = np.tile(par[self.model.nx : self.model.nx + self.model.nu], (self.config.horizon, 1))
         for i in lay.fixed:
@@ -306,8 +329,8 @@ class NMPC:
             status=status,
             iterations=iters,
             solve_time_s=elapsed,
-            cost=float(self.ocp.cost_fn(w, par)),
-            slack_max=float(self.ocp.slack_fn(w)) if lay.S.size else 0.0,
+            cost=float(self.ocp.cost_fn(w_scaled, par)),
+            slack_max=float(self.ocp.slack_fn(w_scaled)) if lay.S.size else 0.0,
             message=msg,
         )
 
@@ -348,18 +371,22 @@ class NMPC:
         )
 
 
-def _jit_options(enabled: bool) -> dict[str, Any]:
-    """Compile the NLP's functions to machine code with the system C compiler (faster RTI)."""
-    if not enabled:
-        return {}
-    return {"jit": True, "compiler": "shell", "jit_options": {"flags": ["-O2"], "verbose": False}}
-
-
 def _qp_options(name: str) -> dict[str, Any]:
     if name == "qrqp":
-        return {"print_iter": False, "print_header": False, "error_on_fail": False}
+        return {
+            "print_iter": False,
+            "print_header": False,
+            "print_info": False,
+            "error_on_fail": False,
+        }
     if name == "qpoases":
-        return {"printLevel": "none", "error_on_fail": False}
+        # equalities (the dynamics) active from the start: ~20x faster on collocation QPs
+        return {
+            "printLevel": "none",
+            "enableEqualities": True,
+            "sparse": True,
+            "error_on_fail": False,
+        }
     if name == "osqp":
         return {"osqp": {"verbose": False}, "error_on_fail": False}
     return {"error_on_fail": False}

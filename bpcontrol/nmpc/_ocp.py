@@ -15,7 +15,7 @@ import casadi as ca
 import numpy as np
 
 from bpcontrol.nmpc._config import NMPCConfig
-from models import CASADI, Model, Values
+from models import CASADI, CasadiModel, Model, SmoothCasadiMath, Values
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class OCP:
 
     nlp: dict[str, Any]
     layout: Layout
+    w_scale: np.ndarray  # real value = w_scale * solver variable
     lbw: np.ndarray
     ubw: np.ndarray
     lbg: np.ndarray
@@ -47,8 +48,16 @@ class OCP:
     slack_fn: ca.Function
 
 
-def _rk4(model: Model, x: Any, u: Any, p: Any, h: Any, n: int) -> Any:
-    f = model.to_casadi().f
+def state_scale(model: Model) -> np.ndarray:
+    """Typical magnitude of each state (nominal, or a tenth of its largest bound)."""
+    lo, hi = model.bounds("states")
+    big = 0.1 * np.maximum(
+        np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0))
+    )
+    return np.maximum(np.maximum(np.abs(model.x0), big), 1e-6)
+
+
+def _rk4(f: ca.Function, x: Any, u: Any, p: Any, h: Any, n: int) -> Any:
     hs = h / n
     for _ in range(n):
         k1 = f(x, u, p)
@@ -79,6 +88,12 @@ def _radau(d: int) -> tuple[np.ndarray, np.ndarray]:
 def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     """Build the NLP: variables w = [X_0, moves, X_1.., collocation states, slacks]."""
     nx, nu, N = model.nx, model.nu, cfg.horizon
+    # the controller's view of the model: kinks smoothed if asked (the plant stays exact)
+    cm = (
+        CasadiModel(model, SmoothCasadiMath(cfg.smoothing))
+        if cfg.smoothing > 0
+        else model.to_casadi()
+    )
     manip_names = cfg.manipulated or model.input_names
     manip = np.array([model.index(n) for n in manip_names], dtype=int)
     fixed = np.array([i for i in range(nu) if i not in set(manip)], dtype=int)
@@ -95,6 +110,9 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     u_lo, u_hi = model.bounds("inputs")
     for name, (lo, hi) in cfg.input_bounds.items():
         u_lo[model.index(name)], u_hi[model.index(name)] = lo, hi
+    x_lo, x_hi = np.full(nx, -np.inf), np.full(nx, np.inf)
+    for name, (lo, hi) in cfg.state_bounds.items():
+        x_lo[model.index(name)], x_hi[model.index(name)] = lo, hi
 
     w: list[Any] = []
     lbw: list[float] = []
@@ -103,24 +121,30 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     lbg: list[float] = []
     ubg: list[float] = []
     counter = [0]
+    w_scale: list[float] = []
+    sx = state_scale(model)
+    su = np.maximum(np.maximum(np.abs(u_lo), np.abs(u_hi)), 1e-6)
 
-    def new_var(name: str, n: int, lo: Any, hi: Any) -> tuple[Any, np.ndarray]:
+    def new_var(name: str, n: int, lo: Any, hi: Any, scale: Any = 1.0) -> tuple[Any, np.ndarray]:
+        """A decision variable, scaled to order one for the solver; returns its real value."""
+        sc = np.broadcast_to(np.asarray(scale, dtype=float), (n,))
         v = ca.SX.sym(name, n)
         w.append(v)
-        lbw.extend(np.broadcast_to(lo, (n,)).tolist())
-        ubw.extend(np.broadcast_to(hi, (n,)).tolist())
+        lbw.extend((np.broadcast_to(lo, (n,)) / sc).tolist())
+        ubw.extend((np.broadcast_to(hi, (n,)) / sc).tolist())
+        w_scale.extend(sc.tolist())
         idx = np.arange(counter[0], counter[0] + n)
         counter[0] += n
-        return v, idx
+        return v * ca.DM(sc), idx
 
     X_idx = np.zeros((N + 1, nx), dtype=int)
-    Xk, X_idx[0] = new_var("X0", nx, -np.inf, np.inf)
-    g.append(Xk - x0)
+    Xk, X_idx[0] = new_var("X0", nx, -np.inf, np.inf, sx)
+    g.append((Xk - x0) / sx)
     lbg += [0.0] * nx
     ubg += [0.0] * nx
     moves, U_idx = [], np.zeros((len(blocks), len(manip)), dtype=int)
     for b in range(len(blocks)):
-        Ub, U_idx[b] = new_var(f"U{b}", len(manip), u_lo[manip], u_hi[manip])
+        Ub, U_idx[b] = new_var(f"U{b}", len(manip), u_lo[manip], u_hi[manip], su[manip])
         moves.append(Ub)
 
     def full_input(k: int) -> Any:
@@ -135,7 +159,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
 
     def values(x: Any, u: Any) -> dict[str, Any]:
         """Named states and outputs at (x, u) as CasADi expressions."""
-        y = model.to_casadi().h(x, u, pm)
+        y = cm.h(x, u, pm)
         out = {n: x[i] for i, n in enumerate(model.state_names)}
         out.update({n: y[i] for i, n in enumerate(model.output_names)})
         return out
@@ -183,25 +207,25 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
                 ubg += [0.0, 0.0]
         # dynamics
         if cfg.discretization == "rk4":
-            x_end = _rk4(model, Xk, uk, pm, hk, cfg.rk4_substeps)
+            x_end = _rk4(cm.f, Xk, uk, pm, hk, cfg.rk4_substeps)
         else:
             Xc = []
             for j in range(d):
-                xc, _ = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf)
+                xc, _ = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
                 Xc.append(xc)
-            f = model.to_casadi().f
+            f = cm.f
             for j in range(1, d + 1):
                 xp = C[0, j] * Xk
                 for r in range(d):
                     xp = xp + C[r + 1, j] * Xc[r]
-                g.append(hk * f(Xc[j - 1], uk, pm) - xp)
+                g.append((hk * f(Xc[j - 1], uk, pm) - xp) / sx)
                 lbg += [0.0] * nx
                 ubg += [0.0] * nx
             x_end = D[0] * Xk
             for r in range(d):
                 x_end = x_end + D[r + 1] * Xc[r]
-        Xk, X_idx[k + 1] = new_var(f"X{k + 1}", nx, -np.inf, np.inf)
-        g.append(x_end - Xk)
+        Xk, X_idx[k + 1] = new_var(f"X{k + 1}", nx, x_lo, x_hi, sx)
+        g.append((x_end - Xk) / sx)
         lbg += [0.0] * nx
         ubg += [0.0] * nx
         # soft bounds at the new node
@@ -242,6 +266,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     return OCP(
         nlp={"x": wv, "f": J, "g": gv, "p": par},
         layout=layout,
+        w_scale=np.array(w_scale),
         lbw=np.array(lbw),
         ubw=np.array(ubw),
         lbg=np.array(lbg, dtype=float),
