@@ -71,7 +71,8 @@ class NMPCConfig:
     """Everything that defines the optimal control problem and how it is solved.
 
     Time in hours. ``dt_h`` is the control period (length of the first interval).
-    ``horizon_mode``: ``receding`` (N intervals of ``dt_h``) or ``batch_end`` (shrinking:
+    ``horizon_mode``: ``receding`` (N intervals of ``dt_h``, cut at ``batch_end_h`` once it is
+    within reach) or ``batch_end`` (shrinking:
     the N intervals cover the time left to ``batch_end_h``, the first one ``dt_h`` long).
     ``manipulated``: inputs the controller chooses (default all); the others are held at
     ``fixed_inputs`` (default nominal). ``rate_limits``: max |change| per hour of an input.

@@ -128,13 +128,18 @@ class NMPC:
 
     # --- helpers -------------------------------------------------------------------
     def interval_lengths(self, t: float) -> np.ndarray:
-        """Interval lengths (h) of the horizon starting at ``t``: receding or shrinking."""
+        """Interval lengths (h) of the horizon starting at ``t``.
+
+        ``receding``: N intervals of ``dt_h``, cut at the batch end once it is within reach
+        (the horizon shrinks to the end). ``batch_end``: the N intervals always reach the
+        batch end, the first one ``dt_h`` long and the rest spread over the time left.
+        """
         cfg = self.config
         N, dt = cfg.horizon, cfg.dt_h
-        if cfg.horizon_mode == "receding" or cfg.batch_end_h is None:
+        if cfg.batch_end_h is None:
             return np.full(N, dt)
         remaining = max(cfg.batch_end_h - t, 0.0)
-        if remaining >= N * dt:
+        if cfg.horizon_mode == "batch_end" and remaining >= N * dt:
             h = np.full(N, (remaining - dt) / max(N - 1, 1))
             h[0] = dt
             return h if N > 1 else np.array([remaining])
