@@ -60,6 +60,28 @@ class Parameter:
     source: str
     description: str = ""
 
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        unit: str,
+        value: float,
+        lower: float,
+        upper: float,
+        source: str,
+        description: str = "",
+    ) -> Parameter:
+        """Positional shorthand for long parameter tables in model files."""
+        return cls(
+            name=name,
+            unit=unit,
+            value=value,
+            lower=lower,
+            upper=upper,
+            source=source,
+            description=description,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class Output:

@@ -152,10 +152,7 @@ def measure(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]
     }
 
 
-def _p(name: str, unit: str, value: float, lo: float, hi: float, src: str, desc: str) -> Parameter:
-    return Parameter(
-        name=name, unit=unit, value=value, lower=lo, upper=hi, source=src, description=desc
-    )
+_p = Parameter.of  # positional: name, unit, value, lower, upper, source, description
 
 
 MODEL = Model(
