@@ -96,7 +96,15 @@ class ExtendedKalmanFilter:
         """Full parameter vector: the base values with tracked entries taken from z."""
         if len(self._par_idx) == 0:
             return p_base
-        return p_base.at[self._par_idx].set(z[self.nx :])
+        # slices and a concatenation (static indices), not a scatter: the same values,
+        # and fewer, larger kernels in the Jacobians (about 10 % of a filter step on CPU)
+        parts, start = [], 0
+        for j in np.argsort(self._par_idx):
+            i = int(self._par_idx[j])
+            parts += [p_base[start:i], z[self.nx + j : self.nx + j + 1]]
+            start = i + 1
+        parts.append(p_base[start:])
+        return jnp.concatenate(parts)
 
     def _f_aug(self, z: Array, u: Array, p_base: Array) -> Array:
         """Augmented dynamics: the model's rhs, and zero drift for tracked parameters."""
@@ -118,14 +126,15 @@ class ExtendedKalmanFilter:
         eye = jnp.eye(n)
         W = eye - _ROS2_GAMMA * h * A
         lu = jax.scipy.linalg.lu_factor(W)
-        # mean: k1 = W^-1 f(z), k2 = W^-1 (f(z + h k1) - 2 k1)
-        k1 = jax.scipy.linalg.lu_solve(lu, f0)
+        # mean: k1 = W^-1 f(z), k2 = W^-1 (f(z + h k1) - 2 k1); transition: the same stages
+        # applied to the linearisation f = A dz. Each stage's solves share one call.
+        S1 = jax.scipy.linalg.lu_solve(lu, jnp.concatenate([f0[:, None], A], axis=1))
+        k1, M1 = S1[:, 0], S1[:, 1:]
         f1 = self._f_aug(z + h * k1, u, p_base)
-        k2 = jax.scipy.linalg.lu_solve(lu, f1 - 2.0 * k1)
+        rhs2 = jnp.concatenate([(f1 - 2.0 * k1)[:, None], A @ (eye + h * M1) - 2.0 * M1], axis=1)
+        S2 = jax.scipy.linalg.lu_solve(lu, rhs2)
+        k2, M2 = S2[:, 0], S2[:, 1:]
         z_next = z + h * (1.5 * k1 + 0.5 * k2)
-        # transition: the same stages applied to the linearisation f = A dz
-        M1 = jax.scipy.linalg.lu_solve(lu, A)
-        M2 = jax.scipy.linalg.lu_solve(lu, A @ (eye + h * M1) - 2.0 * M1)
         Phi = eye + h * (1.5 * M1 + 0.5 * M2)
         return z_next, Phi
 
@@ -181,7 +190,10 @@ class ExtendedKalmanFilter:
                 nis + jnp.where(ok, innov**2 / si, 0.0),
             )
 
-        z_new, P_new, nis = jax.lax.fori_loop(0, nu.shape[0], one, (z, P, jnp.asarray(0.0)))
+        carry = (z, P, jnp.asarray(0.0))
+        for i in range(nu.shape[0]):  # unrolled (a few sensors): no loop, fusion across them
+            carry = one(i, carry)
+        z_new, P_new, nis = carry
         d = jnp.diag(P_new)
         healthy = jnp.all(jnp.isfinite(P_new)) & jnp.all(jnp.isfinite(z_new)) & jnp.all(d > 0)
         result = UpdateResult(
@@ -246,8 +258,10 @@ class ExtendedKalmanFilter:
         if dt_total <= 0.0:
             return state
         n = max(1, math.ceil(dt_total / self.config.max_step_h - 1e-9))
-        dt = jnp.asarray(dt_total / n)
-        u_arr, p_arr = jnp.asarray(u, dtype=float), jnp.asarray(self.p_nominal)
+        # NumPy arguments go to the compiled function as they are: its C++ dispatch moves
+        # them to the device far faster than jnp.asarray does (online use, per step)
+        dt = np.asarray(dt_total / n)
+        u_arr, p_arr = np.asarray(u, dtype=float), np.asarray(self.p_nominal, dtype=float)
         z, P = state.z, state.P
         for _ in range(n):
             z, P = self._predict_jit(z, P, u_arr, p_arr, dt)
@@ -260,10 +274,10 @@ class ExtendedKalmanFilter:
         z, P, res = self._update_jit(
             state.z,
             state.P,
-            jnp.asarray(u, dtype=float),
-            jnp.asarray(self.p_nominal),
-            jnp.asarray(np.nan_to_num(y), dtype=float),
-            jnp.asarray(mask, dtype=bool),
+            np.asarray(u, dtype=float),
+            np.asarray(self.p_nominal, dtype=float),
+            np.nan_to_num(np.asarray(y, dtype=float)),
+            np.asarray(mask, dtype=bool),
         )
         return FilterState(t=state.t, z=z, P=P), res
 

@@ -70,7 +70,9 @@ def fluxes(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]:
     p_A = p.Y_as * qS_of
     # acetate uptake: kinetic capacity, repressed by glucose uptake, limited by spare O2
     o_a = 1000.0 / 48.0 * (GAMMA_A * p.C_a - GAMMA_X * p.Y_xa * p.C_x)
-    spare = m.fmax(qO_cap - (o_ox * qS_ox + o_m), 0.0)
+    # spare respiratory capacity, = qO_cap - (o_ox qS_ox + o_m); written so it is exactly 0
+    # in overflow (no rounding residue deciding which branch of the min below is taken)
+    spare = o_ox * m.fmax(qS_crit - qS, 0.0)
     qA_kin = p.qA_max * fT * A / (p.K_sa + A) / (1.0 + qS / p.K_is)
     qA_c = m.fmin(qA_kin, spare / o_a)
     mu = (qS_ox - q_m) * p.Y_xs + qA_c * p.Y_xa
