@@ -234,13 +234,19 @@ class Model:
         return p
 
     # --- evaluation with any backend -------------------------------------------------
+    def named(self, x: Any, u: Any, p: Any) -> tuple[Values, Values, Values]:
+        """Named views of state, input and parameter vectors, as ``rhs`` receives them."""
+        return (
+            Values(self.state_names, list(x)),
+            Values(self.input_names, list(u)),
+            Values(self.parameter_names, list(p)),
+        )
+
     def evaluate(
         self, m: MathNamespace, x: list[Any], u: list[Any], p: list[Any]
     ) -> tuple[list[Any], list[Any]]:
         """Right-hand side and outputs as ordered lists of backend expressions."""
-        xs = Values(self.state_names, x)
-        us = Values(self.input_names, u)
-        ps = Values(self.parameter_names, p)
+        xs, us, ps = self.named(x, u, p)
         dx = _ordered(self, "rhs", self.rhs(m, xs, us, ps), self.state_names)
         y = _ordered(self, "measure", self.measure(m, xs, us, ps), self.output_names)
         return dx, y

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from estimators.soft_sensors import off_gas_rates, specific_rates
-from models import NUMPY, Values, load_model
+from models import NUMPY, load_model
 from models.library.ecoli_fedbatch import fluxes
 
 MODEL = load_model("ecoli_fedbatch")
@@ -46,8 +46,7 @@ def test_specific_rates_match_the_kinetics() -> None:
     u[MODEL.index("F")] = 0.05
     p = MODEL.p0
     r = specific_rates(MODEL, x, u, p)
-    names = (MODEL.state_names, MODEL.input_names, MODEL.parameter_names)
-    k = fluxes(NUMPY, *(Values(n, list(v)) for n, v in zip(names, (x, u, p), strict=True)))
+    k = fluxes(NUMPY, *MODEL.named(x, u, p))
     assert r.mu == pytest.approx(float(k["mu"]), rel=1e-9)
     assert r.qS == pytest.approx(float(k["qS"]), rel=1e-9)
     assert r.qO2 == pytest.approx(float(k["q_O2"]), rel=1e-9)

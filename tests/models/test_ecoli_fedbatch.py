@@ -94,8 +94,7 @@ def _flux_at(S: float, A: float = 0.1, DO: float = 60.0, **p_over: float) -> dic
     x = MODEL.x0.copy()
     x[IX["S"]], x[IX["A"]], x[IX["DO"]], x[IX["X"]] = S, A, DO, 10.0
     p = MODEL.parameters_with(**p_over)
-    vals = (Values(MODEL.state_names, list(x)), Values(MODEL.input_names, list(MODEL.u0)))
-    r = fluxes(NUMPY, *vals, Values(MODEL.parameter_names, list(p)))
+    r = fluxes(NUMPY, *MODEL.named(x, MODEL.u0, p))
     return {k: float(v) for k, v in r.items()}
 
 
@@ -168,6 +167,5 @@ def test_kla_correlation_magnitude() -> None:
 
     x, u = MODEL.x0.copy(), MODEL.u0.copy()
     u[IU["Q_air"]], u[IU["N_stir"]] = 15.0, 1000.0
-    args = (Values(MODEL.state_names, list(x)), Values(MODEL.input_names, list(u)))
-    k = float(kla(NUMPY, *args, Values(MODEL.parameter_names, list(MODEL.p0))))
+    k = float(kla(NUMPY, *MODEL.named(x, u, MODEL.p0)))
     assert 100.0 < k < 600.0

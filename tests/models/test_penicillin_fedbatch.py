@@ -7,14 +7,13 @@ substrate, the closed forms of the rate laws), not taken from the model's own ou
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import casadi as ca
 import numpy as np
 import pytest
 
 import models
-from models import CASADI, NUMPY, Values
+from models import CASADI, NUMPY
 from models.library import penicillin_fedbatch as pf
 
 MODEL = models.load_model("penicillin_fedbatch")
@@ -33,17 +32,9 @@ def inputs_at(t: float) -> np.ndarray:
     return np.array([F, 8.6, 29.9, T_set])
 
 
-def _values(x: Any, u: Any, p: Any) -> tuple[Values, Values, Values]:
-    return (
-        Values(MODEL.state_names, list(x)),
-        Values(MODEL.input_names, list(u)),
-        Values(MODEL.parameter_names, list(p)),
-    )
-
-
 def fluxes_np(x: np.ndarray, u: np.ndarray | None = None, p: np.ndarray = P0) -> dict[str, float]:
     u = MODEL.u0 if u is None else u
-    r = pf.fluxes(NUMPY, *_values([np.float64(v) for v in x], u, p))
+    r = pf.fluxes(NUMPY, *MODEL.named([np.float64(v) for v in x], u, p))
     return {k: float(v) for k, v in r.items()}
 
 
@@ -59,7 +50,7 @@ def nominal_run() -> dict[str, np.ndarray]:
     """Run with the model's own CVODES step, and an augmented run that integrates the
     substrate consumed, int sigma X V dt (g), alongside the states."""
     cm = MODEL.to_casadi()
-    xs, us, ps = _values(
+    xs, us, ps = MODEL.named(
         [cm.x[i] for i in range(MODEL.nx)],
         [cm.u[i] for i in range(MODEL.nu)],
         [cm.p[i] for i in range(MODEL.n_p)],

@@ -7,7 +7,6 @@ electrons; the steady state of a chemostat), not taken from the model's own outp
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import casadi as ca
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from scipy.optimize import brentq
 
 import models
-from models import CASADI, NUMPY, Values
+from models import CASADI, NUMPY
 from models.library import yeast_fedbatch as yf
 
 MODEL = models.load_model("yeast_fedbatch")
@@ -42,17 +41,9 @@ def feed_profile(t: float) -> float:
     return min(F, 0.5)
 
 
-def _values(x: Any, u: Any, p: Any) -> tuple[Values, Values, Values]:
-    return (
-        Values(MODEL.state_names, list(x)),
-        Values(MODEL.input_names, list(u)),
-        Values(MODEL.parameter_names, list(p)),
-    )
-
-
 def fluxes_np(x: np.ndarray, u: np.ndarray | None = None, p: np.ndarray = P0) -> dict[str, float]:
     u = MODEL.u0 if u is None else u
-    r = yf.fluxes(NUMPY, *_values([np.float64(v) for v in x], u, p))
+    r = yf.fluxes(NUMPY, *MODEL.named([np.float64(v) for v in x], u, p))
     return {k: float(v) for k, v in r.items()}
 
 
@@ -70,7 +61,7 @@ def nominal_run() -> dict[str, np.ndarray]:
     The augmented integrator carries int q_C X V dt (g C released as CO2) next to the states.
     """
     cm = MODEL.to_casadi()
-    xs, us, ps = _values(
+    xs, us, ps = MODEL.named(
         [cm.x[i] for i in range(MODEL.nx)],
         [cm.u[i] for i in range(MODEL.nu)],
         [cm.p[i] for i in range(MODEL.n_p)],
