@@ -37,6 +37,7 @@ Run:
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import datetime as dt
@@ -161,7 +162,7 @@ def bpcontrol_config(variant: str) -> NMPCConfig:
 
 
 # --- closed loops ----------------------------------------------------------------------
-class Loop:
+class AbstractLoop(abc.ABC):
     """One controller, its own plant simulator and state feedback, advanced step by step."""
 
     name: str
@@ -178,8 +179,9 @@ class Loop:
         self.notes: Counter[str] = Counter()
         self.profile: dict[str, list[float]] = {}
 
+    @abc.abstractmethod
     def control(self, k: int) -> np.ndarray:
-        raise NotImplementedError
+        """The controller's input for step ``k`` (timed by the subclass)."""
 
     def step(self, k: int) -> None:
         u = self.control(k)
@@ -188,7 +190,7 @@ class Loop:
         self.xs.append(self.x.copy())
 
 
-class DompcLoop(Loop):
+class DompcLoop(AbstractLoop):
     name = DOMPC
 
     def __init__(self, dompc_plant_model: Any, profile: bool) -> None:
@@ -240,7 +242,7 @@ class _Timed:
         return self.fn.stats()
 
 
-class BpcontrolLoop(Loop):
+class BpcontrolLoop(AbstractLoop):
     def __init__(
         self, dompc_plant_model: Any, variant: str, ctl: NMPC, model: Model, profile: bool
     ) -> None:
@@ -291,7 +293,7 @@ def p95(values: list[float]) -> float:
     return float(np.percentile(values, 95))
 
 
-def summarize(loop: Loop) -> dict[str, Any]:
+def summarize(loop: AbstractLoop) -> dict[str, Any]:
     ms = [1e3 * t for t in loop.times]
     xs = np.array(loop.xs)
     out: dict[str, Any] = {
@@ -317,7 +319,7 @@ def run_once(
     args: argparse.Namespace, controllers: dict[str, NMPC], model: Model
 ) -> dict[str, dict[str, Any]]:
     plant_model = dompc_model()
-    loops: list[Loop] = []
+    loops: list[AbstractLoop] = []
     if not args.no_dompc:
         loops.append(DompcLoop(plant_model, args.profile))
     for variant, ctl in controllers.items():
