@@ -74,7 +74,6 @@ import datetime as dt
 import gc
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -88,6 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy
+from _machine import cpu_model
 from filterpy.kalman import ExtendedKalmanFilter as FilterpyEKF
 
 from estimators import EKFConfig, ExtendedKalmanFilter, Sensor, TrackedParameter
@@ -507,17 +507,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- report -----------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),

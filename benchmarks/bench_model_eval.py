@@ -49,6 +49,7 @@ import casadi as ca
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _machine import cpu_model
 
 from models import Model, available_models, load_model
 
@@ -251,17 +252,6 @@ def bench_model(
 
 
 # --- report ---------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -44,7 +44,6 @@ import datetime as dt
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -61,6 +60,8 @@ with warnings.catch_warnings():
     # do-mpc warns at import about optional features (ONNX, OPC UA, PyTorch) it lacks.
     warnings.simplefilter("ignore")
     import do_mpc
+
+from _machine import cpu_model
 
 from bpcontrol.nmpc import NMPC, NMPCConfig, Objective, Plan, StateEstimate
 from models import Model, load_model
@@ -383,15 +384,9 @@ def table(results: dict[str, dict[str, Any]], build: dict[str, float]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "nproc": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "load_avg": os.getloadavg(),
         "python": sys.version.split()[0],
         "casadi": ca.CasadiMeta.version(),
