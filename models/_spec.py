@@ -226,12 +226,19 @@ class Model:
 
     def parameters_with(self, **overrides: float) -> np.ndarray:
         """Nominal parameter vector with some values replaced by name (unknown names raise)."""
-        p = self.p0.copy()
+        return self._with("parameter", self.p0, overrides)
+
+    def states_with(self, **overrides: float) -> np.ndarray:
+        """Nominal initial state with some values replaced by name (unknown names raise)."""
+        return self._with("state", self.x0, overrides)
+
+    def _with(self, group: str, nominal: np.ndarray, overrides: Mapping[str, float]) -> np.ndarray:
+        out = nominal.copy()
         for name, value in overrides.items():
-            if self._index.get(name, ("", 0))[0] != "parameter":
-                raise KeyError(f"model {self.name!r} has no parameter named {name!r}")
-            p[self.index(name)] = float(value)
-        return p
+            if self._index.get(name, ("", 0))[0] != group:
+                raise KeyError(f"model {self.name!r} has no {group} named {name!r}")
+            out[self.index(name)] = float(value)
+        return out
 
     # --- evaluation with any backend -------------------------------------------------
     def named(self, x: Any, u: Any, p: Any) -> tuple[Values, Values, Values]:

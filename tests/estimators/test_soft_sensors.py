@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from estimators.soft_sensors import off_gas_rates, specific_rates
@@ -12,19 +11,12 @@ from models.library.ecoli_fedbatch import fluxes
 MODEL = load_model("ecoli_fedbatch")
 
 
-def _state(**over: float) -> np.ndarray:
-    x = MODEL.x0.copy()
-    for k, v in over.items():
-        x[MODEL.index(k)] = v
-    return x
-
-
 @pytest.mark.parametrize(
     ("X", "S", "DO"), [(5.0, 0.05, 60.0), (20.0, 0.02, 30.0), (1.0, 8.0, 90.0)]
 )
 def test_off_gas_rates_invert_the_model_gas_balance(X: float, S: float, DO: float) -> None:
     """The model computes outlet fractions from OUR/CER; the soft sensor recovers them."""
-    x, u, p = _state(X=X, S=S, DO=DO), MODEL.u0.copy(), MODEL.p0
+    x, u, p = MODEL.states_with(X=X, S=S, DO=DO), MODEL.u0.copy(), MODEL.p0
     y = MODEL.to_casadi().outputs(x, u, p)
     get = {n: y[MODEL.index(n)] for n in MODEL.output_names}
     r = off_gas_rates(
@@ -42,7 +34,7 @@ def test_air_in_equals_air_out_gives_zero_rates() -> None:
 
 def test_specific_rates_match_the_kinetics() -> None:
     """mu and qS recovered from the balances equal the kinetic rates of the model."""
-    x, u = _state(X=8.0, S=0.05, A=0.2, DO=50.0), MODEL.u0.copy()
+    x, u = MODEL.states_with(X=8.0, S=0.05, A=0.2, DO=50.0), MODEL.u0.copy()
     u[MODEL.index("F")] = 0.05
     p = MODEL.p0
     r = specific_rates(MODEL, x, u, p)
@@ -55,4 +47,4 @@ def test_specific_rates_match_the_kinetics() -> None:
 
 def test_specific_rates_refuse_zero_biomass() -> None:
     with pytest.raises(ValueError, match="biomass > 0"):
-        specific_rates(MODEL, _state(X=0.0), MODEL.u0, MODEL.p0)
+        specific_rates(MODEL, MODEL.states_with(X=0.0), MODEL.u0, MODEL.p0)

@@ -38,13 +38,6 @@ def fluxes_np(x: np.ndarray, u: np.ndarray | None = None, p: np.ndarray = P0) ->
     return {k: float(v) for k, v in r.items()}
 
 
-def state(**kw: float) -> np.ndarray:
-    x = MODEL.x0.copy()
-    for k, v in kw.items():
-        x[IX[k]] = v
-    return x
-
-
 @pytest.fixture(scope="module")
 def nominal_run() -> dict[str, np.ndarray]:
     """Run with the model's own CVODES step, and an augmented run that integrates the
@@ -128,7 +121,7 @@ def test_production_is_substrate_inhibited() -> None:
     # q_P = mu_p S / (K_p + S + S^2/K_I) peaks at S* = sqrt(K_p K_I), rising below, falling above
     S_star = math.sqrt(PAR["K_p"] * PAR["K_I"])
     S_grid = np.logspace(-6, 2, 161)
-    qP = np.array([fluxes_np(state(S=S, X=10.0))["q_P"] for S in S_grid])
+    qP = np.array([fluxes_np(MODEL.states_with(S=S, X=10.0))["q_P"] for S in S_grid])
     below, above = S_grid < S_star, S_grid > S_star
     assert np.all(np.diff(qP[below]) > 0.0)
     assert np.all(np.diff(qP[above]) < 0.0)
@@ -137,20 +130,20 @@ def test_production_is_substrate_inhibited() -> None:
     def shape(S: float) -> float:
         return S / (PAR["K_p"] + S + S * S / PAR["K_I"])
 
-    q_star = fluxes_np(state(S=S_star, X=10.0))["q_P"]
+    q_star = fluxes_np(MODEL.states_with(S=S_star, X=10.0))["q_P"]
     for S in (1e-5, 0.01, 0.1, 1.0, 10.0):
-        assert fluxes_np(state(S=S, X=10.0))["q_P"] / q_star == pytest.approx(
+        assert fluxes_np(MODEL.states_with(S=S, X=10.0))["q_P"] / q_star == pytest.approx(
             shape(S) / shape(S_star), rel=1e-12
         )
     # at batch-phase glucose (15 g/L) production is below 1 % of the maximum
-    assert fluxes_np(state(S=15.0, X=10.0))["q_P"] < 0.01 * q_star
+    assert fluxes_np(MODEL.states_with(S=15.0, X=10.0))["q_P"] < 0.01 * q_star
 
 
 def test_growth_and_death_follow_arrhenius() -> None:
     # ratios between two temperatures: exp(-E/R (1/T2 - 1/T1)), E in cal/mol, R = 1.987
     T1, T2 = 25.0, 30.0
-    r1 = fluxes_np(state(T=T1, S=1.0, X=5.0))
-    r2 = fluxes_np(state(T=T2, S=1.0, X=5.0))
+    r1 = fluxes_np(MODEL.states_with(T=T1, S=1.0, X=5.0))
+    r2 = fluxes_np(MODEL.states_with(T=T2, S=1.0, X=5.0))
     inv = 1.0 / (T2 + 273.15) - 1.0 / (T1 + 273.15)
     assert r2["mu_g"] / r1["mu_g"] == pytest.approx(math.exp(-PAR["E_g"] / 1.987 * inv), rel=1e-12)
     assert r2["k_death"] / r1["k_death"] == pytest.approx(
@@ -160,7 +153,7 @@ def test_growth_and_death_follow_arrhenius() -> None:
     assert r2["k_death"] / r1["k_death"] > 3.0 * r2["mu_g"] / r1["mu_g"]
     # nominal growth: mu_x f_pH (Contois) k_g exp(-E_g/RT), pH 5 factor 1/(1 + 1e-5 + 1/7)
     f_pH = 1.0 / (1.0 + PAR["K_1"] / 1e-5 + 1e-5 / PAR["K_2"])
-    x = state(T=T1, S=1.0, X=5.0)
+    x = MODEL.states_with(T=T1, S=1.0, X=5.0)
     C_L = PAR["C_L_sat"]
     mu_ref = (
         PAR["mu_x"]
@@ -177,7 +170,7 @@ def test_growth_and_death_follow_arrhenius() -> None:
 
 def test_hydrolysis_and_dilution_of_penicillin() -> None:
     # without biomass nothing is made: dP/dt = -(K + F/V) P
-    x = state(X=0.0, S=1.0, P=2.0, V=120.0)
+    x = MODEL.states_with(X=0.0, S=1.0, P=2.0, V=120.0)
     u = np.array([0.3, 8.6, 29.9, 25.0])
     dP = MODEL.to_casadi().rhs(x, u, P0)[IX["P"]]
     assert dP == pytest.approx(-(PAR["K_h"] + 0.3 / 120.0) * 2.0, rel=1e-12)
@@ -185,12 +178,14 @@ def test_hydrolysis_and_dilution_of_penicillin() -> None:
 
 def test_no_substrate_no_consumption() -> None:
     # at S = 0 growth, production and (saturating) maintenance stop: S cannot go negative
-    r = fluxes_np(state(S=0.0, X=10.0))
+    r = fluxes_np(MODEL.states_with(S=0.0, X=10.0))
     assert r["sigma"] == 0.0 and r["mu_g"] == 0.0 and r["q_P"] == 0.0
-    dS = MODEL.to_casadi().rhs(state(S=0.0, X=10.0), np.array([0.0, 8.6, 29.9, 25.0]), P0)
+    dS = MODEL.to_casadi().rhs(
+        MODEL.states_with(S=0.0, X=10.0), np.array([0.0, 8.6, 29.9, 25.0]), P0
+    )
     assert dS[IX["S"]] == 0.0
     # well above K_m maintenance equals m_x
-    assert fluxes_np(state(S=1.0))["m_S"] == pytest.approx(PAR["m_x"], rel=1e-3)
+    assert fluxes_np(MODEL.states_with(S=1.0))["m_S"] == pytest.approx(PAR["m_x"], rel=1e-3)
 
 
 def test_kla_and_oxygen_balance() -> None:
@@ -198,7 +193,7 @@ def test_kla_and_oxygen_balance() -> None:
     kla_ref = 70.0 * math.sqrt(8.6) * (29.9 / 100.0) ** 0.4
     assert fluxes_np(MODEL.x0)["kla"] == pytest.approx(kla_ref, rel=1e-12)
     # DO balance: dDO/dt = kLa (100 - DO) - 100 OUR / C_L* - D DO, OUR from the yields
-    x = state(X=8.0, S=0.05, DO=60.0, V=110.0)
+    x = MODEL.states_with(X=8.0, S=0.05, DO=60.0, V=110.0)
     u = np.array([0.05, 8.6, 29.9, 25.0])
     r = fluxes_np(x, u)
     C_L = PAR["C_L_sat"] * 0.6
@@ -213,12 +208,12 @@ def test_kla_and_oxygen_balance() -> None:
     ref = r["kla"] * 40.0 - 100.0 * q_O2 * 8.0 / PAR["C_L_sat"] - 0.05 / 110.0 * 60.0
     assert dDO == pytest.approx(ref, rel=1e-12)
     # no oxygen: no O2 uptake, so the DO cannot be driven negative
-    assert fluxes_np(state(DO=0.0, X=8.0))["q_O2"] == 0.0
+    assert fluxes_np(MODEL.states_with(DO=0.0, X=8.0))["q_O2"] == 0.0
 
 
 def test_jax_twin_matches_casadi() -> None:
     jm, cm = MODEL.to_jax(), MODEL.to_casadi()
-    for x in (MODEL.x0, state(X=10.0, S=0.01, P=1.0, DO=40.0, V=110.0, T=27.0)):
+    for x in (MODEL.x0, MODEL.states_with(X=10.0, S=0.01, P=1.0, DO=40.0, V=110.0, T=27.0)):
         u = np.array([0.05, 10.0, 40.0, 26.0])
         np.testing.assert_allclose(np.asarray(jm.f(x, u, P0)), cm.rhs(x, u, P0), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(jm.h(x, u, P0)), cm.outputs(x, u, P0), rtol=1e-12)

@@ -47,13 +47,6 @@ def fluxes_np(x: np.ndarray, u: np.ndarray | None = None, p: np.ndarray = P0) ->
     return {k: float(v) for k, v in r.items()}
 
 
-def state(**kw: float) -> np.ndarray:
-    x = MODEL.x0.copy()
-    for k, v in kw.items():
-        x[IX[k]] = v
-    return x
-
-
 @pytest.fixture(scope="module")
 def nominal_run() -> dict[str, np.ndarray]:
     """Fed-batch run with the model's own CVODES step, plus the CO2 carbon integrated alongside.
@@ -157,39 +150,43 @@ def test_ethanol_only_above_critical_glucose_uptake() -> None:
     # at full aeration the critical glucose flux is qO_max fO / (O2 per g oxidised glucose)
     qS_crit = PAR["qO_max"] * 100.0 / (K_O_PCT + 100.0) / O_OX
     S_crit = PAR["K_s"] * qS_crit / (PAR["qS_max"] - qS_crit)
-    assert fluxes_np(state(S=S_crit))["qS_crit"] == pytest.approx(qS_crit, rel=1e-12)
+    assert fluxes_np(MODEL.states_with(S=S_crit))["qS_crit"] == pytest.approx(qS_crit, rel=1e-12)
     for S in (1e-4, 0.1 * S_crit, 0.5 * S_crit, 0.99 * S_crit):
-        r = fluxes_np(state(S=S, E=0.0))
+        r = fluxes_np(MODEL.states_with(S=S, E=0.0))
         assert r["qS"] < qS_crit
         assert r["p_E"] == 0.0 and r["qS_red"] == 0.0
         assert r["q_O2"] < r["qO_cap"]
     for S in (1.01 * S_crit, 2.0 * S_crit, 10.0):
-        r = fluxes_np(state(S=S, E=0.0))
+        r = fluxes_np(MODEL.states_with(S=S, E=0.0))
         assert r["p_E"] > 0.0
         assert r["p_E"] == pytest.approx(r["Y_es"] * (r["qS"] - qS_crit), rel=1e-9)
         # respiration is saturated: the bottleneck is hit exactly
         assert r["q_O2"] == pytest.approx(r["qO_cap"], rel=1e-9)
     # the volumetric ethanol rate switches sign with the glucose supply (E present, X = 5 g/L)
-    dE_low = MODEL.to_casadi().rhs(state(S=0.5 * S_crit, E=1.0, X=5.0), MODEL.u0, P0)[IX["E"]]
-    dE_high = MODEL.to_casadi().rhs(state(S=2.0 * S_crit, E=1.0, X=5.0), MODEL.u0, P0)[IX["E"]]
+    dE_low = MODEL.to_casadi().rhs(MODEL.states_with(S=0.5 * S_crit, E=1.0, X=5.0), MODEL.u0, P0)[
+        IX["E"]
+    ]
+    dE_high = MODEL.to_casadi().rhs(MODEL.states_with(S=2.0 * S_crit, E=1.0, X=5.0), MODEL.u0, P0)[
+        IX["E"]
+    ]
     assert dE_low < 0.0 < dE_high
 
 
 def test_ethanol_uptake_needs_spare_respiration() -> None:
     # above the critical flux there is no spare capacity: ethanol is not consumed
-    r = fluxes_np(state(S=1.0, E=2.0))
+    r = fluxes_np(MODEL.states_with(S=1.0, E=2.0))
     assert r["qE"] == 0.0
     # without glucose ethanol is oxidised, and respiration never exceeds the capacity
     for DO in (0.5, 5.0, 50.0, 100.0):
         for S in (0.0, 0.01, 0.05, 0.2, 5.0):
             for E in (0.0, 0.05, 2.0):
-                r = fluxes_np(state(S=S, E=E, DO=DO))
+                r = fluxes_np(MODEL.states_with(S=S, E=E, DO=DO))
                 assert r["q_O2"] <= r["qO_cap"] * (1 + 1e-12) + 1e-12
                 assert r["qE"] >= 0.0 and r["p_E"] >= 0.0 and r["q_C"] > -1e-12
-    r = fluxes_np(state(S=0.0, E=2.0))
+    r = fluxes_np(MODEL.states_with(S=0.0, E=2.0))
     assert r["qE"] > 0.0 and r["mu"] == pytest.approx(PAR["Y_xe"] * r["qE"], rel=1e-12)
     # without oxygen only fermentation remains: no O2 uptake, no ethanol uptake
-    r = fluxes_np(state(S=5.0, E=2.0, DO=0.0))
+    r = fluxes_np(MODEL.states_with(S=5.0, E=2.0, DO=0.0))
     assert r["q_O2"] == pytest.approx(0.0, abs=1e-12) and r["qE"] == 0.0
 
 
@@ -203,14 +200,14 @@ def test_respiratory_quotient_of_the_routes() -> None:
         return r["q_C"] / 12.0 * 1000.0 / r["q_O2"]
 
     # purely oxidative growth on glucose: RQ just above 1 (S. cerevisiae ~1.05)
-    r = fluxes_np(state(S=0.01, E=0.0))
+    r = fluxes_np(MODEL.states_with(S=0.01, E=0.0))
     assert rq_model(r) == pytest.approx(rq(PAR["C_s"], 4.0, PAR["Y_xs_ox"]), rel=1e-9)
     assert 1.0 < rq_model(r) < 1.15
     # oxido-reductive growth: the O2-free reductive CO2 raises RQ far above 1
-    r = fluxes_np(state(S=5.0, E=0.0))
+    r = fluxes_np(MODEL.states_with(S=5.0, E=0.0))
     assert rq_model(r) > 3.0
     # growth on ethanol: below 2/3, the RQ of complete ethanol oxidation
-    r = fluxes_np(state(S=0.0, E=2.0))
+    r = fluxes_np(MODEL.states_with(S=0.0, E=2.0))
     assert rq_model(r) == pytest.approx(rq(PAR["C_e"], 6.0, PAR["Y_xe"]), rel=1e-9)
     assert 0.0 < rq_model(r) < 2.0 / 3.0
 
@@ -228,7 +225,7 @@ def _chemostat(D: float, S_in: float, kla: float, t_end: float) -> np.ndarray:
         t_end,
         {"abstol": 1e-12, "reltol": 1e-10, "max_num_steps": 200000},
     )
-    x0 = state(X=1.0, S=S_in / 2, E=0.0, DO=90.0, V=1.0)
+    x0 = MODEL.states_with(X=1.0, S=S_in / 2, E=0.0, DO=90.0, V=1.0)
     p = MODEL.parameters_with(S_feed=S_in)
     return np.asarray(integ(x0=x0, p=np.concatenate([[D * 1.0, kla], p]))["xf"]).ravel()
 
@@ -277,7 +274,7 @@ def test_chemostat_above_critical_rate_makes_ethanol() -> None:
 
 def test_jax_twin_matches_casadi() -> None:
     jm, cm = MODEL.to_jax(), MODEL.to_casadi()
-    for x in (MODEL.x0, state(X=10.0, S=0.02, E=1.5, DO=30.0, V=7.0)):
+    for x in (MODEL.x0, MODEL.states_with(X=10.0, S=0.02, E=1.5, DO=30.0, V=7.0)):
         u = np.array([0.1, 600.0])
         np.testing.assert_allclose(np.asarray(jm.f(x, u, P0)), cm.rhs(x, u, P0), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(jm.h(x, u, P0)), cm.outputs(x, u, P0), rtol=1e-12)
