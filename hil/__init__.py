@@ -1,10 +1,18 @@
 """Hardware-in-the-loop: simulated plants and the data they record.
 
-So far: :mod:`hil.synthetic`, recorded fed-batch data (true states, inputs and
-time-stamped, noisy, multi-rate, late readings) generated as a pure function of a model,
-a run configuration and a seed, with a CSV reader and writer for that data.
+So far:
+
+- :mod:`hil.synthetic`: recorded fed-batch data (true states, inputs and time-stamped,
+  noisy, multi-rate, late readings) generated as a pure function of a model, a run
+  configuration and a seed, with a CSV reader and writer for that data;
+- :mod:`hil.plant`: :class:`SimulatedPlant`, an in-process plant for the closed loop
+  (implements ``bpcontrol.interfaces.Plant``): the true model integrated by CVODES
+  between reads and setpoint changes, seen through seeded noisy, drifting and lagging
+  online probes and late offline assays; :func:`ecoli_plant` is the default E. coli
+  scenario.
 """
 
+from hil.plant import ECOLI_PLANT_FACTORS, PlantTruth, SimulatedPlant, ecoli_plant
 from hil.synthetic import (
     DataFormatError,
     OfflineAssays,
@@ -20,13 +28,17 @@ from hil.synthetic import (
 )
 
 __all__ = [
+    "ECOLI_PLANT_FACTORS",
     "DataFormatError",
     "OfflineAssays",
+    "PlantTruth",
     "Record",
     "RecordedRun",
+    "SimulatedPlant",
     "SyntheticData",
     "SyntheticRun",
     "ecoli_fedbatch_run",
+    "ecoli_plant",
     "exponential_feed",
     "generate",
     "read_csv",

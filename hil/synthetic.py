@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +96,36 @@ class OfflineAssays:
     delay_h: tuple[float, float] = (1.0, 3.0)
     relative_sigma: float = 0.05
     absolute_sigma: Mapping[str, float] = field(default_factory=dict)
+
+    def validate(self, model: Model, online: Iterable[str] = ()) -> None:
+        """Raise ``ValueError`` naming the first entry that does not fit ``model`` (or that
+        is also one of the ``online`` sensors)."""
+        for name in (*self.outputs, *self.absolute_sigma):
+            if _kind(model, name) != "output":
+                raise ValueError(f"offline: {name!r} is not an output of {model.name!r}")
+        if set(self.outputs) & set(online):
+            raise ValueError("an output cannot be both online and offline")
+        for label, (lo, hi) in (("interval_h", self.interval_h), ("delay_h", self.delay_h)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+                raise ValueError(f"offline {label} must be 0 <= min <= max, got {(lo, hi)}")
+        if self.interval_h[1] <= 0:
+            raise ValueError("offline interval_h must allow a positive interval")
+        if not self.relative_sigma >= 0 or any(v < 0 for v in self.absolute_sigma.values()):
+            raise ValueError("offline assay errors must be >= 0")
+
+    def draw(self, rng: np.random.Generator, period_h: float) -> tuple[int, int, np.ndarray]:
+        """The next sample on a grid of ``period_h``: ``(periods since the previous sample
+        (>= 1), periods until its result arrives (rounded up), one standard normal error
+        per output)``, drawn from ``rng`` in that order."""
+        k_gap = max(1, round(rng.uniform(*self.interval_h) / period_h))
+        k_delay = math.ceil(rng.uniform(*self.delay_h) / period_h - 1e-9)
+        return k_gap, k_delay, rng.standard_normal(len(self.outputs))
+
+    def assay(self, name: str, y: float, error: float) -> float:
+        """The assay of output ``name`` (true value ``y``) for a standard normal ``error``:
+        ``y + sqrt(absolute^2 + (relative y)^2) error`` (not clipped)."""
+        sigma = math.hypot(self.absolute_sigma.get(name, 0.0), self.relative_sigma * y)
+        return float(y + sigma * error)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,26 +181,26 @@ class SyntheticRun:
         if both:
             raise ValueError(f"parameters and parameter_factors both set {sorted(both)}")
         if self.offline is not None:
-            off = self.offline
-            for name in (*off.outputs, *off.absolute_sigma):
-                if _kind(model, name) != "output":
-                    raise ValueError(f"offline: {name!r} is not an output of {model.name!r}")
-            if set(off.outputs) & set(self.online):
-                raise ValueError("an output cannot be both online and offline")
-            for label, (lo, hi) in (("interval_h", off.interval_h), ("delay_h", off.delay_h)):
-                if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
-                    raise ValueError(f"offline {label} must be 0 <= min <= max, got {(lo, hi)}")
-            if off.interval_h[1] <= 0:
-                raise ValueError("offline interval_h must allow a positive interval")
-            if not off.relative_sigma >= 0 or any(v < 0 for v in off.absolute_sigma.values()):
-                raise ValueError("offline assay errors must be >= 0")
+            self.offline.validate(model, self.online)
 
     def true_parameters(self, model: Model) -> np.ndarray:
         """The plant's parameter vector (model order)."""
-        p = model.parameters_with(**self.parameters)
-        for name, factor in self.parameter_factors.items():
-            p[model.index(name)] *= factor
-        return p
+        return true_parameters(model, self.parameters, self.parameter_factors)
+
+
+def true_parameters(
+    model: Model,
+    parameters: Mapping[str, float] | None = None,
+    factors: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """The nominal parameter vector (model order) with some values replaced by name
+    (``parameters``) and others multiplied by a factor (``factors``)."""
+    p = model.parameters_with(**(parameters or {}))
+    for name, factor in (factors or {}).items():
+        if _kind(model, name) != "parameter":
+            raise ValueError(f"{name!r} is not a parameter of model {model.name!r}")
+        p[model.index(name)] *= factor
+    return p
 
 
 @dataclass(frozen=True)
@@ -303,20 +333,18 @@ def generate(model: Model, run: SyntheticRun, seed: int) -> SyntheticData:
         off = run.offline
         k_sample = 0
         while True:
-            gap = rng.uniform(*off.interval_h)
-            k_sample += max(1, round(gap / run.period_h))
+            k_gap, k_delay, errors = off.draw(rng, run.period_h)
+            k_sample += k_gap
+            k_arrive = k_sample + k_delay
             if k_sample > n:
                 break
-            k_arrive = k_sample + math.ceil(rng.uniform(*off.delay_h) / run.period_h - 1e-9)
-            errors = rng.standard_normal(len(off.outputs))
             if k_arrive > n:
                 continue
             for name, e in zip(off.outputs, errors, strict=True):
                 j = model.index(name)
-                y = Y[k_sample, j]
-                sigma = math.hypot(off.absolute_sigma.get(name, 0.0), off.relative_sigma * y)
+                value = off.assay(name, Y[k_sample, j], e)
                 records.append(
-                    Record(float(t[k_arrive]), name, reading(j, y + sigma * e), float(t[k_sample]))
+                    Record(float(t[k_arrive]), name, reading(j, value), float(t[k_sample]))
                 )
     records.sort(key=lambda r: r.t_h)  # stable: online before offline at one time
     profile = InputProfile(t.copy(), U.copy(), model.input_names)
