@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 
+_CLAMP_REPORT_TOL: Final = 1e-9
+"""Relative change below which a clamp is solver rounding and is not reported as clamped."""
+
+
 class Mode(enum.Enum):
     """Who drives the setpoints."""
 
@@ -367,7 +371,7 @@ class Supervisor:
             hi = min(lim.upper, prev + move)
             value = min(max(float(want), lo), hi)
             applied.append(value)
-            if value != want:
+            if abs(value - want) > _CLAMP_REPORT_TOL * max(1.0, abs(want)):  # not rounding
                 clamped.append(name)
         return tuple(applied), tuple(clamped)
 

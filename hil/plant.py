@@ -516,10 +516,11 @@ class SimulatedPlant:
 
 # --- the E. coli default scenario ------------------------------------------------------
 
-ECOLI_PLANT_FACTORS: Mapping[str, float] = {"mu_max": 1.2, "Y_xs": 0.8}
-"""The default E. coli plant: 20 % faster growth and 20 % lower yield than the literature
-model (the perturbation ``benchmarks/bench_ekf.py`` uses; ``hil.synthetic`` documents how
-hard this plant is for a fixed recipe)."""
+ECOLI_PLANT_FACTORS: Mapping[str, float] = {"mu_max": 0.8, "Y_xs": 1.2}
+"""The default E. coli plant: 20 % slower growth and 20 % higher yield than the literature
+model the controller starts from (the default scenario of ``bpcontrol run``). The opposite
+perturbation (``benchmarks/bench_ekf.py``) is an oxygen-limited plant on which the recipe
+breaks the DO minimum; scenarios can choose either."""
 
 
 def ecoli_plant(

@@ -89,6 +89,8 @@ class NMPCConfig:
     feasibility check (``None``: report the step as failed instead).
     ``smoothing`` (> 0) replaces the model's min/max kinks by smooth ones of that width in
     the controller's copy (Newton solvers stall on kinks; the plant stays exact).
+    ``ipopt_options``: extra IPOPT options by name without the ``ipopt.`` prefix (e.g.
+    ``{"warm_start_init_point": "yes"}``); they override the defaults.
     ``initial_inputs(t_h)`` gives all model inputs of a recipe, used to build the first
     guess (a feasible recipe makes the first full solve far more reliable).
     """
@@ -117,6 +119,7 @@ class NMPCConfig:
     max_iter: int = 200
     time_limit_s: float = 5.0
     slack_tolerance: float = 1e-6
+    ipopt_options: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, model: Model, *, t0_h: float = 0.0) -> None:
         """Raise :class:`NMPCConfigError` on the first problem, naming it."""

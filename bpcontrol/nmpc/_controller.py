@@ -117,6 +117,7 @@ class NMPC:
             "ipopt.max_wall_time": cfg.time_limit_s,
             "ipopt.tol": 1e-8,
             "ipopt.acceptable_tol": 1e-6,
+            **{f"ipopt.{k}": v for k, v in cfg.ipopt_options.items()},
         }
         self._ipopt = ca.nlpsol("nmpc_ipopt", "ipopt", self.ocp.nlp, ipopt_opts)
         self._rti: RealTimeIteration | None = None

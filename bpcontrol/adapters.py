@@ -1,0 +1,99 @@
+"""Stateful adapters that fit the pure estimator and controller into the loop.
+
+The estimator (:class:`estimators.OnlineEstimator`) and the NMPC (:class:`bpcontrol.nmpc.NMPC`)
+are pure ``step(state, ...) -> (result, state)`` functions; the loop wants objects that keep
+their own state and speak in records. These adapters do only that translation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bpcontrol.nmpc import NMPC, NMPCState, Plan, StateEstimate
+from bpcontrol.records import EstimateRecord, EventRecord, PlanRecord
+from estimators import EstimatorState, OnlineEstimator, Reading
+from models import Model
+
+__all__ = ["EstimatorOutput", "LoopEstimator", "NMPCController", "plan_record"]
+
+
+class NMPCController:
+    """The NMPC as a :class:`bpcontrol.interfaces.Controller`: keeps its warm start."""
+
+    def __init__(self, nmpc: NMPC, x0: np.ndarray, u0: np.ndarray) -> None:
+        self.nmpc = nmpc
+        self._state: NMPCState = nmpc.init(x0, u0)
+
+    def plan(self, estimate: StateEstimate, t_h: float, u_applied: np.ndarray) -> Plan:
+        """Solve for the period starting at ``t_h`` (h) from the applied inputs."""
+        plan, self._state = self.nmpc.step(self._state, estimate, t_h, u_applied=u_applied)
+        return plan
+
+
+def plan_record(model: Model, plan: Plan) -> PlanRecord:
+    """The historian record of a plan (predicted states and planned inputs by name)."""
+    X, U = np.asarray(plan.X), np.asarray(plan.U)
+    return PlanRecord(
+        t_h=plan.t,
+        status=plan.status.value,
+        solve_time_s=plan.solve_time_s,
+        t_nodes_h=tuple(np.asarray(plan.t_nodes, dtype=float)),
+        x_pred={n: tuple(X[:, i]) for i, n in enumerate(model.state_names)} if X.ndim == 2 else {},
+        u_plan={n: tuple(U[:, i]) for i, n in enumerate(model.input_names)} if U.ndim == 2 else {},
+        message=plan.message,
+    )
+
+
+@dataclass(frozen=True)
+class EstimatorOutput:
+    """One estimator step as the loop uses it.
+
+    ``record`` goes to the historian, ``events`` too; ``estimate`` (states and the full
+    parameter vector with the tracked ones replaced) goes to the controller; ``healthy``
+    tells the supervisor whether the estimate may drive the plant.
+    """
+
+    record: EstimateRecord
+    events: tuple[EventRecord, ...]
+    estimate: StateEstimate
+    healthy: bool
+
+
+class LoopEstimator:
+    """An :class:`OnlineEstimator` with its state, speaking in records."""
+
+    def __init__(self, online: OnlineEstimator, x0: np.ndarray, *, t0_h: float = 0.0) -> None:
+        self.online = online
+        self.model = online.ekf.model
+        self._tracked = tuple(online.ekf.tracked_names)
+        self._state: EstimatorState = online.init(np.asarray(x0, dtype=float), t0=t0_h)
+
+    def step(self, t_h: float, u: np.ndarray, readings: Iterable[Reading]) -> EstimatorOutput:
+        """Advance to ``t_h`` (h) with ``u`` held since the last step and fuse ``readings``."""
+        self._state, report = self.online.step(self._state, t_h, u, readings)
+        model = self.model
+        nx = model.nx
+        x, sigma = np.asarray(report.x), np.asarray(report.sigma)
+        p = np.asarray(report.p)
+        theta = {n: float(p[model.index(n)]) for n in self._tracked}
+        theta_sigma = {n: float(sigma[nx + k]) for k, n in enumerate(self._tracked)}
+        reset = any(e.kind == "reset" for e in report.events)
+        healthy = bool(np.all(np.isfinite(x)) and np.all(np.isfinite(sigma))) and not reset
+        record = EstimateRecord(
+            t_h=t_h,
+            x=dict(zip(model.state_names, map(float, x), strict=True)),
+            x_sigma=dict(zip(model.state_names, map(float, sigma[:nx]), strict=True)),
+            parameters=theta,
+            parameter_sigma=theta_sigma,
+            nis=float(report.nis) if math.isfinite(report.nis) else math.nan,
+            dof=int(report.dof),
+            healthy=healthy,
+        )
+        events = tuple(
+            EventRecord(t_h, f"estimator-{e.kind}", e.message, "estimator") for e in report.events
+        )
+        return EstimatorOutput(record, events, StateEstimate(x=x.copy(), p=p.copy()), healthy)

@@ -1,0 +1,356 @@
+"""Batch recipes: phases, loop periods, setpoint limits and the fallback profiles (TOML).
+
+A recipe is what a process engineer signs off for one product: how long the batch runs,
+how often the loop measures and re-plans, the limits every setpoint must keep, the charged
+state at inoculation, and per phase the setpoint profile the supervisor falls back to when
+the controller cannot be trusted. Example (``bpcontrol/data/ecoli_fedbatch.toml``)::
+
+    name = "E. coli fed-batch"
+    model = "ecoli_fedbatch"
+    duration_h = 30.0
+    measurement_period_min = 1.0
+    control_period_min = 10.0
+
+    [initial]             # charged state at inoculation, state units
+    S = 5.0
+
+    [limits.F]            # input units; rate in units per hour
+    lower = 0.0
+    upper = 0.5
+    rate_per_h = 0.2
+
+    [[phases]]
+    name = "batch"
+    start_h = 0.0
+    fallback = { F = 0.0, Q_air = 20.0, N_stir = 1200.0, T_set = 37.0 }
+
+    [[phases]]
+    name = "fed-batch"
+    start_h = 6.0
+    fallback = { F = { initial = 0.02, growth_per_h = 0.1, max = 0.06 } }
+
+A phase's fallback lists only what changes; the first phase names every input. A profile
+is a number (held) or ``{initial, growth_per_h, max}``: ``min(initial e^(growth (t - start)),
+max)`` (an exponential feed). The batch ends at ``duration_h`` (the "end" phase).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from bpcontrol.supervisor import SetpointLimits
+from models import Model
+
+__all__ = [
+    "ExponentialProfile",
+    "Phase",
+    "Recipe",
+    "RecipeError",
+    "default_recipe_path",
+    "load_recipe",
+    "parse_recipe",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ExponentialProfile:
+    """``min(initial * exp(growth_per_h * (t - phase start)), max)`` in the input's unit."""
+
+    initial: float
+    growth_per_h: float
+    max: float
+
+    def at(self, dt_h: float) -> float:
+        """Value ``dt_h`` hours after the phase started."""
+        return min(self.initial * math.exp(self.growth_per_h * dt_h), self.max)
+
+    def range(self) -> tuple[float, float]:
+        """Smallest and largest value the profile can take (for any time after the start)."""
+        start = min(self.initial, self.max)
+        if self.growth_per_h > 0:
+            return start, self.max
+        if self.growth_per_h < 0:
+            return 0.0, start
+        return start, start
+
+
+Profile = float | ExponentialProfile
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named part of the batch starting at ``start_h`` with its fallback profile per input."""
+
+    name: str
+    start_h: float
+    fallback: Mapping[str, Profile]
+
+    def value(self, name: str, t_h: float) -> float:
+        """The fallback setpoint of input ``name`` at process time ``t_h`` (h)."""
+        profile = self.fallback[name]
+        if isinstance(profile, ExponentialProfile):
+            return profile.at(t_h - self.start_h)
+        return float(profile)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe for one model (see the module docstring for the file format)."""
+
+    name: str
+    model: str
+    input_names: tuple[str, ...]
+    duration_h: float
+    measurement_period_h: float
+    control_period_h: float
+    initial: Mapping[str, float]
+    limits: Mapping[str, SetpointLimits]
+    phases: tuple[Phase, ...]
+    source: str = field(default="")
+
+    def phase_at(self, t_h: float) -> Phase:
+        """The phase in force at ``t_h`` (h): the last one that started by then."""
+        current = self.phases[0]
+        for phase in self.phases:
+            if phase.start_h <= t_h + 1e-9:
+                current = phase
+        return current
+
+    def fallback(self, t_h: float) -> np.ndarray:
+        """The fallback setpoints at ``t_h`` (h), one per input in model order."""
+        phase = self.phase_at(t_h)
+        return np.array([phase.value(n, t_h) for n in self.input_names], dtype=float)
+
+    def initial_state(self, model: Model) -> np.ndarray:
+        """The model's nominal state with the recipe's charged values."""
+        x0 = model.x0.copy()
+        for name, value in self.initial.items():
+            x0[model.index(name)] = value
+        return x0
+
+    @property
+    def steps_per_control(self) -> int:
+        """Measurement periods per control period."""
+        return round(self.control_period_h / self.measurement_period_h)
+
+
+def default_recipe_path(model_name: str) -> Path:
+    """The recipe shipped for a built-in model (``bpcontrol/data/<model>.toml``)."""
+    path = Path(str(resources.files("bpcontrol") / "data" / f"{model_name}.toml"))
+    if not path.is_file():
+        raise RecipeError(f"no recipe ships for model {model_name!r}; pass --recipe FILE")
+    return path
+
+
+def load_recipe(path: str | Path, model: Model) -> Recipe:
+    """Read and validate a recipe TOML file for ``model`` (raises :class:`RecipeError`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    return parse_recipe(doc, model, source=str(path))
+
+
+_TOP_KEYS = {
+    "name",
+    "model",
+    "duration_h",
+    "measurement_period_min",
+    "control_period_min",
+    "initial",
+    "limits",
+    "phases",
+}
+
+
+def parse_recipe(doc: Mapping[str, Any], model: Model, *, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe document for ``model`` (raises :class:`RecipeError`)."""
+
+    def fail(msg: str) -> RecipeError:
+        return RecipeError(f"{source}: {msg}")
+
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise fail(f"unknown keys {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    model_name = doc.get("model", model.name)
+    if model_name != model.name:
+        raise fail(f"recipe is for model {model_name!r}, not {model.name!r}")
+    duration = _positive(doc, "duration_h", fail)
+    meas = _positive(doc, "measurement_period_min", fail) / 60.0
+    ctrl = _positive(doc, "control_period_min", fail) / 60.0
+    ratio = ctrl / meas
+    if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+        raise fail(
+            "control_period_min must be a whole multiple of measurement_period_min, "
+            f"got {ctrl * 60:g} and {meas * 60:g}"
+        )
+    if ctrl > duration:
+        raise fail(f"control period {ctrl:g} h is longer than the batch ({duration:g} h)")
+
+    initial = _table(doc, "initial", fail)
+    x_lo, x_hi = model.bounds("states")
+    for name, value in initial.items():
+        if name not in model.state_names:
+            raise fail(f"[initial] names unknown state {name!r}; states: {model.state_names}")
+        v = _number(value, f"initial.{name}", fail)
+        i = model.index(name)
+        if not x_lo[i] <= v <= x_hi[i]:
+            raise fail(f"initial.{name} = {v:g} is outside [{x_lo[i]:g}, {x_hi[i]:g}]")
+
+    inputs = model.input_names
+    limits = _limits(_table(doc, "limits", fail), model, fail)
+    phases = _phases(doc.get("phases"), inputs, limits, duration, fail)
+    return Recipe(
+        name=str(doc.get("name", model.name)),
+        model=model.name,
+        input_names=inputs,
+        duration_h=duration,
+        measurement_period_h=meas,
+        control_period_h=ctrl,
+        initial=MappingProxyType({k: float(v) for k, v in initial.items()}),
+        limits=MappingProxyType(limits),
+        phases=phases,
+        source=source,
+    )
+
+
+def _number(value: Any, where: str, fail: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(f"{where} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise fail(f"{where} must be finite, got {v}")
+    return v
+
+
+def _positive(doc: Mapping[str, Any], key: str, fail: Any) -> float:
+    if key not in doc:
+        raise fail(f"missing {key}")
+    v = _number(doc[key], key, fail)
+    if v <= 0:
+        raise fail(f"{key} must be > 0, got {v:g}")
+    return v
+
+
+def _table(doc: Mapping[str, Any], key: str, fail: Any) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise fail(f"[{key}] must be a table")
+    return value
+
+
+def _limits(doc: Mapping[str, Any], model: Model, fail: Any) -> dict[str, SetpointLimits]:
+    lo_u, hi_u = model.bounds("inputs")
+    limits: dict[str, SetpointLimits] = {}
+    for name in doc:
+        if name not in model.input_names:
+            raise fail(f"[limits] names unknown input {name!r}; inputs: {model.input_names}")
+    for i, name in enumerate(model.input_names):
+        table = doc.get(name)
+        if not isinstance(table, Mapping):
+            raise fail(f"missing [limits.{name}] (lower, upper, rate_per_h)")
+        extra = sorted(set(table) - {"lower", "upper", "rate_per_h"})
+        if extra:
+            raise fail(f"[limits.{name}] has unknown keys {extra}")
+        lo = _number(table.get("lower", lo_u[i]), f"limits.{name}.lower", fail)
+        hi = _number(table.get("upper", hi_u[i]), f"limits.{name}.upper", fail)
+        rate = table.get("rate_per_h", math.inf)
+        rate = math.inf if rate == "inf" else rate
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool)):
+            raise fail(f"limits.{name}.rate_per_h must be a number, got {rate!r}")
+        if lo < lo_u[i] or hi > hi_u[i]:
+            raise fail(
+                f"limits.{name} [{lo:g}, {hi:g}] leave the model's range [{lo_u[i]:g}, {hi_u[i]:g}]"
+            )
+        try:
+            limits[name] = SetpointLimits(lo, hi, float(rate))
+        except ValueError as exc:
+            raise fail(f"limits.{name}: {exc}") from None
+    return limits
+
+
+def _profile(value: Any, where: str, fail: Any) -> Profile:
+    if isinstance(value, Mapping):
+        keys = {"initial", "growth_per_h", "max"}
+        if set(value) != keys:
+            raise fail(f"{where} must be a number or a table with exactly {sorted(keys)}")
+        prof = ExponentialProfile(
+            _number(value["initial"], f"{where}.initial", fail),
+            _number(value["growth_per_h"], f"{where}.growth_per_h", fail),
+            _number(value["max"], f"{where}.max", fail),
+        )
+        if prof.initial < 0:
+            raise fail(f"{where}.initial must be >= 0")
+        return prof
+    return _number(value, where, fail)
+
+
+def _phases(
+    raw: Any,
+    inputs: tuple[str, ...],
+    limits: Mapping[str, SetpointLimits],
+    duration: float,
+    fail: Any,
+) -> tuple[Phase, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise fail("needs at least one [[phases]] entry (name, start_h, fallback)")
+    phases: list[Phase] = []
+    inherited: dict[str, Profile] = {}
+    for k, entry in enumerate(raw):
+        where = f"phases[{k}]"
+        if not isinstance(entry, Mapping):
+            raise fail(f"{where} must be a table")
+        extra = sorted(set(entry) - {"name", "start_h", "fallback"})
+        if extra:
+            raise fail(f"{where} has unknown keys {extra}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise fail(f"{where}.name must be a non-empty string")
+        start = _number(entry.get("start_h"), f"{where}.start_h", fail)
+        if k == 0 and start != 0.0:
+            raise fail(f"the first phase must start at 0 h, not {start:g}")
+        if phases and start <= phases[-1].start_h:
+            raise fail(f"{where} ({name}) starts at {start:g} h, not after the phase before")
+        if start >= duration:
+            raise fail(f"{where} ({name}) starts at {start:g} h, at or after the batch end")
+        fallback = entry.get("fallback", {})
+        if not isinstance(fallback, Mapping):
+            raise fail(f"{where}.fallback must be a table of input profiles")
+        for key in fallback:
+            if key not in inputs:
+                raise fail(f"{where}.fallback names unknown input {key!r}; inputs: {inputs}")
+        inherited = {
+            **inherited,
+            **{n: _profile(v, f"{where}.fallback.{n}", fail) for n, v in fallback.items()},
+        }
+        missing = [n for n in inputs if n not in inherited]
+        if missing:
+            raise fail(f"{where} ({name}) has no fallback for {missing}")
+        for n, prof in inherited.items():
+            lo, hi = prof.range() if isinstance(prof, ExponentialProfile) else (prof, prof)
+            lim = limits[n]
+            if lo < lim.lower or hi > lim.upper:
+                raise fail(
+                    f"{where} ({name}) fallback {n} reaches [{lo:g}, {hi:g}], outside its "
+                    f"limits [{lim.lower:g}, {lim.upper:g}]"
+                )
+        phases.append(Phase(name, start, MappingProxyType(dict(inherited))))
+    return tuple(phases)
