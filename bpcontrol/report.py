@@ -63,7 +63,8 @@ _DPI = 90
 _MAX_POINTS = 1000  # per drawn line; more points than pixels only cost time and bytes
 _MAX_MARKERS = 400  # per sensor
 _MAX_ROWS = 300  # per HTML table
-_N_PLANS = 5  # predictions overlaid in the predicted-vs-realised figure
+_N_PLANS = 5  # rows of the predicted-vs-realised figure
+_N_KEY_STATES = 4  # its columns
 _SENSOR_SUFFIXES = ("_off", "_probe", "_meas")
 _SOURCE_COLOURS = {"fallback": "tab:red", "operator": "tab:blue", "hold": "tab:grey"}
 
@@ -106,7 +107,7 @@ class _Run:
             "plans": len(self.plans),
             "setpoints": len(self.setpoints),
             "events": len(self.events),
-            "audit entries": len(self.audits),
+            "audit records": len(self.audits),
         }
 
     def time_span(self) -> tuple[float, float] | None:
@@ -172,7 +173,9 @@ def write_report(
         _section("Tracked parameters", *_parameters_figure(run, model, true_parameters or {}))
     )
     sections.append(_section("Setpoints and limits", *_setpoints_figure(run, model, limits, truth)))
-    sections.append(_section("Predicted vs realised", *_prediction_figure(run, model, truth)))
+    sections.append(
+        _section("Predicted vs realised", *_prediction_figure(run, model, truth, state_bounds))
+    )
     sections.append(_section("Controller and estimator", *_controller_figure(run)))
     sections.append(_events_table(run.events))
     sections.append(_audit_table(run.audits))
@@ -211,13 +214,36 @@ def _state_of_sensor(sensor: str, state_names: Sequence[str]) -> str | None:
     return None
 
 
-def _grid(n: int, width: float = 4.4, height: float = 2.4) -> tuple[Figure, list[Axes]]:
+def _place(
+    fig: Figure, nrows: int, ncols: int, *, left: float = 0.85, top: float = 0.5, gap: float = 0.4
+) -> None:
+    """Fixed margins in inches (a layout engine costs about half the drawing time).
+
+    ``left`` and the column gap leave room for tick labels and a y label, ``top`` for a
+    figure legend, ``gap`` between rows for tick labels or a panel title.
+    """
+    w, h = fig.get_size_inches()
+    right, bottom, col_gap = 0.15, 0.5, 0.9
+    ax_w = (w - left - right - col_gap * (ncols - 1)) / ncols
+    ax_h = (h - top - bottom - gap * (nrows - 1)) / nrows
+    fig.subplots_adjust(
+        left=left / w,
+        right=1 - right / w,
+        bottom=bottom / h,
+        top=1 - top / h,
+        wspace=col_gap / ax_w,
+        hspace=gap / ax_h,
+    )
+
+
+def _grid(n: int, width: float = 4.4, height: float = 2.3) -> tuple[Figure, list[Axes]]:
     """A figure of ``n`` panels sharing time, ``ncols`` chosen for a readable page."""
     ncols = 1 if n == 1 else 2 if n <= 4 else 3
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows + 0.6), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * nrows + 0.5))
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel())
+    _place(fig, nrows, ncols, gap=0.25)
     for ax in axes[n:]:
         ax.set_visible(False)
     for i, ax in enumerate(axes[:n]):
@@ -226,6 +252,11 @@ def _grid(n: int, width: float = 4.4, height: float = 2.4) -> tuple[Figure, list
             ax.set_xlabel("time [h]")
             ax.xaxis.set_tick_params(labelbottom=True)
     return fig, axes[:n]
+
+
+def _top_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str]) -> None:
+    """One legend for the whole figure, in its top margin."""
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncols=len(labels))
 
 
 def _png(fig: Figure) -> str:
@@ -319,8 +350,8 @@ def _states_figure(
             _spans(t_est, unhealthy, ax, "tab:red", 0.12)
             legend["estimate unhealthy"] = Patch(color="tab:red", alpha=0.12)
         ax.set_ylabel(f"{name} [{_unit(model, name)}]")
-    fig.legend(list(legend.values()), list(legend), loc="outside upper center", ncols=6)
-    thinned = " (thinned for drawing)" if len(est) < len(run.estimates) else ""
+    _top_legend(fig, list(legend.values()), list(legend))
+    thinned = ", thinned for drawing" if len(est) < len(run.estimates) else ""
     return _png(fig), (
         f"State estimates ({len(run.estimates)} steps{thinned}) with +-2 sigma bands"
         + (", the true trajectory" if truth is not None else "")
@@ -379,7 +410,7 @@ def _setpoints_figure(
         keep[-1] = True
         tk, vk = t[keep], v[keep]
         sl = _thin(len(tk), _MAX_POINTS)
-        ax.step(tk[sl], vk[sl], where="post", color="k", linewidth=1.2)
+        ax.step(tk[sl], vk[sl], where="post", color="k", linewidth=1.4, zorder=3)
         clamped = np.array([name in sp.clamped for sp in sps], dtype=bool)
         if clamped.any():
             ax.plot(t[clamped], v[clamped], "x", color="C3", markersize=4)
@@ -387,15 +418,17 @@ def _setpoints_figure(
         if truth is not None:
             tt, _, U = truth
             sl = _thin(len(tt), _MAX_POINTS)
-            ax.plot(tt[sl], U[sl, model.index(name)], color="C1", linewidth=0.8, alpha=0.8)
-            legend["held by plant"] = Line2D([], [], color="C1")
+            ax.plot(
+                tt[sl], U[sl, model.index(name)], color="C1", linewidth=2.5, alpha=0.5, zorder=2
+            )
+            legend["held by plant"] = Line2D([], [], color="C1", linewidth=2.5, alpha=0.5)
         lim = limits.get(name)
         if lim is not None:
             ax.axhline(lim.lower, color="C3", linestyle="--", linewidth=1.0)
             ax.axhline(lim.upper, color="C3", linestyle="--", linewidth=1.0)
             legend["limits"] = Line2D([], [], color="C3", linestyle="--")
         ax.set_ylabel(f"{name} [{_unit(model, name)}]")
-    fig.legend(list(legend.values()), list(legend), loc="outside upper center", ncols=7)
+    _top_legend(fig, list(legend.values()), list(legend))
     dt = np.diff(t, append=t[-1])
     share = ", ".join(
         f"{src} {dt[sources == src].sum():.2f} h"
@@ -404,46 +437,110 @@ def _setpoints_figure(
     return _png(fig), f"Applied setpoints ({len(sps)} steps); time per source: {share}."
 
 
+def _key_states(model: Model, plans: Sequence[PlanRecord], bounded: Sequence[str]) -> list[str]:
+    """Up to ``_N_KEY_STATES`` predicted states: the bounded ones first, in model order."""
+    predicted = [n for n in model.state_names if any(n in p.x_pred for p in plans)]
+    chosen = [n for n in predicted if n in bounded][:_N_KEY_STATES]
+    chosen += [n for n in predicted if n not in chosen][: _N_KEY_STATES - len(chosen)]
+    return [n for n in predicted if n in chosen]
+
+
 def _prediction_figure(
-    run: _Run, model: Model, truth: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    run: _Run,
+    model: Model,
+    truth: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    state_bounds: Mapping[str, tuple[float, float]] | None,
 ) -> Figured:
-    usable = [p for p in run.plans if p.status in USABLE_PLAN_STATUSES and p.x_pred and p.t_nodes_h]
+    usable = [
+        p
+        for p in run.plans
+        if p.status in USABLE_PLAN_STATUSES and p.x_pred and len(p.t_nodes_h) > 1
+    ]
     if not usable:
         return None, "No usable plan with a predicted trajectory."
-    picks = sorted({round(i) for i in np.linspace(0, len(usable) - 1, min(_N_PLANS, len(usable)))})
-    plans = [usable[i] for i in picks]
-    names = [n for n in model.state_names if any(n in p.x_pred for p in plans)]
-    fig, axes = _grid(len(names))
-    reference = "truth" if truth is not None else "estimate"
-    est = run.estimates[_thin(len(run.estimates), _MAX_POINTS)]
-    for ax, name in zip(axes, names, strict=True):
-        if truth is not None:
-            t, X, _ = truth
-            sl = _thin(len(t), _MAX_POINTS)
-            ax.plot(t[sl], X[sl, model.index(name)], "k-", linewidth=1.0, label=reference)
-        elif est:
-            ax.plot(
-                [e.t_h for e in est],
-                [e.x.get(name, math.nan) for e in est],
-                "k-",
-                linewidth=1.0,
-                label=reference,
-            )
-        for k, plan in enumerate(plans):
-            xs = plan.x_pred.get(name)
-            if xs is None:
-                continue
-            ax.plot(plan.t_nodes_h, xs, color=f"C{k}", linestyle="--", linewidth=1.2)
-            ax.plot(plan.t_nodes_h[0], xs[0], "o", color=f"C{k}", markersize=3)
-        ax.set_ylabel(f"{name} [{_unit(model, name)}]")
-    handles = [Line2D([], [], color="k")] + [
-        Line2D([], [], color=f"C{k}", linestyle="--") for k in range(len(plans))
-    ]
-    labels = [reference] + [f"plan at {p.t_h:.2f} h" for p in plans]
-    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels))
+    if truth is not None:
+        t_ref, X_ref = truth[0], truth[1]
+        reference = "truth"
+    elif run.estimates:
+        t_ref = np.array([e.t_h for e in run.estimates])
+        X_ref = np.array([[e.x.get(n, math.nan) for n in model.state_names] for e in run.estimates])
+        reference = "estimate"
+    else:
+        t_ref, X_ref, reference = np.empty(0), np.empty((0, model.nx)), "(no truth, no estimates)"
+    # plans whose whole horizon has been realised, when there are any, so the rows compare
+    complete = [p for p in usable if len(t_ref) and p.t_nodes_h[-1] <= t_ref[-1]] or usable
+    picks = np.linspace(0, len(complete) - 1, min(_N_PLANS, len(complete)))
+    plans = [complete[i] for i in sorted({round(float(k)) for k in picks})]
+    names = _key_states(model, usable, list(state_bounds or {}))
+    fig = Figure(figsize=(0.9 + 3.1 * len(names), 0.9 + 1.9 * len(plans)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(plans), len(names), squeeze=False)
+    _place(fig, len(plans), len(names), left=1.15, top=0.75, gap=0.45)
+    for row, plan in zip(axes, plans, strict=True):
+        nodes = np.asarray(plan.t_nodes_h)
+        lead = 0.25 * (nodes[-1] - nodes[0])
+        window = (t_ref >= nodes[0] - lead) & (t_ref <= nodes[-1])
+        tw, Xw = t_ref[window], X_ref[window]
+        sl = _thin(len(tw), _MAX_POINTS // 3)
+        for ax, name in zip(row, names, strict=True):
+            ax.plot(tw[sl], Xw[sl, model.index(name)], "k-", linewidth=1.0)
+            if name in plan.x_pred:
+                ax.plot(nodes, plan.x_pred[name], "C0--", marker=".", markersize=3)
+            for bound in (state_bounds or {}).get(name, ()):
+                if math.isfinite(bound):
+                    ax.axhline(bound, color="C3", linestyle="--", linewidth=0.8)
+            ax.axvline(nodes[0], color="grey", linewidth=0.6)
+            ax.set_xlim(nodes[0] - lead, nodes[-1])
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize="small")
+            ax.locator_params(nbins=4)
+        row[0].set_ylabel(f"plan at\n{plan.t_h:.2f} h", fontsize="small")
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.set_title(f"{name} [{_unit(model, name)}]", fontsize="medium")
+    for ax in axes[-1]:
+        ax.set_xlabel("time [h]", fontsize="small")
+    handles = [Line2D([], [], color="k"), Line2D([], [], color="C0", linestyle="--", marker=".")]
+    _top_legend(fig, handles, [reference, "predicted"])
     return _png(fig), (
-        f"Predictions of {len(plans)} of {len(usable)} usable plans (dashed, from their start "
-        f"dot) against the {reference}."
+        f"Predictions of {len(plans)} of {len(usable)} usable plans (one row each, from the "
+        f"grey line on) against the {reference}. "
+        + _prediction_errors(usable, names, model, t_ref, X_ref, reference)
+    )
+
+
+def _prediction_errors(
+    plans: Sequence[PlanRecord],
+    names: Sequence[str],
+    model: Model,
+    t_ref: np.ndarray,
+    X_ref: np.ndarray,
+    reference: str,
+) -> str:
+    """Mean absolute error of every usable plan at its horizon end, per state, as a sentence."""
+    if len(t_ref) < 2:
+        return ""
+    errors: dict[str, list[float]] = {n: [] for n in names}
+    for plan in plans:
+        t_end = plan.t_nodes_h[-1]
+        if not t_ref[0] <= t_end <= t_ref[-1]:
+            continue
+        for name in names:
+            xs = plan.x_pred.get(name)
+            if xs is not None:
+                real = float(np.interp(t_end, t_ref, X_ref[:, model.index(name)]))
+                errors[name].append(abs(xs[-1] - real))
+    parts = [
+        f"{n} {np.nanmean(e):.3g} {_unit(model, n)}"
+        for n, e in errors.items()
+        if e and not np.isnan(e).all()
+    ]
+    if not parts:
+        return ""
+    n_used = max(len(e) for e in errors.values())
+    return (
+        f"Mean |predicted - {reference}| at the horizon end over {n_used} plans: "
+        + ", ".join(parts)
+        + "."
     )
 
 
@@ -457,9 +554,10 @@ def _controller_figure(run: _Run) -> Figured:
     fused = [e for e in run.estimates if e.dof > 0 and math.isfinite(e.nis)]
     if not run.plans and not fused:
         return None, "No controller solves and no estimator steps that fused readings."
-    fig = Figure(figsize=(9.0, 4.4), layout="constrained")
+    fig = Figure(figsize=(10.0, 4.6))
     FigureCanvasAgg(fig)
     ax_s, ax_n = fig.subplots(2, 1, sharex=True)
+    fig.subplots_adjust(left=0.08, right=0.8, bottom=0.11, top=0.97, hspace=0.12)
     parts = []
     if run.plans:
         by_status: dict[str, list[PlanRecord]] = {}
@@ -470,13 +568,14 @@ def _controller_figure(run: _Run) -> Figured:
             ok = [p for p in plans if math.isfinite(p.solve_time_s) and p.solve_time_s > 0]
             bad = [p for p in plans if p not in ok]
             sl = _thin(len(ok), _MAX_POINTS)
-            ax_s.plot(
-                [p.t_h for p in ok[sl]],
-                [p.solve_time_s for p in ok[sl]],
-                ".",
-                color=f"C{k}",
-                label=f"{status} ({len(plans)})",
-            )
+            if ok:
+                ax_s.plot(
+                    [p.t_h for p in ok[sl]],
+                    [p.solve_time_s for p in ok[sl]],
+                    ".",
+                    color=f"C{k}",
+                    label=f"{status} ({len(ok)})",
+                )
             if bad:  # no solve time: a marker at the bottom edge
                 ax_s.plot(
                     [p.t_h for p in bad],
@@ -484,13 +583,13 @@ def _controller_figure(run: _Run) -> Figured:
                     "v",
                     color=f"C{k}",
                     transform=ax_s.get_xaxis_transform(),
-                    label=None if ok else f"{status} ({len(plans)}, no time)",
+                    label=f"{status}, no time ({len(bad)})",
                 )
         if finite and max(finite) > 0:
             ax_s.set_yscale("log")
             median = float(np.median(finite))
             parts.append(f"median solve {median:.3g} s, max {max(finite):.3g} s")
-        ax_s.legend(fontsize="small", loc="upper right", ncols=3)
+        ax_s.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     else:
         ax_s.text(0.5, 0.5, "no controller solves", ha="center", transform=ax_s.transAxes)
     ax_s.set_ylabel("solve time [s]")
@@ -508,7 +607,7 @@ def _controller_figure(run: _Run) -> Figured:
         ax_n.plot(t[sl], bound[sl], "-", color="C3", linewidth=0.8, label="chi2 95% bound")
         if (nis > 0).all():
             ax_n.set_yscale("log")
-        ax_n.legend(fontsize="small", loc="upper right", ncols=3)
+        ax_n.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         parts.append(
             f"NIS above its 95 % bound in {above} of {len(fused)} steps "
             f"({100 * above / len(fused):.1f} %, about 5 % expected)"
@@ -520,9 +619,9 @@ def _controller_figure(run: _Run) -> Figured:
     ax_n.set_ylabel("NIS [-]")
     ax_n.set_xlabel("time [h]")
     ax_n.grid(True, alpha=0.3)
-    return _png(fig), "Controller solve time per plan by status; estimator NIS. " + "; ".join(
-        parts
-    ) + ("." if parts else "")
+    details = "; ".join(parts)
+    caption = "Controller solve time per plan by status; estimator NIS."
+    return _png(fig), f"{caption} {details[:1].upper()}{details[1:]}." if parts else caption
 
 
 # --- HTML ----------------------------------------------------------------------------------
@@ -586,7 +685,7 @@ def _header(title: str, notes: Sequence[str], run: _Run) -> str:
             f'<p class="note">Records: {_e(summary)}; process time {span[0]:.2f} h to '
             f"{span[1]:.2f} h.</p>"
         )
-    missing = [k for k, n in counts.items() if n == 0 and k != "audit entries"]
+    missing = [k for k, n in counts.items() if n == 0 and k != "audit records"]
     if missing and span is not None:
         lines.append(f'<p class="missing">No {_e(", no ".join(missing))} in this run.</p>')
     usable = sum(p.status in USABLE_PLAN_STATUSES for p in run.plans)
