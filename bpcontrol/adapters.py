@@ -72,6 +72,20 @@ class LoopEstimator:
         self._tracked = tuple(online.ekf.tracked_names)
         self._state: EstimatorState = online.init(np.asarray(x0, dtype=float), t0=t0_h)
 
+    def warm_up(self, u: np.ndarray) -> None:
+        """Compile the estimator's predict and update now (a throw-away step; state kept).
+
+        A live loop must not spend its first periods compiling: call this before the clock
+        starts.
+        """
+        t = float(self._state.history[-1].t)
+        x, p = self._state.history[-1].after.z[: self.model.nx], self.online.ekf.p_nominal
+        y = np.asarray(self.model.to_casadi().h(np.asarray(x), u, p)).ravel()
+        readings = [
+            Reading(name, float(y[self.model.index(name)])) for name in self.online.ekf.sensor_names
+        ]
+        self.online.step(self._state, t + 1e-3, np.asarray(u, dtype=float), readings)
+
     def step(self, t_h: float, u: np.ndarray, readings: Iterable[Reading]) -> EstimatorOutput:
         """Advance to ``t_h`` (h) with ``u`` held since the last step and fuse ``readings``."""
         self._state, report = self.online.step(self._state, t_h, u, readings)

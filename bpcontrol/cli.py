@@ -8,6 +8,8 @@ status 2; an integration that fails on valid input exits with status 1.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from bpcontrol.estimate_job import (
     run_estimation,
 )
 from bpcontrol.estimate_job import summary_table as estimate_summary_table
+from bpcontrol.loop import LoopSnapshot
 from bpcontrol.profiles import ProfileError
 from bpcontrol.simulate_job import SimulationRequest, output_steps, run_simulation, summary_table
 from hil.demo_run import write_demo_run
@@ -311,3 +314,131 @@ def synth_command(
         paths = write_demo_run(plant, hours=hours, seed=seed, path=out, overwrite=force)
     for path in paths:
         typer.echo(f"wrote {path}")
+
+
+def _speed_up(text: str) -> float:
+    if text.strip().lower() in ("max", "inf"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"--speed-up must be a number (1 for live) or 'max', got {text!r}"
+        ) from None
+    if not (value >= 1e-3):
+        raise ValueError(f"--speed-up must be >= 0.001 (1 for live) or 'max', got {text!r}")
+    return value
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[
+        str | None, typer.Option(help="Model name or .py file (default: the scenario's).")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe TOML (default: the one shipped for the model).")
+    ] = None,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario TOML: plant parameters, noise, faults, seed.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Hours to run (default: the recipe's batch).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")] = None,
+    speed_up: Annotated[
+        str, typer.Option("--speed-up", help="Process s per wall s: 1 = live, 'max' = flat out.")
+    ] = "max",
+    controller: Annotated[
+        str | None, typer.Option(help="'nmpc' or 'recipe' (FALLBACK for the whole batch).")
+    ] = None,
+    compare_recipe: Annotated[
+        bool, typer.Option(help="Also run the recipe alone on the same plant; report the ratio.")
+    ] = False,
+    oracle: Annotated[
+        bool, typer.Option(help="Also compute the whole-batch optimum with the true parameters.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Root folder of run folders.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
+) -> None:
+    """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
+    from dataclasses import replace as _replace
+
+    from bpcontrol.recipe import load_recipe as _load_recipe
+    from hil.runner import Scenario, load_scenario, new_run_dir, run_scenario
+
+    with user_errors():
+        sc = load_scenario(scenario) if scenario is not None else Scenario()
+        if model is not None:
+            sc = _replace(sc, model=model)
+        if seed is not None:
+            sc = _replace(sc, seed=seed)
+        if controller is not None:
+            if controller not in ("nmpc", "recipe"):
+                raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
+            sc = _replace(sc, controller=controller)  # type: ignore[arg-type]
+        speed = _speed_up(speed_up)
+        if duration is not None and not (math.isfinite(duration) and duration > 0):
+            raise ValueError(f"--duration must be > 0 h, got {duration}")
+        the_model = load_model(sc.model)
+        the_recipe = _load_recipe(recipe, the_model) if recipe is not None else None
+        run_dir = new_run_dir(out, sc)
+        console = Console(stderr=True)
+        hours = duration or (the_recipe.duration_h if the_recipe else None)
+        if console.is_terminal and not as_json:
+            columns = (
+                TextColumn("batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("run", total=hours or 30.0, t=0.0, mode="")
+
+                def show(snap: LoopSnapshot) -> None:
+                    bar.update(task, completed=snap.t_h, t=snap.t_h, mode=snap.mode.value)
+
+                result = run_scenario(
+                    sc,
+                    run_dir=run_dir,
+                    recipe=the_recipe,
+                    speed_up=speed,
+                    duration_h=duration,
+                    progress=show,
+                    oracle=oracle,
+                )
+        else:
+            result = run_scenario(
+                sc,
+                run_dir=run_dir,
+                recipe=the_recipe,
+                speed_up=speed,
+                duration_h=duration,
+                oracle=oracle,
+            )
+        kpis = dict(result.kpis)
+        if compare_recipe and sc.controller == "nmpc":
+            base = run_scenario(
+                _replace(sc, controller="recipe"),
+                run_dir=run_dir / "recipe-only",
+                recipe=the_recipe,
+                duration_h=duration,
+                report=False,
+            )
+            kpis["recipe_only_product_g"] = base.kpis["final_product_g"]
+            kpis["recipe_only_time_do_below_min_percent"] = base.kpis.get(
+                "time_do_below_min_percent", math.nan
+            )
+            kpis["product_vs_recipe"] = kpis["final_product_g"] / base.kpis["final_product_g"]
+            (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(kpis, indent=2))
+        return
+    table = Table(title=f"run {result.run_dir.name}", show_header=True)
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    for key, value in kpis.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
+    if result.report is not None:
+        typer.echo(f"wrote {result.report}")

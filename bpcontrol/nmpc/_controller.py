@@ -108,6 +108,10 @@ class NMPC:
         self.config = config
         self.ocp: OCP = build_ocp(model, config)
         self._integrators: dict[float, ca.Function] = {}
+        manip = self.ocp.layout.manip
+        self._u_lo = self.ocp.lbw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
+        self._u_hi = self.ocp.ubw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
+        assert self._u_lo.shape == (len(manip),)
         cfg = config
         ipopt_opts: dict[str, Any] = {
             **_QUIET,
@@ -325,7 +329,8 @@ class NMPC:
             U[:, i] = self.config.fixed_inputs.get(
                 self.model.input_names[i], self.model.inputs[i].nominal
             )
-        U[:, lay.manip] = w[lay.U[lay.move_of]]
+        # IPOPT may end a hair outside a bound (bound_relax_factor); the plan never does
+        U[:, lay.manip] = np.clip(w[lay.U[lay.move_of]], self._u_lo, self._u_hi)
         return Plan(
             t=t,
             u_next=U[0].copy(),
