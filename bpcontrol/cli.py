@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -34,8 +35,10 @@ from bpcontrol.estimate_job import (
 from bpcontrol.estimate_job import summary_table as estimate_summary_table
 from bpcontrol.loop import LoopSnapshot
 from bpcontrol.profiles import ProfileError
+from bpcontrol.recipe import default_recipe_path, load_recipe
 from bpcontrol.simulate_job import SimulationRequest, output_steps, run_simulation, summary_table
 from hil.demo_run import write_demo_run
+from hil.runner import Scenario, check_scenario, load_scenario, new_run_dir, run_scenario
 from hil.synthetic import inputs_path_for, read_csv
 from models import Model, ModelError, SimulationError, available_models, load_model
 
@@ -361,29 +364,25 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
-    from dataclasses import replace as _replace
-
-    from bpcontrol.recipe import load_recipe as _load_recipe
-    from hil.runner import Scenario, load_scenario, new_run_dir, run_scenario
-
     with user_errors():
         sc = load_scenario(scenario) if scenario is not None else Scenario()
         if model is not None:
-            sc = _replace(sc, model=model)
+            sc = replace(sc, model=model)
         if seed is not None:
-            sc = _replace(sc, seed=seed)
+            sc = replace(sc, seed=seed)
         if controller is not None:
             if controller not in ("nmpc", "recipe"):
                 raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
-            sc = _replace(sc, controller=controller)  # type: ignore[arg-type]
+            sc = replace(sc, controller=controller)  # type: ignore[arg-type]
         speed = _speed_up(speed_up)
         if duration is not None and not (math.isfinite(duration) and duration > 0):
             raise ValueError(f"--duration must be > 0 h, got {duration}")
         the_model = load_model(sc.model)
-        the_recipe = _load_recipe(recipe, the_model) if recipe is not None else None
+        the_recipe = load_recipe(recipe or default_recipe_path(the_model.name), the_model)
+        check_scenario(sc, the_model, the_recipe)  # refuse before anything is written
         run_dir = new_run_dir(out, sc)
         console = Console(stderr=True)
-        hours = duration or (the_recipe.duration_h if the_recipe else None)
+        hours = duration or the_recipe.duration_h
         if console.is_terminal and not as_json:
             columns = (
                 TextColumn("batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"),
@@ -392,7 +391,7 @@ def run_command(
                 TimeElapsedColumn(),
             )
             with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task("run", total=hours or 30.0, t=0.0, mode="")
+                task = bar.add_task("run", total=hours, t=0.0, mode="")
 
                 def show(snap: LoopSnapshot) -> None:
                     bar.update(task, completed=snap.t_h, t=snap.t_h, mode=snap.mode.value)
@@ -418,7 +417,7 @@ def run_command(
         kpis = dict(result.kpis)
         if compare_recipe and sc.controller == "nmpc":
             base = run_scenario(
-                _replace(sc, controller="recipe"),
+                replace(sc, controller="recipe"),
                 run_dir=run_dir / "recipe-only",
                 recipe=the_recipe,
                 duration_h=duration,
@@ -442,3 +441,7 @@ def run_command(
     typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
     if result.report is not None:
         typer.echo(f"wrote {result.report}")
+
+
+if __name__ == "__main__":  # python -m bpcontrol.cli
+    app()

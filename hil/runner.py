@@ -55,6 +55,7 @@ __all__ = [
     "RunResult",
     "Scenario",
     "ScenarioError",
+    "check_scenario",
     "load_scenario",
     "oracle_product",
     "run_scenario",
@@ -128,11 +129,24 @@ class RunResult:
     report: Path | None
 
 
-def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
-    if model.name != "ecoli_fedbatch":
+def check_scenario(scenario: Scenario, model: Model, recipe: Recipe) -> None:
+    """Refuse a scenario the runner cannot carry out, before anything is written."""
+    if recipe.model != model.name:
+        raise ScenarioError(f"recipe is for {recipe.model!r}, scenario for {model.name!r}")
+    if scenario.controller == "nmpc" and model.name != "ecoli_fedbatch":
         raise ScenarioError(
             f"no NMPC preset for model {model.name!r}; use controller = 'recipe' in the scenario"
         )
+    unknown = sorted(set(scenario.parameter_factors or {}) - set(model.parameter_names))
+    if unknown:
+        raise ScenarioError(f"parameter_factors names unknown parameters {unknown}")
+    for key in ("drift", "delay_h"):
+        bad = sorted(set(getattr(scenario, key)) - set(model.output_names))
+        if bad:
+            raise ScenarioError(f"[{key}] names unknown outputs {bad}")
+
+
+def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
     limits = recipe.limits
     return replace(
         ecoli_nmpc_config(model, batch_end_h=recipe.duration_h, dt_h=recipe.control_period_h),
@@ -195,8 +209,7 @@ def run_scenario(
     """Run one batch (see the module docstring); ``wrap_controller`` injects faults."""
     model = load_model(scenario.model)
     recipe = recipe or load_recipe(default_recipe_path(model.name), model)
-    if recipe.model != model.name:
-        raise ScenarioError(f"recipe is for {recipe.model!r}, scenario for {model.name!r}")
+    check_scenario(scenario, model, recipe)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     x0 = recipe.initial_state(model)
