@@ -149,7 +149,12 @@ def check_scenario(scenario: Scenario, model: Model, recipe: Recipe) -> None:
 def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
     limits = recipe.limits
     return replace(
-        ecoli_nmpc_config(model, batch_end_h=recipe.duration_h, dt_h=recipe.control_period_h),
+        ecoli_nmpc_config(
+            model,
+            batch_end_h=recipe.duration_h,
+            dt_h=recipe.control_period_h,
+            horizon=max(1, min(20, int(recipe.duration_h / recipe.control_period_h + 1e-9))),
+        ),
         initial_inputs=recipe.fallback,
         input_bounds={n: (lim.lower, lim.upper) for n, lim in limits.items()},
         rate_limits={

@@ -1,0 +1,138 @@
+"""Time the main job (`bpcontrol run`, issue 5) and measure the live loop's jitter.
+
+Three measurements, in one process after a warm import:
+
+1. the default run (30 h E. coli fed-batch, EKF + NMPC, plant mu_max -20 %, Y_xs +20 %,
+   seed 1, clock flat out, report written) ``--repeats`` times: total wall time per run
+   (set-up, warm-up compile, loop, KPIs, report), loop wall time, product and KPIs; the
+   whole-batch oracle and the recipe-only run on the same plant once, for the ratios;
+2. the 1x wall clock: the same loop live (``speed_up=1``) with a recipe scaled to seconds
+   (measurements every ``--live-period`` s, NMPC every 10 periods, ``--live-seconds`` long):
+   the wake-up lateness per tick (median, p99, max).
+
+``--json FILE`` writes the raw numbers; the table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from _machine import cpu_model
+
+from bpcontrol.recipe import default_recipe_path, load_recipe, parse_recipe
+from hil.plant import ecoli_plant
+from hil.runner import Scenario, oracle_product, run_scenario
+from models import load_model
+
+
+def default_runs(repeats: int, root: Path) -> list[dict[str, Any]]:
+    """The default run ``repeats`` times: wall times and KPIs."""
+    out = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        res = run_scenario(Scenario(), run_dir=root / f"default-{k}")
+        total = time.perf_counter() - t0
+        out.append({"total_s": total, "loop_s": res.summary.wall_s, **res.kpis})
+        print(f"run {k + 1}: total {total:.1f} s, loop {res.summary.wall_s:.1f} s", flush=True)
+    return out
+
+
+def live_run(period_s: float, seconds: float, root: Path) -> dict[str, Any]:
+    """The loop at 1x with NMPC on a recipe scaled to ``period_s`` measurements."""
+    model = load_model("ecoli_fedbatch")
+    doc = tomllib.loads(default_recipe_path(model.name).read_text(encoding="utf-8"))
+    doc.update(
+        measurement_period_min=period_s / 60,
+        control_period_min=10 * period_s / 60,
+        duration_h=seconds / 3600,
+    )
+    doc["phases"] = doc["phases"][:1]
+    recipe = parse_recipe(doc, model)
+    res = run_scenario(Scenario(), run_dir=root / "live", recipe=recipe, speed_up=1.0)
+    late = res.summary.lateness_s
+    return {
+        "ticks": res.summary.ticks,
+        "wall_s": res.summary.wall_s,
+        "process_s": res.summary.t_end_h * 3600,
+        **res.summary.jitter(),
+        "late_over_period": sum(v > period_s for v in late),
+        "control_steps_nmpc_percent": res.kpis.get("control_steps_nmpc_percent", 0.0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--live-period", type=float, default=1.0, help="s between measurements")
+    ap.add_argument("--live-seconds", type=float, default=120.0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        runs = default_runs(args.repeats, root)
+        model = load_model("ecoli_fedbatch")
+        t0 = time.perf_counter()
+        recipe_only = run_scenario(
+            Scenario(controller="recipe"), run_dir=root / "recipe", report=False
+        )
+        recipe_s = time.perf_counter() - t0
+        plant = ecoli_plant(model, seed=1)
+        recipe = load_recipe(default_recipe_path(model.name), model)
+        t0 = time.perf_counter()
+        oracle = oracle_product(model, recipe, plant.p_true, plant.x)
+        oracle_s = time.perf_counter() - t0
+        live = live_run(args.live_period, args.live_seconds, root)
+    product = runs[0]["final_product_g"]
+    result = {
+        "machine": {
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "default_runs": runs,
+        "median_total_s": statistics.median(r["total_s"] for r in runs),
+        "median_loop_s": statistics.median(r["loop_s"] for r in runs),
+        "recipe_only_product_g": recipe_only.kpis["final_product_g"],
+        "recipe_only_s": recipe_s,
+        "oracle_product_g": oracle,
+        "oracle_s": oracle_s,
+        "product_vs_oracle": product / oracle,
+        "product_vs_recipe": product / recipe_only.kpis["final_product_g"],
+        "live": live,
+    }
+    print()
+    print("| measurement | value |")
+    print("|---|---:|")
+    print(f"| default run, total wall (median of {len(runs)}) | {result['median_total_s']:.1f} s |")
+    print(f"| default run, loop only (median) | {result['median_loop_s']:.1f} s |")
+    print(f"| speed-up of the whole run | {30 * 3600 / result['median_total_s']:.0f}x |")
+    print(f"| final product | {product:.2f} g |")
+    print(f"| oracle (true parameters) | {oracle:.2f} g ({oracle_s:.1f} s to solve) |")
+    print(f"| product / oracle | {result['product_vs_oracle']:.4f} |")
+    print(f"| recipe alone, same plant | {result['recipe_only_product_g']:.2f} g |")
+    print(f"| product / recipe | {result['product_vs_recipe']:.3f} |")
+    for key in ("time_do_below_min_percent", "setpoints_outside_limits_or_rates"):
+        print(f"| {key} (run 1) | {runs[0][key]} |")
+    print(
+        f"| 1x live: {live['ticks']} ticks of {args.live_period:g} s in {live['wall_s']:.1f} s; "
+        f"lateness median / p99 / max | {live['median_ms']:.2f} / {live['p99_ms']:.2f} / "
+        f"{live['max_ms']:.2f} ms |"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if not math.isfinite(result["median_total_s"]):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
