@@ -39,7 +39,7 @@ import numpy as np
 
 from bpcontrol.adapters import LoopEstimator, NMPCController
 from bpcontrol.clock import PacedClock
-from bpcontrol.interfaces import Controller
+from bpcontrol.interfaces import Controller, Plant
 from bpcontrol.kpis import product_g, run_kpis
 from bpcontrol.loop import ControlLoop, LoopSnapshot, RunSummary
 from bpcontrol.nmpc import NMPC, StateEstimate
@@ -164,7 +164,9 @@ def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
     )
 
 
-def _plant(model: Model, recipe: Recipe, scenario: Scenario, ekf: ExtendedKalmanFilter) -> Any:
+def _plant(
+    model: Model, recipe: Recipe, scenario: Scenario, ekf: ExtendedKalmanFilter
+) -> SimulatedPlant:
     if model.name == "ecoli_fedbatch":
         return ecoli_plant(
             model,
@@ -208,10 +210,15 @@ def run_scenario(
     duration_h: float | None = None,
     progress: Callable[[LoopSnapshot], None] | None = None,
     wrap_controller: Callable[[Controller], Controller] | None = None,
+    wrap_plant: Callable[[Plant], Plant] | None = None,
     oracle: bool = False,
     report: bool = True,
 ) -> RunResult:
-    """Run one batch (see the module docstring); ``wrap_controller`` injects faults."""
+    """Run one batch (see the module docstring).
+
+    ``wrap_controller`` and ``wrap_plant`` inject faults (:mod:`hil.faults`); ``progress``
+    is called with the loop's snapshot after every tick.
+    """
     model = load_model(scenario.model)
     recipe = recipe or load_recipe(default_recipe_path(model.name), model)
     check_scenario(scenario, model, recipe)
@@ -219,7 +226,8 @@ def run_scenario(
     run_dir.mkdir(parents=True, exist_ok=True)
     x0 = recipe.initial_state(model)
     ekf = ExtendedKalmanFilter(model, default_ekf_config(model))
-    plant = _plant(model, recipe, scenario, ekf)
+    sim = _plant(model, recipe, scenario, ekf)
+    plant: Plant = sim if wrap_plant is None else wrap_plant(sim)
     estimator = LoopEstimator(OnlineEstimator(ekf), x0)
     estimator.warm_up(recipe.fallback(0.0))
     controller: Controller | None = None
@@ -256,8 +264,8 @@ def run_scenario(
         summary = loop.run(duration_h)
     finally:
         historian.close()
-    truth = plant.truth()
-    p_true = plant.p_true
+    truth = sim.truth()
+    p_true = sim.p_true
     tracked = {n: float(p_true[model.index(n)]) for n in ekf.tracked_names}
     records = read_records(run_dir / "records.sqlite")
     kpis: dict[str, Any] = {
