@@ -250,13 +250,26 @@ class ControlLoop:
         s.ticks += 1
         s.t_end_h = t
         readings = self._read(t)
-        out = self.estimator.step(t, self._applied, readings)
-        self._estimate = out.estimate
-        self._last_estimate = out.record
-        self._healthy_since_control &= out.healthy
-        self._write(out.record)
-        for e in out.events:
-            self._write(e)
+        try:
+            out = self.estimator.step(t, self._applied, readings)
+        except Exception as exc:  # keep the last estimate, mark it unhealthy, go on
+            self._healthy_since_control = False
+            self._write(
+                EventRecord(
+                    t,
+                    "estimator-failed",
+                    f"the estimator failed ({type(exc).__name__}: {exc}); the controller "
+                    "will not use its estimate until it recovers",
+                    "loop",
+                )
+            )
+        else:
+            self._estimate = out.estimate
+            self._last_estimate = out.record
+            self._healthy_since_control &= out.healthy
+            self._write(out.record)
+            for e in out.events:
+                self._write(e)
         self._run_commands(t)
         plan_rec: PlanRecord | None = self._snapshot.plan
         if control:
@@ -365,7 +378,10 @@ class ControlLoop:
             self._write(rec)
             return None, busy, rec
         estimate = self._estimate
-        assert estimate is not None  # the estimator stepped before
+        if estimate is None:  # the estimator has not produced one yet
+            rec = PlanRecord(t, "no-estimate", math.nan, message="no estimate yet")
+            self._write(rec)
+            return None, None, rec
         controller, u = self.controller, self._applied.copy()
         self._call = call = _Call(lambda: controller.plan(estimate, t, u))
         try:

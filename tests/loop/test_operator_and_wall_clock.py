@@ -103,3 +103,23 @@ def test_wall_clock_keeps_its_period_at_1x(tmp_path: Path) -> None:
     print(jitter)
     assert jitter["median_ms"] < 50.0  # woke on time (generous for a shared CI machine)
     assert result.kpis["jitter_max_ms"] == pytest.approx(jitter["max_ms"])
+
+
+def test_estimator_failure_is_an_event_and_the_batch_goes_on(tmp_path: Path) -> None:
+    loop, historian = _loop(tmp_path, None)
+    real_step = loop.estimator.step
+
+    def failing_step(t_h: float, u: Any, readings: Any) -> Any:  # injected fault
+        if 0.5 <= t_h < 0.55:
+            raise FloatingPointError("injected estimator fault")
+        return real_step(t_h, u, readings)
+
+    loop.estimator.step = failing_step  # type: ignore[method-assign]
+    summary = loop.run(duration_h=1.0)
+    historian.close()
+    assert summary.t_end_h == pytest.approx(1.0)
+    events = [r for r in read_records(tmp_path / "records.sqlite", kind="event")]
+    failed = [e for e in events if e.kind == "estimator-failed"]
+    assert len(failed) == 3  # 0.5, 0.5167, 0.5333 h
+    assert "injected estimator fault" in failed[0].message
+    assert loop.snapshot().estimate is not None and loop.snapshot().estimate.t_h == 1.0
