@@ -45,6 +45,13 @@ Timings (per filter step: one 1-min prediction and one update):
   (b2) a jitted ``_step_core`` (predict + update fused) called per step from Python, the
       ``step`` API this benchmark proposes for online use;
   (c) filterpy per step (predict + update, same record);
+  (d) bpcontrol ``CompiledEKF.filter_sequence``: the same filter generated as one CasADi
+      SX function and compiled to C (cached on disk), chained over the record with
+      ``mapaccum`` (chains of 512, 64 and 8 steps, then single steps: a handful of calls);
+  (e) ``CompiledEKF.step`` (predict + update fused, one C call through
+      ``Function.buffer()``) per step from Python;
+  (f) ``CompiledEKF.predict`` + ``update`` per step from Python (the ``FilterState`` API
+      that ``OnlineEstimator`` calls: two C calls);
   batched: ``--reactors`` reactors (each its own initial state and measurement noise), one
       filter step for all of them per call: ``predict_batch`` + ``update_batch``, and a
       fused ``jit(vmap(_step_core))``; milliseconds per call for all reactors.
@@ -76,6 +83,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,8 +98,9 @@ import scipy
 from _machine import cpu_model
 from filterpy.kalman import ExtendedKalmanFilter as FilterpyEKF
 
-from estimators import EKFConfig, ExtendedKalmanFilter, Sensor, TrackedParameter
+from estimators import CompiledEKF, EKFConfig, ExtendedKalmanFilter, Sensor, TrackedParameter
 from estimators._config import default_scale
+from estimators._ekf_compiled import JIT_FLAGS
 from models import Model, load_model
 
 jax.config.update("jax_enable_x64", True)
@@ -351,6 +360,61 @@ def run_online_fused(
     return np.asarray(jnp.stack(Zs)), elapsed
 
 
+def run_compiled_sequence(cekf: CompiledEKF, rec: Record) -> tuple[Any, np.ndarray, float]:
+    state = cekf.init(filter_x0(cekf.model))
+    t0 = time.perf_counter()
+    _, Zs, Ps, res = cekf.filter_sequence(state, rec.U, rec.DT, rec.Y, rec.M)
+    return (Zs, Ps, res), Zs, time.perf_counter() - t0
+
+
+def run_compiled_step(cekf: CompiledEKF, rec: Record) -> tuple[np.ndarray, float]:
+    """``CompiledEKF.step`` (one C call) per step from Python."""
+    state = cekf.init(filter_x0(cekf.model))
+    z, P = np.asarray(state.z), np.asarray(state.P)
+    K = len(rec.DT)
+    Zs = np.empty((K, cekf.nz))
+    U, DT, Y, M = rec.U, rec.DT, rec.Y, rec.M
+    t0 = time.perf_counter()
+    for k in range(K):
+        z, P, _ = cekf.step(z, P, U[k], DT[k], Y[k], M[k])
+        Zs[k] = z
+    return Zs, time.perf_counter() - t0
+
+
+def run_compiled_online(cekf: CompiledEKF, rec: Record) -> tuple[np.ndarray, float]:
+    """``CompiledEKF.predict`` + ``update`` per step, as ``OnlineEstimator`` calls them."""
+    state = cekf.init(filter_x0(cekf.model))
+    K = len(rec.DT)
+    Zs = np.empty((K, cekf.nz))
+    t = 0.0
+    t0 = time.perf_counter()
+    for k in range(K):
+        t += rec.DT[k]
+        state = cekf.predict(state, rec.U[k], t)
+        state, _ = cekf.update(state, rec.U[k], rec.Y[k], rec.M[k])
+        Zs[k] = state.z
+    return Zs, time.perf_counter() - t0
+
+
+def build_compiled(model: Model, config: EKFConfig) -> tuple[CompiledEKF, float, float]:
+    """The compiled filter built from scratch (an empty JIT cache): (filter, wall s, cc s)."""
+    with tempfile.TemporaryDirectory() as cache:
+        old = os.environ.get("BPCONTROL_JIT_CACHE")
+        os.environ["BPCONTROL_JIT_CACHE"] = cache
+        try:
+            t0 = time.perf_counter()
+            cekf = CompiledEKF(model, config)
+            wall = time.perf_counter() - t0
+        finally:
+            if old is None:
+                del os.environ["BPCONTROL_JIT_CACHE"]
+            else:
+                os.environ["BPCONTROL_JIT_CACHE"] = old
+    if cekf.backend != "c":
+        print("WARNING: no C compiler; CompiledEKF runs in CasADi's virtual machine")
+    return cekf, wall, cekf.compile_s
+
+
 # --- agreement --------------------------------------------------------------------------
 def agreement(
     ekf: ExtendedKalmanFilter, Zb: np.ndarray, Pb: np.ndarray, Zf: np.ndarray, Pf: np.ndarray
@@ -412,6 +476,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     agree["final_X_error_g_per_L"] = float(x_err[model.index("X")])
     agree["final_mu_max"] = float(Zb[-1, ekf.nx])
     agree["final_Y_xs"] = float(Zb[-1, ekf.nx + 1])
+    # the compiled filter (built with an empty cache, to time the compiler): against the
+    # peer as the JAX filter is, and against the JAX filter itself
+    cekf, build_s, cc_s = build_compiled(model, ekf.config)
+    (Zc, Pc, res_c), _, _ = run_compiled_sequence(cekf, rec)
+    agree_c = agreement(ekf, Zc, Pc, Zf, Pf)
+    agree["compiled_z_rel_max"] = agree_c["z_rel_max"]
+    agree["compiled_P_corr_scaled_max"] = agree_c["P_corr_scaled_max"]
+    jax_vs_c = agreement(ekf, Zc, Pc, Zb, np.asarray(Pb))
+    agree["compiled_vs_jax_z_rel_max"] = jax_vs_c["z_rel_max"]
+    agree["compiled_vs_jax_P_corr_scaled_max"] = jax_vs_c["P_corr_scaled_max"]
+    agree["compiled_gated_readings"] = int(np.sum(res_c.gated))
+    Zce, _ = run_compiled_step(cekf, rec)
+    Zco, _ = run_compiled_online(cekf, rec)
+    agree["compiled_step_vs_sequence_z_max_abs"] = float(np.max(np.abs(Zce - Zc)))
+    agree["compiled_online_vs_sequence_z_max_abs"] = float(np.max(np.abs(Zco - Zc)))
 
     # single-reactor timings, whole record per repeat, rotating order
     z0, P0 = np.asarray(st.z), np.asarray(st.P)
@@ -420,6 +499,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "b": lambda: run_online(ekf, rec)[1],
         "b2": lambda: run_online_fused(ekf, step_jit, rec)[1],
         "c": lambda: peer.run(z0, P0, rec)[2],
+        "d": lambda: run_compiled_sequence(cekf, rec)[2],
+        "e": lambda: run_compiled_step(cekf, rec)[1],
+        "f": lambda: run_compiled_online(cekf, rec)[1],
     }
     per_step: dict[str, list[float]] = {k: [] for k in singles}
     keys = list(singles)
@@ -498,6 +580,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "sensors": [s.output for s in SENSORS],
             "tracked": [t.name for t in TRACKED],
             "gate_probability": GATE_PROBABILITY,
+            "compiled_backend": cekf.backend,
+            "compiled_build_s": build_s,
+            "compiled_cc_s": cc_s,
+            "jit_flags": " ".join(JIT_FLAGS),
         },
         "machine": machine_info(),
         "per_step_us": per_step,
@@ -530,6 +616,9 @@ LABELS = {
     "b": "(b) bpcontrol `predict` + `update` per step from Python",
     "b2": "(b2) jitted `_step_core` per step from Python (proposed `step`)",
     "c": "(c) filterpy EKF (CasADi f/A/h/H, NumPy ROS2)",
+    "d": "(d) bpcontrol `CompiledEKF.filter_sequence` (C, `mapaccum` chains)",
+    "e": "(e) `CompiledEKF.step` per step from Python (one C call)",
+    "f": "(f) `CompiledEKF.predict` + `update` per step from Python",
 }
 
 
@@ -544,7 +633,9 @@ def markdown_table(s: dict[str, float], cfg: dict[str, Any]) -> str:
         "| variant | per step | filterpy / variant |",
         "|---|---:|---:|",
     ]
-    for k in ("a", "b", "b2", "c"):
+    for k in ("a", "b", "b2", "c", "d", "e", "f"):
+        if k not in s:  # a run from before the compiled filter
+            continue
         lines.append(f"| {LABELS[k]} | {s[k]:.1f} us | {s['c'] / s[k]:.2f}x |")
     n = cfg["reactors"]
     for k, label in (
@@ -583,12 +674,24 @@ def print_report(report: dict[str, Any], s: dict[str, float]) -> None:
     ok_speed = s["c"] / s["a"] >= 10.0
     ok_batch = s["batch_split"] <= 10.0 or s["batch_fused"] <= 10.0
     print(
-        f"targets: filter_sequence >= 10x faster than filterpy: "
+        f"targets: JAX filter_sequence >= 10x faster than filterpy: "
         f"{'met' if ok_speed else 'NOT met'} ({s['c'] / s['a']:.1f}x); "
         f"{cfg['reactors']} reactors <= 10 ms per step: {'met' if ok_batch else 'NOT met'} "
         f"(split {s['batch_split']:.2f} ms, fused {s['batch_fused']:.2f} ms); "
         f"agreement <= 1e-8: {'met' if a['z_rel_max'] <= 1e-8 else 'NOT met'}"
     )
+    if "d" in s:
+        ok_c = s["c"] / s["d"] >= 10.0
+        ok_e = s["c"] / s["e"] >= 10.0
+        ok_agree = max(a["compiled_z_rel_max"], a["compiled_vs_jax_z_rel_max"]) <= 1e-8
+        print(
+            f"compiled: filter_sequence >= 10x faster than filterpy: "
+            f"{'met' if ok_c else 'NOT met'} ({s['c'] / s['d']:.1f}x); per step from Python "
+            f"(step): {'met' if ok_e else 'NOT met'} ({s['c'] / s['e']:.1f}x); agreement with "
+            f"filterpy and JAX <= 1e-8: {'met' if ok_agree else 'NOT met'}; backend "
+            f"{cfg['compiled_backend']}, built in {cfg['compiled_build_s']:.1f} s "
+            f"(C compiler {cfg['compiled_cc_s']:.1f} s, {cfg['jit_flags']})"
+        )
 
 
 def merge_runs(paths: list[str]) -> tuple[dict[str, Any], dict[str, float]]:

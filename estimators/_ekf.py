@@ -24,27 +24,30 @@ from estimators._config import EKFConfig, default_scale
 from models import JaxModel, Model
 
 Array = jax.Array
+# what filter states and results hold: JAX arrays from ExtendedKalmanFilter, NumPy arrays
+# from CompiledEKF (both work with NumPy and jax.numpy functions alike)
+StateArray = jax.Array | np.ndarray
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 
 
 class FilterState(NamedTuple):
     """Filter state: time (h), augmented mean z = [x; tracked parameters], covariance."""
 
-    t: Array
-    z: Array
-    P: Array
+    t: StateArray
+    z: StateArray
+    P: StateArray
 
 
 class UpdateResult(NamedTuple):
     """Per-sensor outcome of one update (arrays ordered as the configured sensors)."""
 
-    accepted: Array  # bool: fused
-    gated: Array  # bool: present but rejected by the chi-square gate
-    innovation: Array  # y - h(z) (0 where absent)
-    innovation_var: Array  # diagonal of S
-    nis: Array  # normalised innovation squared over accepted sensors
-    dof: Array  # number of accepted sensors
-    healthy: Array  # bool: covariance finite and positive definite after the update
+    accepted: StateArray  # bool: fused
+    gated: StateArray  # bool: present but rejected by the chi-square gate
+    innovation: StateArray  # y - h(z) (0 where absent)
+    innovation_var: StateArray  # diagonal of S
+    nis: StateArray  # normalised innovation squared over accepted sensors
+    dof: StateArray  # number of accepted sensors
+    healthy: StateArray  # bool: covariance finite and positive definite after the update
 
 
 class ExtendedKalmanFilter:
