@@ -15,6 +15,7 @@ A scenario file (TOML) describes the plant side; every key is optional::
     controller = "nmpc"            # or "recipe": FALLBACK for the whole batch
     controller_deadline_s = 2.0    # wall time per solve before the supervisor falls back
     auto_resume_after = 3          # usable shadow plans before AUTO returns (0: never)
+    estimator = "compiled"         # EKF compiled to C (cached), or "jax" (same estimates)
     [parameter_factors]            # true plant = model parameters times these
     mu_max = 0.8
     Y_xs = 1.2
@@ -46,7 +47,7 @@ from bpcontrol.nmpc import NMPC, StateEstimate
 from bpcontrol.nmpc.presets import ECOLI_DO_MIN, ecoli_nmpc_config
 from bpcontrol.recipe import Recipe, default_recipe_path, load_recipe
 from bpcontrol.supervisor import Supervisor, SupervisorConfig
-from estimators import ExtendedKalmanFilter, OnlineEstimator, default_ekf_config
+from estimators import CompiledEKF, ExtendedKalmanFilter, OnlineEstimator, default_ekf_config
 from hil.plant import SimulatedPlant, ecoli_plant
 from models import Model, load_model
 from services.historian import EmbeddedHistorian, read_records
@@ -76,6 +77,7 @@ class Scenario:
     controller: Literal["nmpc", "recipe"] = "nmpc"
     controller_deadline_s: float = 2.0
     auto_resume_after: int = 3
+    estimator: Literal["compiled", "jax"] = "compiled"
     parameter_factors: Mapping[str, float] | None = None
     drift: Mapping[str, float] = field(default_factory=dict)
     delay_h: Mapping[str, float] = field(default_factory=dict)
@@ -98,6 +100,8 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: unknown keys {unknown}; allowed: {sorted(_SCENARIO_KEYS)}")
     if doc.get("controller", "nmpc") not in ("nmpc", "recipe"):
         raise ScenarioError(f"{path}: controller must be 'nmpc' or 'recipe'")
+    if doc.get("estimator", "compiled") not in ("compiled", "jax"):
+        raise ScenarioError(f"{path}: estimator must be 'compiled' or 'jax'")
     for key in ("parameter_factors", "drift", "delay_h"):
         table = doc.get(key, {})
         if not isinstance(table, Mapping) or not all(
@@ -165,7 +169,7 @@ def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
 
 
 def _plant(
-    model: Model, recipe: Recipe, scenario: Scenario, ekf: ExtendedKalmanFilter
+    model: Model, recipe: Recipe, scenario: Scenario, ekf: ExtendedKalmanFilter | CompiledEKF
 ) -> SimulatedPlant:
     if model.name == "ecoli_fedbatch":
         return ecoli_plant(
@@ -225,7 +229,11 @@ def run_scenario(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     x0 = recipe.initial_state(model)
-    ekf = ExtendedKalmanFilter(model, default_ekf_config(model))
+    ekf: ExtendedKalmanFilter | CompiledEKF
+    if scenario.estimator == "compiled":
+        ekf = CompiledEKF(model, default_ekf_config(model))
+    else:
+        ekf = ExtendedKalmanFilter(model, default_ekf_config(model))
     sim = _plant(model, recipe, scenario, ekf)
     plant: Plant = sim if wrap_plant is None else wrap_plant(sim)
     estimator = LoopEstimator(OnlineEstimator(ekf), x0)
