@@ -277,3 +277,35 @@ def test_bad_shapes_raise_clear_errors(compiled: CompiledEKF, ecoli_model: Model
             np.zeros((K, ns)),
             np.zeros((K, ns), dtype=bool),
         )
+
+
+def test_step_batch_equals_the_single_step_and_jax_vmap(
+    compiled: CompiledEKF,
+    ecoli_ekf: ExtendedKalmanFilter,
+    ecoli_model: Model,
+    rng: np.random.Generator,
+) -> None:
+    cases = _cases(ecoli_ekf, ecoli_model, rng)
+    Z, P, U, Y, M = (np.stack([c[i] for c in cases]) for i in range(5))
+    dts = np.linspace(0.5, 1.0, len(cases)) * DT_H  # a different interval per reactor
+    for threads in (1, 2):
+        Zb, Pb, stats = compiled.step_batch(Z, P, U, dts, Y, M, threads=threads)
+        for k in range(len(cases)):
+            zc, Pc, res = compiled.step(Z[k], P[k], U[k], dts[k], Y[k], M[k])
+            np.testing.assert_array_equal(Zb[k], zc)  # the same C code, bit for bit
+            np.testing.assert_array_equal(Pb[k], Pc)
+            ns = len(compiled.sensor_names)
+            np.testing.assert_array_equal(stats[k, ns : 2 * ns].astype(bool), res.gated)
+    fused = jax.jit(jax.vmap(ecoli_ekf._step_core, in_axes=(0, 0, 0, None, 0, 0, 0)))
+    Zj, Pj, _ = fused(Z, P, U, jnp.asarray(ecoli_ekf.p_nominal), dts, Y, M)
+    _assert_close(Zb, Pb, Zj, Pj, STEP_TOL)
+
+
+def test_step_batch_refuses_bad_shapes(compiled: CompiledEKF, ecoli_model: Model) -> None:
+    nz, ns, n = compiled.nz, len(compiled.sensor_names), 3
+    Z, P, U = np.ones((n, nz)), np.tile(np.eye(nz), (n, 1, 1)), np.tile(ecoli_model.u0, (n, 1))
+    Y, M = np.zeros((n, ns)), np.zeros((n, ns))
+    with pytest.raises(ValueError, match=rf"need Z \(N, {nz}\)"):
+        compiled.step_batch(Z, P[:2], U, DT_H, Y, M)
+    with pytest.raises(ValueError, match="max_step_h"):
+        compiled.step_batch(Z, P, U, 2.0, Y, M)
