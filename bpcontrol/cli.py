@@ -66,6 +66,12 @@ class OutputFormat(StrEnum):
     parquet = "parquet"
 
 
+def _progress_bar(label: str, console: Console) -> Progress:
+    """A transient progress bar on ``console``: ``label``, bar, percent, elapsed time."""
+    columns = (TextColumn(label), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
 def _fail(exc: BaseException, code: int) -> NoReturn:
     message = " ".join(str(exc).split()) or type(exc).__name__
     sys.stderr.write(f"error: {message}\n")
@@ -168,13 +174,7 @@ def simulate_command(
     progress_console = Console(stderr=True)
     with user_errors():
         if progress_console.is_terminal and output_steps(hours, dt) > PROGRESS_MIN_STEPS:
-            columns = (
-                TextColumn("simulating"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=progress_console, transient=True) as bar:
+            with _progress_bar("simulating", progress_console) as bar:
                 task = bar.add_task("simulate", total=hours)
                 result = run_simulation(
                     request, progress=lambda t, _end: bar.update(task, completed=t)
@@ -258,13 +258,7 @@ def estimate_command(
     with user_errors():
         prepared = prepare_estimation(request, _read_run)
         if progress_console.is_terminal and len(prepared.groups) > PROGRESS_MIN_STEPS:
-            columns = (
-                TextColumn("estimating"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=progress_console, transient=True) as bar:
+            with _progress_bar("estimating", progress_console) as bar:
                 task = bar.add_task("estimate", total=prepared.t_end)
                 result = run_estimation(
                     prepared, progress=lambda t, _end: bar.update(task, completed=t)
@@ -384,13 +378,8 @@ def run_command(
         console = Console(stderr=True)
         hours = duration or the_recipe.duration_h
         if console.is_terminal and not as_json:
-            columns = (
-                TextColumn("batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=console, transient=True) as bar:
+            label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
+            with _progress_bar(label, console) as bar:
                 task = bar.add_task("run", total=hours, t=0.0, mode="")
 
                 def show(snap: LoopSnapshot) -> None:
