@@ -9,7 +9,11 @@ So far:
   (implements ``bpcontrol.interfaces.Plant``): the true model integrated by CVODES
   between reads and setpoint changes, seen through seeded noisy, drifting and lagging
   online probes and late offline assays; :func:`ecoli_plant` is the default E. coli
-  scenario.
+  scenario;
+- :mod:`hil.faults`: controllers that raise, hang or return NaN, and plants that fail
+  like field gateways, for fault tests;
+- :mod:`hil.runner`: :func:`~hil.runner.run_scenario`, one closed-loop batch against the
+  simulated plant with the embedded historian (the job behind ``bpcontrol run``).
 """
 
 from hil.plant import ECOLI_PLANT_FACTORS, PlantTruth, SimulatedPlant, ecoli_plant
