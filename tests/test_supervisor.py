@@ -433,7 +433,8 @@ def test_setpoints_never_break_limits_or_rates(ops):
                 assert abs(u[i] - prev[i]) <= lim.rate_per_h * dt * (1 + 1e-12) + 1e-12
             unclamped = [i for i, n in enumerate(NAMES) if n not in rec.clamped]
             if state.mode is Mode.AUTO and plan_u is not None:
-                np.testing.assert_array_equal(u[unclamped], plan_u[unclamped])
+                # a change below 1e-9 relative is solver rounding, not reported as a clamp
+                np.testing.assert_allclose(u[unclamped], plan_u[unclamped], rtol=1e-9, atol=1e-9)
             if state.mode is Mode.HOLD:
                 np.testing.assert_array_equal(u, prev)
         else:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bpcontrol.nmpc import NMPC, SolveStatus, StateEstimate
+from bpcontrol.nmpc import NMPC, StateEstimate
 from bpcontrol.nmpc.presets import (
     ECOLI_BATCH_END_H,
     ECOLI_CONTROL_PERIOD_H,
@@ -46,7 +46,8 @@ def test_closed_loop_reaches_the_oracle() -> None:
     # the oracle is computed once, offline: no real-time limit on a slow or busy machine
     oracle = NMPC(MODEL, replace(oracle_config, time_limit_s=1800.0))
     plan, _ = oracle.step(oracle.init(x0), StateEstimate(x0, p), 0.0)
-    assert plan.status is SolveStatus.SOLVED, plan.message
+    # usable: the glucose bound (<= 1 g/L) is necessarily broken while the 5 g/L charge lasts
+    assert plan.status.usable, plan.message
     step = PLANT.integrator(dt_oracle)
     x = x0.copy()
     for k in range(n_oracle):
