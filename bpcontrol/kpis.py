@@ -14,13 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from bpcontrol.records import EstimateRecord, EventRecord, PlanRecord, Record, SetpointRecord
+from bpcontrol.records import (
+    USABLE_PLAN_STATUSES,
+    EstimateRecord,
+    EventRecord,
+    PlanRecord,
+    Record,
+    SetpointRecord,
+)
 from bpcontrol.supervisor import SetpointLimits
 from models import Model
 
 __all__ = ["product_g", "run_kpis", "setpoint_violations"]
-
-_USABLE = ("solved", "solved-inaccurate", "infeasible-softened")  # SolveStatus.usable
 
 
 def product_g(model: Model, x: np.ndarray) -> float:
@@ -96,7 +101,7 @@ def run_kpis(
     if solve.size:
         kpis["solve_time_median_s"] = float(np.median(solve))
         kpis["solve_time_max_s"] = float(solve.max())
-    usable = sum(p.status in _USABLE for p in plans)
+    usable = sum(p.status in USABLE_PLAN_STATUSES for p in plans)
     kpis["plans_usable_percent"] = 100.0 * usable / max(len(plans), 1)
     if truth is not None and estimates:
         kpis.update(_estimation_kpis(model, estimates, truth, true_parameters or {}))

@@ -17,6 +17,7 @@ SetpointSource = Literal["nmpc", "operator", "fallback", "hold"]
 """Where an applied setpoint came from: the NMPC plan, an operator, the recipe, or a hold."""
 
 __all__ = [
+    "USABLE_PLAN_STATUSES",
     "AuditRecord",
     "EstimateRecord",
     "EventRecord",
@@ -87,6 +88,10 @@ class EstimateRecord:
         _check_time(self.t_h)
         for name in ("x", "x_sigma", "parameters", "parameter_sigma"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+
+USABLE_PLAN_STATUSES = frozenset({"solved", "solved-inaccurate", "infeasible-softened"})
+"""Plan statuses whose plan came from that step's solve (``SolveStatus.usable`` as text)."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bpcontrol.records import (
+    USABLE_PLAN_STATUSES,
     AuditRecord,
     EstimateRecord,
     EventRecord,
@@ -54,10 +55,7 @@ from bpcontrol.records import (
 from bpcontrol.supervisor import SetpointLimits
 from models import Model
 
-__all__ = ["USABLE_PLAN_STATUSES", "write_report"]
-
-USABLE_PLAN_STATUSES = frozenset({"solved", "solved-inaccurate", "infeasible-softened"})
-"""Plan statuses whose prediction comes from that step's solve (see ``SolveStatus.usable``)."""
+__all__ = ["write_report"]
 
 _DPI = 90
 _MAX_POINTS = 1000  # per drawn line; more points than pixels only cost time and bytes

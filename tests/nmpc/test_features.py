@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bpcontrol.nmpc import NMPC, NMPCConfig, Objective, SoftBound, StateEstimate, Tracking
+from bpcontrol.nmpc import (
+    NMPC,
+    NMPCConfig,
+    Objective,
+    SoftBound,
+    SolveStatus,
+    StateEstimate,
+    Tracking,
+)
+from bpcontrol.records import USABLE_PLAN_STATUSES
 from models import load_model
 
 MODEL = load_model("dompc_batch_reactor")
@@ -80,3 +89,8 @@ def test_shrinking_horizon_ends_at_the_batch_end(t: float) -> None:
     assert h.sum() == pytest.approx(20.0 - t, abs=1e-12)
     assert h[0] == pytest.approx(min(1.0, 20.0 - t))
     assert np.all(h >= 0.0)
+
+
+def test_usable_plan_statuses_in_records_match_the_solver() -> None:
+    """The historian's text statuses that count as usable are SolveStatus.usable's."""
+    assert {s.value for s in SolveStatus if s.usable} == USABLE_PLAN_STATUSES
