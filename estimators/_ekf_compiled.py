@@ -33,16 +33,9 @@ at half the compile time), once per configuration and machine.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import shutil
-import subprocess
-import tempfile
-import time
-import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, cast
 
 import casadi as ca
@@ -51,19 +44,14 @@ import numpy as np
 from estimators._config import EKFConfig
 from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
 from models import Model
+from models._jit import compile_functions
 
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
-JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")
+JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")  # no FMA: bitwise like the VM
 CHUNKS = (512, 64, 8)  # mapaccum lengths compiled for filter_sequence (plus single steps)
 # outputs of the update and the step: z, P and the statistics packed in one vector,
 # [accepted (ns), gated (ns), innovation (ns), innovation_var (ns), nis, dof, healthy]
 _OUT_NAMES = ("z_next", "P_next", "stats")
-
-
-def jit_cache_dir() -> Path:
-    """Where compiled filters are kept (``$BPCONTROL_JIT_CACHE``, shared with the NMPC)."""
-    default = Path.home() / ".cache" / "bpcontrol" / "jit"
-    return Path(os.environ.get("BPCONTROL_JIT_CACHE", default))
 
 
 def _shape(a: Any) -> tuple[int, ...]:
@@ -157,7 +145,9 @@ class CompiledEKF:
         self.compile_s = 0.0
         self.backend = "vm"
         if jit:
-            lib, self.compile_s = _compile(fns, f"bpcontrol_ekf_{model.name}")
+            lib, self.compile_s = compile_functions(
+                fns, f"bpcontrol_ekf_{model.name}", flags=JIT_FLAGS, what="CompiledEKF"
+            )
             if lib is not None:
                 fns = [ca.external(fn.name(), str(lib)) for fn in fns]
                 self.backend = "c"
@@ -662,56 +652,3 @@ def _build_functions(ekf: ExtendedKalmanFilter) -> list[ca.Function]:
     )
     chains = [f_step.mapaccum(f"ekf_chain{n}", n, 2) for n in CHUNKS]
     return [f_pred, f_upd, f_step, *chains]
-
-
-def _compile(fns: list[ca.Function], name: str) -> tuple[Path | None, float]:
-    """Generated C for ``fns`` as one shared library, cached on disk: (path, seconds).
-
-    ``(None, 0)`` with a warning where no C compiler works (CasADi's VM then runs them).
-    """
-    compiler = os.environ.get("CC", "cc")
-    with tempfile.TemporaryDirectory() as tmp:
-        gen = ca.CodeGenerator(f"{name}.c", {"with_header": False})
-        for fn in fns:
-            gen.add(fn)
-        gen.generate(tmp + os.sep)
-        source = (Path(tmp) / f"{name}.c").read_bytes()
-    key = hashlib.sha256(
-        b"\n".join(
-            [
-                source,
-                ca.CasadiMeta.version().encode(),
-                compiler.encode(),
-                *(f.encode() for f in JIT_FLAGS),
-            ]
-        )
-    ).hexdigest()[:24]
-    cache = jit_cache_dir()
-    lib = cache / f"{name}_{key}.so"
-    if lib.exists():
-        return lib, 0.0
-    try:
-        if shutil.which(compiler) is None:
-            raise OSError(f"no C compiler {compiler!r} on PATH")
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / f"{name}.c", Path(tmp) / "lib.so"
-            src.write_bytes(source)
-            t0 = time.perf_counter()
-            subprocess.run(
-                [compiler, *JIT_FLAGS, str(src), "-o", str(out), "-lm"],
-                check=True,
-                capture_output=True,
-            )
-            seconds = time.perf_counter() - t0
-            os.replace(out, lib)  # atomic: concurrent builders cannot clash
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        warnings.warn(
-            f"CompiledEKF: could not compile the filter ({exc}; {detail.decode()[-300:]}); "
-            "using CasADi's virtual machine (several times slower)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None, 0.0
-    return lib, seconds

@@ -12,8 +12,8 @@ linearized dynamics unsatisfied and the error would build up from period to peri
 one CasADi function (shared subexpressions). With ``jit`` it is compiled to machine code
 once per problem and machine: the generated C is built with ``$CC`` (default ``cc``) at
 ``-O1`` (as fast as ``-O2`` here at half the compile time) and cached as a shared library
-under ``$BPCONTROL_JIT_CACHE`` (default ``~/.cache/bpcontrol/jit``), keyed by the
-function's serialization, so only the first controller built for a configuration waits
+under ``$BPCONTROL_JIT_CACHE`` (default ``~/.cache/bpcontrol/jit``, :mod:`models._jit`),
+keyed by a hash of the generated C, so only the first controller built for a configuration waits
 for the compiler (a minute or more for a 20-interval RK4 problem).
 
 The QP solver's word is not taken for it: the step must satisfy the QP's bounds and
@@ -26,21 +26,15 @@ all fail is the step reported as failed.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import casadi as ca
 import numpy as np
 
 from bpcontrol.nmpc._ocp import OCP
+from models._jit import compile_functions
 
 
 @dataclass(frozen=True)
@@ -155,50 +149,11 @@ def _active(lam: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     return np.where(tiny, 0.0, lam)
 
 
-JIT_FLAGS = ("-O1", "-fPIC", "-shared")
-
-
-def jit_cache_dir() -> Path:
-    """Where compiled functions are kept (``$BPCONTROL_JIT_CACHE``)."""
-    default = Path.home() / ".cache" / "bpcontrol" / "jit"
-    return Path(os.environ.get("BPCONTROL_JIT_CACHE", default))
-
-
 def compiled(fn: ca.Function) -> ca.Function:
-    """``fn`` as machine code: generated C, compiled once and cached on disk.
+    """``fn`` as machine code (compiled once, cached on disk, see :mod:`models._jit`).
 
     Falls back to ``fn`` itself (CasADi's virtual machine), with a warning, where no C
     compiler works.
     """
-    compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(
-        "\n".join([fn.serialize(), ca.CasadiMeta.version(), compiler, *JIT_FLAGS]).encode()
-    ).hexdigest()[:24]
-    cache = jit_cache_dir()
-    lib = cache / f"{fn.name()}_{key}.so"
-    if not lib.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                gen = ca.CodeGenerator(f"{fn.name()}.c", {"with_header": False})
-                gen.add(fn)
-                gen.generate(tmp + os.sep)
-                src, out = Path(tmp) / f"{fn.name()}.c", Path(tmp) / "lib.so"
-                if shutil.which(compiler) is None:
-                    raise OSError(f"no C compiler {compiler!r} on PATH")
-                subprocess.run(
-                    [compiler, *JIT_FLAGS, str(src), "-o", str(out), "-lm"],
-                    check=True,
-                    capture_output=True,
-                )
-                os.replace(out, lib)  # atomic: concurrent builders cannot clash
-        except (OSError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            warnings.warn(
-                f"jit: could not compile {fn.name()} ({exc}; {detail.decode()[-300:]}); "
-                "using CasADi's virtual machine",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return fn
-    return ca.external(fn.name(), str(lib))
+    lib, _ = compile_functions([fn], fn.name(), what=f"jit {fn.name()}")
+    return fn if lib is None else ca.external(fn.name(), str(lib))
