@@ -343,13 +343,8 @@ class ControlLoop:
 
     def _count_good_plan(self, t: float, plan: Plan | None, solve_time: float | None) -> None:
         """Auto-resume: request AUTO after enough good shadow plans following a fallback."""
-        good = (
-            plan is not None
-            and plan.status.usable
-            and bool(np.all(np.isfinite(plan.u_next)))
-            and solve_time is not None
-            and solve_time <= self.deadline_s
-            and self._healthy_since_control
+        good = plan is not None and not self.supervisor.plan_problems(
+            plan.u_next, plan.status.usable, solve_time, self._healthy_since_control
         )
         self._good_plans = self._good_plans + 1 if good else 0
         n = self.auto_resume_after

@@ -267,7 +267,7 @@ class Supervisor:
         mode, cause = state.mode, state.fallback_cause
 
         if mode is Mode.AUTO:
-            causes = self._plan_problems(plan_u, plan_ok, solve_time_s, estimate_ok)
+            causes = self.plan_problems(plan_u, plan_ok, solve_time_s, estimate_ok)
             if causes:
                 mode, cause = Mode.FALLBACK, "; ".join(causes)
                 events.append(
@@ -312,13 +312,14 @@ class Supervisor:
         new_state = replace(state, mode=mode, applied=applied, t_h=float(t_h), fallback_cause=cause)
         return new_state, record, events
 
-    def _plan_problems(
+    def plan_problems(
         self,
         plan_u: np.ndarray | None,
         plan_ok: bool,
         solve_time_s: float | None,
         estimate_ok: bool,
     ) -> list[str]:
+        """Why AUTO may not apply this plan (the causes :meth:`step` names); [] if it may."""
         causes: list[str] = []
         if not estimate_ok:
             causes.append("estimate unhealthy")
@@ -403,6 +404,13 @@ class Supervisor:
         event = EventRecord(t_h, "mode-change", f"{action} by {who}: {why}", "operator")
         return new_state, AuditRecord(t_h, who, why, action, True, ""), [event]
 
+    def _input_write_problem(self, name: str, who: str, why: str, t_h: float) -> str:
+        """Why a write to input ``name`` is refused before its value is looked at ("": none)."""
+        problem = _who_why_problem(who, why, t_h)
+        if not problem and name not in self.config.input_names:
+            problem = f"unknown input {name!r}; inputs are {self.config.input_names}"
+        return problem
+
     def set_operator_setpoint(
         self,
         state: SupervisorState,
@@ -416,13 +424,9 @@ class Supervisor:
         """Set the MANUAL setpoint of one input (refused outside MANUAL or the limits)."""
         action = f"setpoint {name} = {value}"
         names = self.config.input_names
-        problem = _who_why_problem(who, why, t_h)
+        problem = self._input_write_problem(name, who, why, t_h)
         if problem:
             return _bad_write(state, t_h, who, why, action, problem)
-        if name not in names:
-            return _bad_write(
-                state, t_h, who, why, action, f"unknown input {name!r}; inputs are {names}"
-            )
         try:
             v = float(value)
         except (TypeError, ValueError):
@@ -462,13 +466,9 @@ class Supervisor:
         """
         action = f"limits {name} = [{lower}, {upper}], rate {rate_per_h}/h"
         names = self.config.input_names
-        problem = _who_why_problem(who, why, t_h)
+        problem = self._input_write_problem(name, who, why, t_h)
         if problem:
             return _bad_write(state, t_h, who, why, action, problem)
-        if name not in names:
-            return _bad_write(
-                state, t_h, who, why, action, f"unknown input {name!r}; inputs are {names}"
-            )
         try:
             lo, hi, rate = float(lower), float(upper), float(rate_per_h)
         except (TypeError, ValueError):
