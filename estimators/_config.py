@@ -79,6 +79,11 @@ class EKFConfig:
                     f"sensor {s.output!r} is not an output of model {model.name!r}; "
                     f"known: {', '.join(model.output_names)}"
                 )
+            if model.outputs[model.index(s.output)].derived:
+                raise EstimatorConfigError(
+                    f"sensor {s.output!r} is a derived output of model {model.name!r} "
+                    "(computed from the state, read by no instrument)"
+                )
             if s.output in seen:
                 raise EstimatorConfigError(f"sensor {s.output!r} is configured twice")
             seen.add(s.output)

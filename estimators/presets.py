@@ -25,7 +25,7 @@ NIS was 0.990 per degree of freedom).
 
 Other models (generic)
 ----------------------
-Every output is a sensor with ``sigma`` = 1 % of its typical magnitude, the larger of
+Every measured output (not ``derived``) is a sensor with ``sigma`` = 1 % of its typical magnitude, the larger of
 its value at the nominal point (``x0``, ``u0``, ``p0``) and 1 % of its declared range
 (the range is skipped where a bound is infinite; a magnitude of zero counts as 1 in the
 output's unit), every sensor with a one-minute period. No parameters are tracked;
@@ -157,6 +157,8 @@ def generic_ekf_config(model: Model) -> EKFConfig:
         _, y = model.evaluate(NUMPY, list(model.x0), list(model.u0), list(model.p0))
     sensors = []
     for out, value in zip(model.outputs, y, strict=True):
+        if out.derived:  # computed, not measured: no instrument reads it
+            continue
         magnitude = abs(float(np.asarray(value)))
         typical = magnitude if math.isfinite(magnitude) else 0.0
         span = out.upper - out.lower

@@ -85,13 +85,19 @@ class Parameter:
 
 @dataclass(frozen=True, kw_only=True)
 class Output:
-    """A measured output; ``lower``/``upper`` are the physically possible range of a reading."""
+    """A measured output; ``lower``/``upper`` are the physically possible range of a reading.
+
+    ``derived=True`` marks a quantity computed from the state that no instrument reads
+    (total product ``P * V`` in g, say): objectives, KPIs and reports can name it, but it
+    is never a sensor of the estimator or of a simulated plant.
+    """
 
     name: str
     unit: str
     lower: float = -math.inf
     upper: float = math.inf
     description: str = ""
+    derived: bool = False
 
 
 class Values(Mapping[str, Any]):
@@ -170,6 +176,16 @@ class Model:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(y.name for y in self.outputs)
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        """Outputs an instrument can read (every output not marked ``derived``)."""
+        return tuple(y.name for y in self.outputs if not y.derived)
+
+    @property
+    def derived_names(self) -> tuple[str, ...]:
+        """Outputs computed from the state only (objectives, KPIs), never measured."""
+        return tuple(y.name for y in self.outputs if y.derived)
 
     @property
     def nx(self) -> int:

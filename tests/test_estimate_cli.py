@@ -354,7 +354,7 @@ def test_every_model_has_a_default_that_round_trips(name: str, tmp_path: Path) -
     config = default_ekf_config(model)
     config.validate(model)
     if name != "ecoli_fedbatch":
-        assert [s.output for s in config.sensors] == list(model.output_names)
+        assert [s.output for s in config.sensors] == list(model.sensor_names)
         assert config.tracked == ()
     assert all(math.isfinite(s.sigma) and s.sigma > 0 for s in config.sensors)
     path = tmp_path / "ekf.toml"

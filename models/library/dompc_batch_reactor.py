@@ -27,7 +27,13 @@ def _rhs(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]:
 
 
 def _measure(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]:
-    return {"X_meas": x.X_s, "S_meas": x.S_s, "P_meas": x.P_s, "V_meas": x.V_s}
+    return {
+        "X_meas": x.X_s,
+        "S_meas": x.S_s,
+        "P_meas": x.P_s,
+        "V_meas": x.V_s,
+        "P_total": x.P_s * x.V_s,  # mol/L * m3 = kmol of product in the reactor
+    }
 
 
 MODEL = Model(
@@ -79,6 +85,14 @@ MODEL = Model(
         Output(name="S_meas", unit="mol/L", lower=-0.01, upper=1000.0),
         Output(name="P_meas", unit="mol/L", lower=0.0, upper=100.0),
         Output(name="V_meas", unit="m3", lower=0.0, upper=1000.0),
+        Output(
+            name="P_total",
+            unit="kmol",
+            lower=0.0,
+            upper=3000.0,
+            description="product in the reactor (P_s V_s)",
+            derived=True,
+        ),
     ),
     rhs=_rhs,
     measure=_measure,

@@ -151,6 +151,7 @@ def measure(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]
         "A_off": x.A,
         "P_off": x.P,
         "Q_heat": p.dH_O2 * OUR * x.V / 1000.0 / 3.6,  # kJ/mol * mol/h -> W
+        "P_total": x.P * x.V,  # g of product in the broth
     }
 
 
@@ -332,7 +333,22 @@ MODEL = Model(
         Output(name="S_off", unit="g/L", lower=0.0, upper=800.0, description="offline glucose"),
         Output(name="A_off", unit="g/L", lower=0.0, upper=50.0, description="offline acetate"),
         Output(name="P_off", unit="g/L", lower=0.0, upper=100.0, description="offline product"),
-        Output(name="Q_heat", unit="W", lower=-100.0, upper=10000.0, description="metabolic heat"),
+        Output(
+            name="Q_heat",
+            unit="W",
+            lower=-100.0,
+            upper=10000.0,
+            description="metabolic heat",
+            derived=True,
+        ),
+        Output(
+            name="P_total",
+            unit="g",
+            lower=0.0,
+            upper=1000.0,
+            description="product in the broth (P V)",
+            derived=True,
+        ),
     ),
     rhs=rhs,
     measure=measure,

@@ -114,6 +114,7 @@ def measure(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]
         "X_off": x.X,
         "S_off": x.S,
         "P_off": x.P,
+        "P_total": x.P * x.V,  # g of penicillin in the broth
     }
 
 
@@ -222,6 +223,14 @@ MODEL = Model(
         Output(name="X_off", unit="g/L", lower=0.0, upper=200.0, description="offline DCW"),
         Output(name="S_off", unit="g/L", lower=0.0, upper=800.0, description="offline substrate"),
         Output(name="P_off", unit="g/L", lower=0.0, upper=100.0, description="offline penicillin"),
+        Output(
+            name="P_total",
+            unit="g",
+            lower=0.0,
+            upper=30000.0,
+            description="penicillin in the broth (P V)",
+            derived=True,
+        ),
     ),
     rhs=rhs,
     measure=measure,

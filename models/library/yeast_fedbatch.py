@@ -110,6 +110,7 @@ def measure(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]
         "X_off": x.X,
         "S_off": x.S,
         "E_off": x.E,
+        "X_total": x.X * x.V,  # g of biomass in the broth
     }
 
 
@@ -188,6 +189,14 @@ MODEL = Model(
         Output(name="X_off", unit="g/L", lower=0.0, upper=200.0, description="offline DCW"),
         Output(name="S_off", unit="g/L", lower=0.0, upper=800.0, description="offline glucose"),
         Output(name="E_off", unit="g/L", lower=0.0, upper=60.0, description="offline ethanol"),
+        Output(
+            name="X_total",
+            unit="g",
+            lower=0.0,
+            upper=2000.0,
+            description="biomass in the broth (X V)",
+            derived=True,
+        ),
     ),
     rhs=rhs,
     measure=measure,
