@@ -29,13 +29,38 @@ the controller cannot be trusted. Example (``bpcontrol/data/ecoli_fedbatch.toml`
     start_h = 6.0
     fallback = { F = { initial = 0.02, growth_per_h = 0.1, max = 0.06 } }
 
-A phase's fallback lists only what changes; the first phase names every input. A profile
-is a number (held) or ``{initial, growth_per_h, max}``: ``min(initial e^(growth (t - start)),
-max)`` (an exponential feed). The batch ends at ``duration_h`` (the "end" phase).
+A phase's fallback lists only what changes (the rest is inherited from the phase before);
+the first phase names every input. A profile, in the input's unit, is
+
+- a number: held;
+- ``{initial, growth_per_h, max}``: ``min(initial e^(growth (t - start)), max)`` (an
+  exponential feed), ``start`` the start of the phase in force (an inherited exponential
+  starts again from ``initial`` in each later phase);
+- ``{steps = [[t0, v0], [t1, v1], ...]}``: a step table (zero-order hold): ``v_i`` from
+  ``t_i`` hours after the start of the phase that writes the table until ``t_(i+1)``, the
+  last value from then on. Times start at 0 and strictly increase (a water, base or oil
+  addition, an aeration program, written as operators write them). An inherited table
+  goes on with its own times: a later phase that does not name the input leaves it alone.
+
+Every value a profile can take must lie inside the input's ``[limits]``. ``auto`` (a
+boolean, default ``true``, not inherited: each phase says its own or is ``true``) tells
+whether the NMPC may act in the phase: ``false`` runs the phase on the recipe alone (e.g.
+the first 24 h of a penicillin batch), ``Recipe.auto_at(t)`` answers it for a time. A
+third phase for the example above::
+
+    [[phases]]
+    name = "production"
+    start_h = 20.0
+    auto = false          # recipe only: the NMPC may not act from 20 h on
+    fallback = { F = { steps = [[0.0, 0.06], [2.0, 0.04], [6.0, 0.03]] } }
+
+The batch ends at ``duration_h`` (the "end" phase).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import tomllib
 from collections.abc import Mapping
@@ -53,8 +78,10 @@ from models import Model
 __all__ = [
     "ExponentialProfile",
     "Phase",
+    "Profile",
     "Recipe",
     "RecipeError",
+    "StepProfile",
     "default_recipe_path",
     "load_recipe",
     "parse_recipe",
@@ -87,20 +114,64 @@ class ExponentialProfile:
         return start, start
 
 
-Profile = float | ExponentialProfile
+# a step whose time lies within this of the query time has started (interval start times
+# are sums of control periods and carry rounding; the same slack as Recipe.phase_at)
+_TIME_EPS_H = 1e-9
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """A step table (zero-order hold) in the input's unit: ``values[i]`` from ``times[i]``.
+
+    ``times`` are hours since the phase start, the first 0, strictly increasing; the last
+    value holds to the end of the phase. Used for additions and programs that operators
+    write as a table of changes (water, base, oil, aeration), which an exponential or a
+    constant cannot express.
+    """
+
+    times: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.times) != len(self.values) or not self.times:
+            raise ValueError("a step profile needs as many times as values, at least one")
+        if self.times[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(self.times)):
+            raise ValueError("step times must start at 0 h and strictly increase")
+
+    def at(self, dt_h: float) -> float:
+        """Value ``dt_h`` hours after the phase started (the first value before it)."""
+        i = bisect.bisect_right(self.times, dt_h + _TIME_EPS_H) - 1
+        return self.values[max(i, 0)]
+
+    def range(self) -> tuple[float, float]:
+        """Smallest and largest value of the table."""
+        return min(self.values), max(self.values)
+
+
+Profile = float | ExponentialProfile | StepProfile
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A named part of the batch starting at ``start_h`` with its fallback profile per input."""
+    """A named part of the batch starting at ``start_h`` with its fallback profile per input.
+
+    ``auto``: whether the NMPC may act in this phase (``False``: the recipe alone drives
+    the inputs, e.g. an early phase the model does not describe well). ``steps_from_h``:
+    process time (h) each step table counts from, the start of the phase that wrote it (an
+    inherited table goes on with its own times; absent names count from ``start_h``).
+    """
 
     name: str
     start_h: float
     fallback: Mapping[str, Profile]
+    auto: bool = True
+    steps_from_h: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def value(self, name: str, t_h: float) -> float:
         """The fallback setpoint of input ``name`` at process time ``t_h`` (h)."""
         profile = self.fallback[name]
+        if isinstance(profile, StepProfile):
+            return profile.at(t_h - self.steps_from_h.get(name, self.start_h))
         if isinstance(profile, ExponentialProfile):
             return profile.at(t_h - self.start_h)
         return float(profile)
@@ -130,9 +201,17 @@ class Recipe:
         return current
 
     def fallback(self, t_h: float) -> np.ndarray:
-        """The fallback setpoints at ``t_h`` (h), one per input in model order."""
+        """The fallback setpoints at ``t_h`` (h), one per input in model order.
+
+        Also the schedule the NMPC follows for the inputs it does not manipulate
+        (``NMPCConfig.input_schedule``).
+        """
         phase = self.phase_at(t_h)
         return np.array([phase.value(n, t_h) for n in self.input_names], dtype=float)
+
+    def auto_at(self, t_h: float) -> bool:
+        """Whether the NMPC may act at ``t_h`` (h): the ``auto`` flag of the phase then."""
+        return self.phase_at(t_h).auto
 
     def initial_state(self, model: Model) -> np.ndarray:
         """The model's nominal state with the recipe's charged values."""
@@ -287,11 +366,19 @@ def _limits(doc: Mapping[str, Any], model: Model, fail: Any) -> dict[str, Setpoi
     return limits
 
 
-def _profile(value: Any, where: str, fail: Any) -> Profile:
+def _profile(value: Any, where: str, limit: SetpointLimits, fail: Any) -> Profile:
     if isinstance(value, Mapping):
+        if "steps" in value:
+            if set(value) != {"steps"}:
+                extra = sorted(set(value) - {"steps"})
+                raise fail(f"{where} is a step table and takes only 'steps', not {extra}")
+            return _steps(value["steps"], f"{where}.steps", limit, fail)
         keys = {"initial", "growth_per_h", "max"}
         if set(value) != keys:
-            raise fail(f"{where} must be a number or a table with exactly {sorted(keys)}")
+            raise fail(
+                f"{where} must be a number, a table with exactly {sorted(keys)} or "
+                "{ steps = [[hours, value], ...] }"
+            )
         prof = ExponentialProfile(
             _number(value["initial"], f"{where}.initial", fail),
             _number(value["growth_per_h"], f"{where}.growth_per_h", fail),
@@ -301,6 +388,32 @@ def _profile(value: Any, where: str, fail: Any) -> Profile:
             raise fail(f"{where}.initial must be >= 0")
         return prof
     return _number(value, where, fail)
+
+
+def _steps(raw: Any, where: str, limit: SetpointLimits, fail: Any) -> StepProfile:
+    """A step table ``[[hours since the phase start, value], ...]``, every entry checked."""
+    if not isinstance(raw, list) or not raw:
+        raise fail(f"{where} must be a non-empty list of [hours, value] pairs, got {raw!r}")
+    times: list[float] = []
+    values: list[float] = []
+    for j, pair in enumerate(raw):
+        at = f"{where}[{j}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise fail(f"{at} must be a [hours, value] pair, got {pair!r}")
+        t = _number(pair[0], f"{at} time", fail)
+        v = _number(pair[1], f"{at} value", fail)
+        if j == 0 and t != 0.0:
+            raise fail(f"{at} is at {t:g} h; the first step must be at 0 h (the phase start)")
+        if j > 0 and t <= times[-1]:
+            raise fail(
+                f"{at} is at {t:g} h, not after the step before ({times[-1]:g} h); "
+                "step times must strictly increase"
+            )
+        if not limit.lower <= v <= limit.upper:
+            raise fail(f"{at} value {v:g} is outside its limits [{limit.lower:g}, {limit.upper:g}]")
+        times.append(t)
+        values.append(v)
+    return StepProfile(tuple(times), tuple(values))
 
 
 def _phases(
@@ -314,13 +427,17 @@ def _phases(
         raise fail("needs at least one [[phases]] entry (name, start_h, fallback)")
     phases: list[Phase] = []
     inherited: dict[str, Profile] = {}
+    steps_from: dict[str, float] = {}  # input -> start of the phase that wrote its step table
     for k, entry in enumerate(raw):
         where = f"phases[{k}]"
         if not isinstance(entry, Mapping):
             raise fail(f"{where} must be a table")
-        extra = sorted(set(entry) - {"name", "start_h", "fallback"})
+        extra = sorted(set(entry) - {"name", "start_h", "fallback", "auto"})
         if extra:
             raise fail(f"{where} has unknown keys {extra}")
+        auto = entry.get("auto", True)
+        if not isinstance(auto, bool):
+            raise fail(f"{where}.auto must be true or false, got {auto!r}")
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             raise fail(f"{where}.name must be a non-empty string")
@@ -339,18 +456,36 @@ def _phases(
                 raise fail(f"{where}.fallback names unknown input {key!r}; inputs: {inputs}")
         inherited = {
             **inherited,
-            **{n: _profile(v, f"{where}.fallback.{n}", fail) for n, v in fallback.items()},
+            **{
+                n: _profile(v, f"{where}.fallback.{n}", limits[n], fail)
+                for n, v in fallback.items()
+            },
         }
         missing = [n for n in inputs if n not in inherited]
         if missing:
             raise fail(f"{where} ({name}) has no fallback for {missing}")
         for n, prof in inherited.items():
-            lo, hi = prof.range() if isinstance(prof, ExponentialProfile) else (prof, prof)
+            if isinstance(prof, (ExponentialProfile, StepProfile)):
+                lo, hi = prof.range()
+            else:
+                lo, hi = prof, prof
             lim = limits[n]
             if lo < lim.lower or hi > lim.upper:
                 raise fail(
                     f"{where} ({name}) fallback {n} reaches [{lo:g}, {hi:g}], outside its "
                     f"limits [{lim.lower:g}, {lim.upper:g}]"
                 )
-        phases.append(Phase(name, start, MappingProxyType(dict(inherited))))
+        for n in fallback:
+            steps_from.pop(n, None)
+            if isinstance(inherited[n], StepProfile):
+                steps_from[n] = start
+        phases.append(
+            Phase(
+                name,
+                start,
+                MappingProxyType(dict(inherited)),
+                auto=auto,
+                steps_from_h=MappingProxyType(dict(steps_from)),
+            )
+        )
     return tuple(phases)

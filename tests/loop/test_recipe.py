@@ -10,8 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+import bpcontrol.recipe as recipe_module
 from bpcontrol.nmpc.presets import ecoli_recipe
-from bpcontrol.recipe import RecipeError, default_recipe_path, load_recipe, parse_recipe
+from bpcontrol.recipe import (
+    ExponentialProfile,
+    RecipeError,
+    StepProfile,
+    default_recipe_path,
+    load_recipe,
+    parse_recipe,
+)
 from models import load_model
 
 MODEL = load_model("ecoli_fedbatch")
@@ -47,6 +55,76 @@ def test_phases_inherit_and_exponential_feed_follows_its_formula() -> None:
     assert recipe.fallback(19.0)[iF] == 0.06  # capped at max
     u = recipe.fallback(25.0)
     assert (u[iF], u[iT], u[iQ]) == (0.05, 30.0, 20.0)  # Q_air inherited from "batch"
+
+
+def test_step_profile_holds_each_value_from_its_time() -> None:
+    prof = StepProfile((0.0, 2.0, 10.0), (0.0, 0.04, 0.06))
+    assert [prof.at(t) for t in (0.0, 1.999, 2.0, 9.5, 10.0, 100.0)] == [
+        0.0,
+        0.0,
+        0.04,
+        0.04,
+        0.06,
+        0.06,
+    ]
+    assert prof.at(2.0 - 1e-12) == 0.04  # interval start times carry rounding
+    assert prof.range() == (0.0, 0.06)
+    assert StepProfile((0.0, 1.0), (0.3, 0.1)).range() == (0.1, 0.3)
+    with pytest.raises(ValueError, match="strictly increase"):
+        StepProfile((0.0, 0.0), (1.0, 2.0))
+    with pytest.raises(ValueError, match="as many times as values"):
+        StepProfile((0.0,), (1.0, 2.0))
+
+
+def test_step_tables_count_from_the_phase_that_writes_them() -> None:
+    """Steps hold (zero-order) in hours since their phase; later phases inherit them as they are."""
+    doc = _doc()
+    doc["phases"][0]["fallback"]["Q_air"] = {"steps": [[0.0, 5.0], [3.0, 10.0], [12.0, 20.0]]}
+    doc["phases"][1]["fallback"]["F"] = {"steps": [[0.0, 0.0], [2.0, 0.04], [10.0, 0.06]]}
+    doc["phases"].append({"name": "induction", "start_h": 20.0, "fallback": {"T_set": 30.0}})
+    doc["phases"].append(
+        {"name": "late", "start_h": 25.0, "fallback": {"F": {"steps": [[0.0, 0.01]]}}}
+    )
+    recipe = parse_recipe(doc, MODEL)
+    iF, iQ, iT = MODEL.index("F"), MODEL.index("Q_air"), MODEL.index("T_set")
+    assert isinstance(recipe.phases[1].fallback["F"], StepProfile)
+    f = {t: recipe.fallback(t) for t in (0.0, 2.9, 3.0, 6.0, 7.9, 8.0, 13.0, 16.0, 22.0, 26.0)}
+    assert [f[t][iQ] for t in (0.0, 2.9, 3.0, 7.9, 13.0)] == [5.0, 5.0, 10.0, 10.0, 20.0]
+    assert [f[t][iF] for t in (0.0, 6.0, 7.9, 8.0, 16.0, 22.0)] == [0.0, 0.0, 0.0, 0.04, 0.06, 0.06]
+    assert f[22.0][iT] == 30.0 and f[26.0][iF] == 0.01  # inherited F until "late" replaces it
+    for t, u in f.items():  # every input, in model order
+        phase = recipe.phase_at(t)
+        assert u.shape == (MODEL.nu,)
+        assert u.tolist() == [phase.value(n, t) for n in MODEL.input_names]
+    # an exponential in a later phase is still the old formula
+    assert isinstance(parse_recipe(_doc(), MODEL).phases[1].fallback["F"], ExponentialProfile)
+
+
+def test_auto_is_per_phase_and_defaults_to_true() -> None:
+    doc = _doc()
+    assert all(p.auto for p in parse_recipe(doc, MODEL).phases)
+    doc["phases"][0]["auto"] = False
+    doc["phases"].append({"name": "manual", "start_h": 20.0, "auto": False})
+    recipe = parse_recipe(doc, MODEL)
+    assert [p.auto for p in recipe.phases] == [False, True, False]
+    assert [recipe.auto_at(t) for t in (0.0, 5.99, 6.0, 19.9, 20.0, 30.0)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_the_docstring_example_phase_is_a_valid_recipe() -> None:
+    doc_text = recipe_module.__doc__ or ""
+    snippet = doc_text.split("for the example above::")[1].split("\n\n")[1]
+    doc = _doc()
+    doc["phases"] += tomllib.loads("\n".join(line[4:] for line in snippet.splitlines()))["phases"]
+    recipe = parse_recipe(doc, MODEL)
+    assert not recipe.auto_at(21.0) and recipe.auto_at(19.0)
+    assert recipe.fallback(22.0)[MODEL.index("F")] == 0.04
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -89,6 +167,65 @@ BAD = [
     ("phases.1.fallback.F", {"initial": 0.02, "growth_per_h": 0.1, "max": 0.9}, "outside its"),
     ("phases.1.fallback.X", 1.0, "unknown input 'X'"),
     ("phases", [], "at least one"),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0], [2.0, 0.04], [2.0, 0.06]]},
+        "phases[1].fallback.F.steps[2] is at 2 h, not after the step before (2 h)",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0], [2.0, 0.04], [1.0, 0.06]]},
+        "phases[1].fallback.F.steps[2] is at 1 h, not after",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[1.0, 0.0], [2.0, 0.04]]},
+        "phases[1].fallback.F.steps[0] is at 1 h; the first step must be at 0 h",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0], [2.0, 0.9]]},
+        "phases[1].fallback.F.steps[1] value 0.9 is outside its limits [0, 0.5]",
+    ),
+    (
+        "phases.0.fallback.Q_air",
+        {"steps": [[0.0, 0.5]]},
+        "phases[0].fallback.Q_air.steps[0] value 0.5 is outside its limits [1, 20]",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0], [2.0]]},
+        "phases[1].fallback.F.steps[1] must be a [hours, value] pair, got [2.0]",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [0.0, 0.1]},
+        "phases[1].fallback.F.steps[0] must be a [hours, value] pair",
+    ),
+    ("phases.1.fallback.F", {"steps": []}, "phases[1].fallback.F.steps must be a non-empty list"),
+    ("phases.1.fallback.F", {"steps": 0.1}, "phases[1].fallback.F.steps must be a non-empty list"),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, "fast"]]},
+        "phases[1].fallback.F.steps[0] value must be a number, got 'fast'",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, math.nan]]},
+        "phases[1].fallback.F.steps[0] value must be finite",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0], [math.inf, 0.1]]},
+        "phases[1].fallback.F.steps[1] time must be finite",
+    ),
+    (
+        "phases.1.fallback.F",
+        {"steps": [[0.0, 0.0]], "max": 0.1},
+        "phases[1].fallback.F is a step table and takes only 'steps', not ['max']",
+    ),
+    ("phases.0.auto", "no", "phases[0].auto must be true or false, got 'no'"),
+    ("phases.1.auto", 1, "phases[1].auto must be true or false, got 1"),
 ]
 
 
@@ -97,6 +234,7 @@ def test_bad_recipes_name_the_problem(path: str, value: Any, message: str) -> No
     with pytest.raises(RecipeError, match="recipe") as err:
         parse_recipe(_with(path, value), MODEL)
     assert message in str(err.value)
+    assert "\n" not in str(err.value)  # one line, for logs and the CLI
 
 
 def test_unreadable_files_are_clear(tmp_path: Path) -> None:
