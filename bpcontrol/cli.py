@@ -4,6 +4,13 @@ Each command is a small function on :data:`app` that builds a request, calls a j
 module (``bpcontrol.simulate_job`` ...) and prints. Bad user input (a model file, a
 profile, a number) is reported as one line ``error: <message>`` on stderr with exit
 status 2; an integration that fails on valid input exits with status 1.
+
+Start-up stays fast (``bpcontrol --version`` and ``--help`` in well under a second): this
+module imports only typer, rich and the standard library at the top; NumPy, JAX, CasADi,
+the job modules, ``hil`` and ``models`` are imported inside the command that needs them.
+A sub-command group lives in its own module ``bpcontrol/cli_<name>.py`` with the same rule
+(light top-level imports, heavy ones inside its commands) and is registered here with
+``app.add_typer(...)``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,23 +31,11 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from bpcontrol import __version__
-from bpcontrol.estimate_job import (
-    EstimationRequest,
-    RecordedData,
-    consistency_line,
-    events_table,
-    prepare_estimation,
-    run_estimation,
-)
-from bpcontrol.estimate_job import summary_table as estimate_summary_table
-from bpcontrol.loop import LoopSnapshot
-from bpcontrol.profiles import ProfileError
-from bpcontrol.recipe import default_recipe_path, load_recipe
-from bpcontrol.simulate_job import SimulationRequest, output_steps, run_simulation, summary_table
-from hil.demo_run import write_demo_run
-from hil.runner import Scenario, check_scenario, load_scenario, new_run_dir, run_scenario
-from hil.synthetic import inputs_path_for, read_csv
-from models import Model, ModelError, SimulationError, available_models, load_model
+
+if TYPE_CHECKING:
+    from bpcontrol.estimate_job import RecordedData
+    from bpcontrol.loop import LoopSnapshot
+    from models import Model
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -84,10 +79,15 @@ def user_errors() -> Iterator[None]:
     """Turn a user's mistake into one ``error:`` line and an exit status, no traceback."""
     try:
         yield
-    except (ModelError, ProfileError, ValueError) as exc:
+    except ValueError as exc:  # ModelError and ProfileError included: both are ValueErrors
         _fail(exc, EXIT_USAGE)
-    except SimulationError as exc:
-        _fail(exc, EXIT_FAILURE)
+    except RuntimeError as exc:
+        if "models" in sys.modules:  # no SimulationError can come from an unloaded models
+            from models import SimulationError
+
+            if isinstance(exc, SimulationError):
+                _fail(exc, EXIT_FAILURE)
+        raise
 
 
 def _version(value: bool) -> None:
@@ -109,6 +109,8 @@ def main(
 @app.command("models")
 def models_command() -> None:
     """List the built-in kinetic models with their sizes and descriptions."""
+    from models import available_models, load_model
+
     table = Table(title="built-in models", title_justify="left")
     table.add_column("name")
     table.add_column("states", justify="right")
@@ -161,6 +163,13 @@ def simulate_command(
     ] = 0,
 ) -> None:
     """Simulate a model open-loop; write trajectories, plot.png and run.json."""
+    from bpcontrol.simulate_job import (
+        SimulationRequest,
+        output_steps,
+        run_simulation,
+        summary_table,
+    )
+
     request = SimulationRequest(
         model=model,
         hours=hours,
@@ -190,6 +199,8 @@ def simulate_command(
 
 
 def _read_run(data: Path, inputs: Path, model: Model) -> RecordedData:
+    from hil.synthetic import read_csv
+
     return read_csv(data, inputs, model=model)
 
 
@@ -246,6 +257,16 @@ def estimate_command(
     late offline assays are fused at their sample time. Writes estimates.csv, events.csv,
     plot.png, ekf.toml and run.json.
     """
+    from bpcontrol.estimate_job import (
+        EstimationRequest,
+        consistency_line,
+        events_table,
+        prepare_estimation,
+        run_estimation,
+    )
+    from bpcontrol.estimate_job import summary_table as estimate_summary_table
+    from hil.synthetic import inputs_path_for
+
     request = EstimationRequest(
         model=model,
         data=data,
@@ -306,6 +327,9 @@ def synth_command(
     The plant is the E. coli fed-batch with mu_max x 0.8 and Y_xs x 1.2 against the
     literature model, online sensors every minute and offline assays 1-3 h late.
     """
+    from hil.demo_run import write_demo_run
+    from models import load_model
+
     with user_errors():
         plant = load_model(model)
         paths = write_demo_run(plant, hours=hours, seed=seed, path=out, overwrite=force)
@@ -358,6 +382,10 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
+    from bpcontrol.recipe import default_recipe_path, load_recipe
+    from hil.runner import Scenario, check_scenario, load_scenario, new_run_dir, run_scenario
+    from models import load_model
+
     with user_errors():
         sc = load_scenario(scenario) if scenario is not None else Scenario()
         if model is not None:

@@ -43,8 +43,7 @@ import numpy as np
 
 from estimators._config import EKFConfig
 from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
-from models import Model
-from models._jit import compile_functions
+from models import Model, compile_functions
 
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")  # no FMA: bitwise like the VM

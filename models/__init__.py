@@ -7,6 +7,7 @@
 
 from models._casadi import CasadiModel
 from models._jax import JaxModel
+from models._jit import compile_functions
 from models._math import CASADI, JAX, NUMPY, MathNamespace, SmoothCasadiMath
 from models._registry import available_models, load_model
 from models._simulate import InputProfile, SimulationError, Trajectory, simulate
@@ -31,6 +32,7 @@ __all__ = [
     "Trajectory",
     "Values",
     "available_models",
+    "compile_functions",
     "load_model",
     "simulate",
 ]
