@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import casadi as ca
+import numpy as np
 
 from models import Model
 
@@ -74,8 +75,16 @@ class NMPCConfig:
     ``horizon_mode``: ``receding`` (N intervals of ``dt_h``, cut at ``batch_end_h`` once it is
     within reach) or ``batch_end`` (shrinking:
     the N intervals cover the time left to ``batch_end_h``, the first one ``dt_h`` long).
-    ``manipulated``: inputs the controller chooses (default all); the others are held at
-    ``fixed_inputs`` (default nominal). ``rate_limits``: max |change| per hour of an input.
+    ``manipulated``: inputs the controller chooses (default all). Each other input, on each
+    interval of the horizon, is (in this order of precedence) its ``fixed_inputs`` value
+    if named there (a constant), else ``input_schedule(t_k)`` at the interval's start time
+    ``t_k`` if a schedule is given, else its nominal value. ``input_schedule(t_h)`` gives
+    all model inputs at process time ``t_h`` (h), in model order (e.g. ``Recipe.fallback``:
+    water, base, oil, discharges, aeration the recipe programs and the controller does not
+    choose); the controller knows their changes ahead over the whole horizon instead of
+    holding today's value. ``rate_limits``: max |change| per hour of an input.
+    ``rate_limits`` and ``objective.move`` act on manipulated inputs only (the others are
+    data, not decisions: a scheduled step is no move).
     ``state_bounds``: hard bounds on states at the predicted nodes (not the measured first
     node, so a disturbed estimate never makes the problem infeasible; use ``soft_bounds``
     where a hard bound could be unreachable).
@@ -115,6 +124,7 @@ class NMPCConfig:
     qp_fallback: str | None = "qpoases"
     smoothing: float = 0.0
     initial_inputs: Callable[[float], Any] | None = None
+    input_schedule: Callable[[float], Any] | None = None
     jit: bool = False
     max_iter: int = 200
     time_limit_s: float = 5.0
@@ -222,3 +232,32 @@ class NMPCConfig:
             raise NMPCConfigError(f"smoothing must be >= 0, got {self.smoothing}")
         if not self.time_limit_s > 0:
             raise NMPCConfigError("time_limit_s must be > 0")
+        if self.input_schedule is not None:
+            if not callable(self.input_schedule):
+                raise NMPCConfigError(
+                    f"input_schedule must be a function of time (h), got {self.input_schedule!r}"
+                )
+            schedule_at(self.input_schedule, model, t0_h)  # at the batch start
+
+
+def schedule_at(schedule: Callable[[float], Any], model: Model, t_h: float) -> np.ndarray:
+    """``schedule(t_h)`` as a finite float vector of all model inputs (else NMPCConfigError).
+
+    Called at configuration time (the batch start) and by the controller for every interval
+    start of every step; a schedule that raises or returns garbage is named, never applied.
+    """
+    where = f"input_schedule({t_h:g} h)"
+    try:
+        raw = schedule(float(t_h))
+        u = np.asarray(raw, dtype=float)
+    except Exception as exc:
+        raise NMPCConfigError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+    if u.shape != (model.nu,):
+        raise NMPCConfigError(
+            f"{where} returned shape {u.shape}, expected ({model.nu},): one value per model "
+            f"input ({', '.join(model.input_names)})"
+        )
+    bad = [n for n, v in zip(model.input_names, u, strict=True) if not math.isfinite(v)]
+    if bad:
+        raise NMPCConfigError(f"{where} is not finite for {', '.join(bad)}")
+    return u

@@ -8,6 +8,7 @@ exception: the plan is then the previous plan shifted by one period, and its sta
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import casadi as ca
 import numpy as np
 
-from bpcontrol.nmpc._config import NMPCConfig
+from bpcontrol.nmpc._config import NMPCConfig, schedule_at
 from bpcontrol.nmpc._ocp import OCP, build_ocp
 from bpcontrol.nmpc._rti import RealTimeIteration
 from models import Model
@@ -63,8 +64,10 @@ class StateEstimate:
 class Plan:
     """Next setpoints, predicted trajectories and how the solve went.
 
-    ``u_next``: all model inputs for the coming period; ``U`` (N, nu) inputs per interval;
-    ``X`` (N+1, nx) predicted states at ``t_nodes`` (h).
+    ``u_next``: all model inputs for the coming period; ``U`` (N, nu) inputs per interval:
+    the manipulated ones as planned, the others as the prediction assumed them
+    (``fixed_inputs``, ``input_schedule`` at the interval start, or nominal); ``X``
+    (N+1, nx) predicted states at ``t_nodes`` (h).
     """
 
     t: float
@@ -150,16 +153,59 @@ class NMPC:
             return h if N > 1 else np.array([remaining])
         return np.clip(remaining - dt * np.arange(N), 0.0, dt)
 
+    def scheduled_inputs(self, t: float, h: np.ndarray) -> np.ndarray:
+        """The scheduled inputs per interval, (N, len(layout.scheduled)), model units.
+
+        ``input_schedule`` at each interval's start ``t + h_0 + ... + h_(k-1)`` (h); an
+        empty array without a schedule. Raises ``NMPCConfigError`` (a ``ValueError``) if
+        the schedule fails or gives a non-finite or wrong-sized vector.
+        """
+        lay = self.ocp.layout
+        schedule = self.config.input_schedule
+        if schedule is None or lay.scheduled.size == 0:
+            return np.zeros((self.config.horizon, lay.scheduled.size))
+        starts = t + np.concatenate([[0.0], np.cumsum(h)[:-1]])
+        return np.array(
+            [schedule_at(schedule, self.model, float(tk))[lay.scheduled] for tk in starts]
+        )
+
+    def parameters(
+        self,
+        x: np.ndarray,
+        u_prev: np.ndarray,
+        p: np.ndarray,
+        h: np.ndarray,
+        scheduled: np.ndarray,
+    ) -> np.ndarray:
+        """The NLP's parameter vector (see :mod:`bpcontrol.nmpc._ocp` for the layout)."""
+        par = np.concatenate([x, u_prev, p, h, np.zeros(self.ocp.layout.P_sched.size)])
+        par[self.ocp.layout.P_sched] = scheduled
+        assert par.size == self.ocp.layout.n_par
+        return par
+
     def initial_guess(
-        self, x0: np.ndarray, u: np.ndarray, h: np.ndarray, p: np.ndarray, t: float = 0.0
+        self,
+        x0: np.ndarray,
+        u: np.ndarray,
+        h: np.ndarray,
+        p: np.ndarray,
+        t: float = 0.0,
+        *,
+        scheduled: np.ndarray | None = None,
     ) -> np.ndarray:
         """A start for the first solve: simulate the recipe (or hold ``u``) over the horizon.
 
         Nodes get the simulated states, collocation points the state at their interval's
-        end, moves the recipe's inputs.
+        end, moves the recipe's inputs. With an ``input_schedule`` the simulation uses the
+        inputs the OCP will see for everything not manipulated (``scheduled``, from
+        :meth:`scheduled_inputs` if not given, and ``fixed_inputs``), so the guess starts
+        with no gaps from them.
         """
         lay = self.ocp.layout
         recipe = self.config.initial_inputs
+        if self.config.input_schedule is not None and scheduled is None:
+            scheduled = self.scheduled_inputs(t, h)
+        pinned = [(self.model.index(n), float(v)) for n, v in self.config.fixed_inputs.items()]
         w = np.zeros(lay.n_w)
         w[lay.X[0]] = x0
         x, tk = x0.copy(), t
@@ -169,6 +215,11 @@ class NMPC:
         per = inner.size // self.config.horizon
         for k in range(self.config.horizon):
             uk = np.asarray(recipe(tk), dtype=float) if recipe is not None else u
+            if scheduled is not None:
+                uk = uk.copy()
+                uk[lay.scheduled] = scheduled[k]
+                for i, v in pinned:
+                    uk[i] = v
             if k == 0 or lay.move_of[k] != lay.move_of[k - 1]:
                 w[lay.U[lay.move_of[k]]] = uk[lay.manip]
             if h[k] > 0:
@@ -205,11 +256,12 @@ class NMPC:
             if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):
                 raise ValueError("estimate is not finite")
             h = self.interval_lengths(t)
-            par = np.concatenate([x, u_prev, p, h])
+            sched = self.scheduled_inputs(t, h)  # the recipe ahead, at the interval starts
+            par = self.parameters(x, u_prev, p, h, sched)
             scale = self.ocp.w_scale
             w0 = state.w  # solver (scaled) variables
             if w0 is None:
-                w0 = self.initial_guess(x, u_prev, h, p, t) / scale
+                w0 = self.initial_guess(x, u_prev, h, p, t, scheduled=sched) / scale
             else:
                 w0 = w0.copy()
                 w0[self.ocp.layout.X[0]] = x / scale[self.ocp.layout.X[0]]
@@ -329,6 +381,7 @@ class NMPC:
             U[:, i] = self.config.fixed_inputs.get(
                 self.model.input_names[i], self.model.inputs[i].nominal
             )
+        U[:, lay.scheduled] = par[lay.P_sched]  # what the prediction assumed
         # IPOPT may end a hair outside a bound (bound_relax_factor); the plan never does
         U[:, lay.manip] = np.clip(w[lay.U[lay.move_of]], self._u_lo, self._u_hi)
         return Plan(
@@ -367,6 +420,9 @@ class NMPC:
             U = np.tile(state.u_prev, (self.config.horizon, 1))
             X = np.full((self.config.horizon + 1, self.model.nx), np.nan)
             t_nodes = t + self.config.dt_h * np.arange(self.config.horizon + 1)
+            # the scheduled inputs are known even without a plan (a failing schedule: hold)
+            with contextlib.suppress(ValueError):
+                U[:, self.ocp.layout.scheduled] = self.scheduled_inputs(t, np.diff(t_nodes))
         return Plan(
             t=t,
             u_next=U[0].copy(),

@@ -3,7 +3,14 @@
 Each interval is integrated by RK4 (non-stiff models) or by Radau IIA collocation
 (stiff oxygen transfer; L-stable). Interval lengths are parameters of the NLP, like the
 initial state, the last applied input and the model parameters, so a shrinking horizon
-and estimator updates never recompile the problem.
+and estimator updates never recompile the problem. With ``NMPCConfig.input_schedule`` the
+inputs the controller does not manipulate (and ``fixed_inputs`` does not pin) are
+parameters too, one per interval and input (``Layout.P_sched``): the controller fills
+them each step with the schedule at the interval start times, so a recipe's additions
+(water, base, oil, discharges, aeration) are known ahead over the whole horizon.
+
+Parameter vector: ``[x0 (nx), u_prev (nu), p (n_p), h (N), u_sched (N x n_sched, by
+interval)]``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ class Layout:
     n_w: int
     n_g: int
     manip: np.ndarray  # model input indices that are manipulated
-    fixed: np.ndarray  # model input indices held fixed
+    fixed: np.ndarray  # model input indices not manipulated (constant or scheduled)
     n_par: int
+    scheduled: np.ndarray  # model input indices taken from the schedule (a subset of fixed)
+    P_sched: np.ndarray  # (N, len(scheduled)) indices into the parameter vector
 
 
 @dataclass(frozen=True)
@@ -96,16 +105,30 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     )
     manip_names = cfg.manipulated or model.input_names
     manip = np.array([model.index(n) for n in manip_names], dtype=int)
-    fixed = np.array([i for i in range(nu) if i not in set(manip)], dtype=int)
+    manip_set = {int(i) for i in manip}
+    fixed = np.array([i for i in range(nu) if i not in manip_set], dtype=int)
     blocks = cfg.move_blocks or (1,) * N
     move_of = np.repeat(np.arange(len(blocks)), blocks)
 
-    # parameters: x0, u_prev (all inputs), model parameters, interval lengths
+    # inputs on the schedule: not manipulated, not pinned by fixed_inputs
+    scheduled = np.array(
+        [i for i in fixed if model.input_names[i] not in cfg.fixed_inputs]
+        if cfg.input_schedule is not None
+        else [],
+        dtype=int,
+    )
+    n_sched = scheduled.size
+    sched_col = {int(i): j for j, i in enumerate(scheduled)}
+
+    # parameters: x0, u_prev (all inputs), model parameters, interval lengths, schedule
     x0 = ca.SX.sym("x0", nx)
     u_prev = ca.SX.sym("u_prev", nu)
     pm = ca.SX.sym("p", model.n_p)
     h = ca.SX.sym("h", N)
-    par = ca.vertcat(x0, u_prev, pm, h)
+    u_sched = ca.SX.sym("u_sched", N * n_sched)
+    par = ca.vertcat(x0, u_prev, pm, h, u_sched)
+    n_base = nx + nu + model.n_p + N
+    P_sched = n_base + np.arange(N * n_sched, dtype=int).reshape(N, n_sched)
 
     u_lo, u_hi = model.bounds("inputs")
     for name, (lo, hi) in cfg.input_bounds.items():
@@ -148,13 +171,17 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         moves.append(Ub)
 
     def full_input(k: int) -> Any:
-        """All model inputs on interval k: manipulated from the move, the rest fixed."""
+        """All model inputs on interval k: manipulated from the move, the rest fixed or
+        scheduled (see NMPCConfig for the precedence)."""
         parts: list[Any] = [None] * nu
         for j, i in enumerate(manip):
             parts[i] = moves[move_of[k]][j]
         for i in fixed:
             name = model.input_names[i]
-            parts[i] = cfg.fixed_inputs.get(name, model.inputs[i].nominal)
+            if int(i) in sched_col:
+                parts[i] = u_sched[k * n_sched + sched_col[int(i)]]
+            else:
+                parts[i] = cfg.fixed_inputs.get(name, model.inputs[i].nominal)
         return ca.vertcat(*parts)
 
     def values(x: Any, u: Any) -> dict[str, Any]:
@@ -192,14 +219,19 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
                 named(pm, model.parameter_names),
             )
         J += hk * L
-        # move penalty and rate limits between consecutive intervals
+        # move penalty and rate limits between consecutive intervals (manipulated inputs
+        # only: a fixed or scheduled input is data, its steps are no moves)
         u_before = u_prev if k == 0 else full_input(k - 1)
         for name, wt in obj.move.items():
             i = model.index(name)
+            if i not in manip_set:
+                continue
             J += wt * (uk[i] - u_before[i]) ** 2
         if k == 0 or move_of[k] != move_of[k - 1]:
             for name, r in cfg.rate_limits.items():
                 i = model.index(name)
+                if i not in manip_set:
+                    continue
                 span = cfg.dt_h if k == 0 else hk  # the first move happens over one period
                 du = uk[i] - u_before[i]
                 g.append(ca.vertcat(du - r * span, -du - r * span))
@@ -261,6 +293,8 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         manip=manip,
         fixed=fixed,
         n_par=int(par.shape[0]),
+        scheduled=scheduled,
+        P_sched=P_sched,
     )
     sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
     return OCP(

@@ -6,7 +6,12 @@ Each step linearizes the NLP once at the shifted previous solution and solves th
     s.t. lbg - g <= J dw <= ubg - g,   lbw - w <= dw <= ubw - w
 
 with H the exact Hessian of the Lagrangian at the previous multipliers, then takes the
-full step w + dw and the QP's multipliers. No line search: a damped step would leave the
+full step w + dw and the QP's multipliers. Everything that changes between steps but is
+no decision (initial state, last input, model parameters, interval lengths and the
+scheduled inputs per interval, see :mod:`bpcontrol.nmpc._ocp`) is the parameter vector
+``p`` of the linearization, filled by the controller each step: a new estimate, a
+shrinking horizon or a recipe step coming into the horizon never rebuilds (or recompiles)
+anything. No line search: a damped step would leave the
 linearized dynamics unsatisfied and the error would build up from period to period
 (CasADi's ``sqpmethod`` with ``max_iter=1`` does exactly that). All derivatives come from
 one CasADi function (shared subexpressions). With ``jit`` it is compiled to machine code
