@@ -15,32 +15,22 @@ A sub-command group lives in its own module ``bpcontrol/cli_<name>.py`` with the
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bpcontrol import __version__
 
 if TYPE_CHECKING:
     from bpcontrol.estimate_job import RecordedData
-    from bpcontrol.loop import LoopSnapshot
     from models import Model
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-PROGRESS_MIN_STEPS = 50
-"""Runs with more output steps than this show a progress bar (when stderr is a terminal)."""
+from bpcontrol.cli_common import PROGRESS_MIN_STEPS, progress_bar, user_errors
 
 app = typer.Typer(
     name="bpcontrol",
@@ -59,35 +49,6 @@ class Backend(StrEnum):
 class OutputFormat(StrEnum):
     csv = "csv"
     parquet = "parquet"
-
-
-def _progress_bar(label: str, console: Console) -> Progress:
-    """A transient progress bar on ``console``: ``label``, bar, percent, elapsed time."""
-    columns = (TextColumn(label), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    return Progress(*columns, console=console, transient=True)
-
-
-def _fail(exc: BaseException, code: int) -> NoReturn:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a user's mistake into one ``error:`` line and an exit status, no traceback."""
-    try:
-        yield
-    except ValueError as exc:  # ModelError and ProfileError included: both are ValueErrors
-        _fail(exc, EXIT_USAGE)
-    except RuntimeError as exc:
-        if "models" in sys.modules:  # no SimulationError can come from an unloaded models
-            from models import SimulationError
-
-            if isinstance(exc, SimulationError):
-                _fail(exc, EXIT_FAILURE)
-        raise
 
 
 def _version(value: bool) -> None:
@@ -183,7 +144,7 @@ def simulate_command(
     progress_console = Console(stderr=True)
     with user_errors():
         if progress_console.is_terminal and output_steps(hours, dt) > PROGRESS_MIN_STEPS:
-            with _progress_bar("simulating", progress_console) as bar:
+            with progress_bar("simulating", progress_console) as bar:
                 task = bar.add_task("simulate", total=hours)
                 result = run_simulation(
                     request, progress=lambda t, _end: bar.update(task, completed=t)
@@ -279,7 +240,7 @@ def estimate_command(
     with user_errors():
         prepared = prepare_estimation(request, _read_run)
         if progress_console.is_terminal and len(prepared.groups) > PROGRESS_MIN_STEPS:
-            with _progress_bar("estimating", progress_console) as bar:
+            with progress_bar("estimating", progress_console) as bar:
                 task = bar.add_task("estimate", total=prepared.t_end)
                 result = run_estimation(
                     prepared, progress=lambda t, _end: bar.update(task, completed=t)
@@ -337,127 +298,11 @@ def synth_command(
         typer.echo(f"wrote {path}")
 
 
-def _speed_up(text: str) -> float:
-    if text.strip().lower() in ("max", "inf"):
-        return math.inf
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"--speed-up must be a number (1 for live) or 'max', got {text!r}"
-        ) from None
-    if not (value >= 1e-3):
-        raise ValueError(f"--speed-up must be >= 0.001 (1 for live) or 'max', got {text!r}")
-    return value
+from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
+from bpcontrol.cli_run import run_command  # noqa: E402
 
-
-@app.command("run")
-def run_command(
-    model: Annotated[
-        str | None, typer.Option(help="Model name or .py file (default: the scenario's).")
-    ] = None,
-    recipe: Annotated[
-        Path | None, typer.Option(help="Recipe TOML (default: the one shipped for the model).")
-    ] = None,
-    scenario: Annotated[
-        Path | None, typer.Option(help="Scenario TOML: plant parameters, noise, faults, seed.")
-    ] = None,
-    duration: Annotated[
-        float | None, typer.Option(help="Hours to run (default: the recipe's batch).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")] = None,
-    speed_up: Annotated[
-        str, typer.Option("--speed-up", help="Process s per wall s: 1 = live, 'max' = flat out.")
-    ] = "max",
-    controller: Annotated[
-        str | None, typer.Option(help="'nmpc' or 'recipe' (FALLBACK for the whole batch).")
-    ] = None,
-    compare_recipe: Annotated[
-        bool, typer.Option(help="Also run the recipe alone on the same plant; report the ratio.")
-    ] = False,
-    oracle: Annotated[
-        bool, typer.Option(help="Also compute the whole-batch optimum with the true parameters.")
-    ] = False,
-    out: Annotated[Path, typer.Option(help="Root folder of run folders.")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
-) -> None:
-    """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
-    from bpcontrol.recipe import default_recipe_path, load_recipe
-    from hil.runner import Scenario, check_scenario, load_scenario, new_run_dir, run_scenario
-    from models import load_model
-
-    with user_errors():
-        sc = load_scenario(scenario) if scenario is not None else Scenario()
-        if model is not None:
-            sc = replace(sc, model=model)
-        if seed is not None:
-            sc = replace(sc, seed=seed)
-        if controller is not None:
-            if controller not in ("nmpc", "recipe"):
-                raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
-            sc = replace(sc, controller=controller)  # type: ignore[arg-type]
-        speed = _speed_up(speed_up)
-        if duration is not None and not (math.isfinite(duration) and duration > 0):
-            raise ValueError(f"--duration must be > 0 h, got {duration}")
-        the_model = load_model(sc.model)
-        the_recipe = load_recipe(recipe or default_recipe_path(the_model.name), the_model)
-        check_scenario(sc, the_model, the_recipe)  # refuse before anything is written
-        run_dir = new_run_dir(out, sc)
-        console = Console(stderr=True)
-        hours = duration or the_recipe.duration_h
-        if console.is_terminal and not as_json:
-            label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
-            with _progress_bar(label, console) as bar:
-                task = bar.add_task("run", total=hours, t=0.0, mode="")
-
-                def show(snap: LoopSnapshot) -> None:
-                    bar.update(task, completed=snap.t_h, t=snap.t_h, mode=snap.mode.value)
-
-                result = run_scenario(
-                    sc,
-                    run_dir=run_dir,
-                    recipe=the_recipe,
-                    speed_up=speed,
-                    duration_h=duration,
-                    progress=show,
-                    oracle=oracle,
-                )
-        else:
-            result = run_scenario(
-                sc,
-                run_dir=run_dir,
-                recipe=the_recipe,
-                speed_up=speed,
-                duration_h=duration,
-                oracle=oracle,
-            )
-        kpis = dict(result.kpis)
-        if compare_recipe and sc.controller == "nmpc":
-            base = run_scenario(
-                replace(sc, controller="recipe"),
-                run_dir=run_dir / "recipe-only",
-                recipe=the_recipe,
-                duration_h=duration,
-                report=False,
-            )
-            kpis["recipe_only_product_g"] = base.kpis["final_product_g"]
-            kpis["recipe_only_time_do_below_min_percent"] = base.kpis.get(
-                "time_do_below_min_percent", math.nan
-            )
-            kpis["product_vs_recipe"] = kpis["final_product_g"] / base.kpis["final_product_g"]
-            (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        typer.echo(json.dumps(kpis, indent=2))
-        return
-    table = Table(title=f"run {result.run_dir.name}", show_header=True)
-    table.add_column("KPI")
-    table.add_column("value", justify="right")
-    for key, value in kpis.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
-    if result.report is not None:
-        typer.echo(f"wrote {result.report}")
+app.command("run")(run_command)
+app.add_typer(pack_app, name="pack")
 
 
 if __name__ == "__main__":  # python -m bpcontrol.cli

@@ -227,8 +227,8 @@ class Recipe:
 
 
 def default_recipe_path(model_name: str) -> Path:
-    """The recipe shipped for a built-in model (``bpcontrol/data/<model>.toml``)."""
-    path = Path(str(resources.files("bpcontrol") / "data" / f"{model_name}.toml"))
+    """The recipe of the pack shipped for a built-in model (``bpcontrol/data/packs/<model>``)."""
+    path = Path(str(resources.files("bpcontrol") / "data" / "packs" / model_name / "recipe.toml"))
     if not path.is_file():
         raise RecipeError(f"no recipe ships for model {model_name!r}; pass --recipe FILE")
     return path

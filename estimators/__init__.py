@@ -11,7 +11,12 @@ from estimators._config import EKFConfig, EstimatorConfigError, Sensor, TrackedP
 from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
 from estimators._ekf_compiled import CompiledEKF
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
-from estimators.presets import default_ekf_config, dump_ekf_config, load_ekf_config
+from estimators.presets import (
+    default_ekf_config,
+    dump_ekf_config,
+    load_ekf_config,
+    parse_ekf_config,
+)
 
 __all__ = [
     "CompiledEKF",
@@ -30,4 +35,5 @@ __all__ = [
     "default_ekf_config",
     "dump_ekf_config",
     "load_ekf_config",
+    "parse_ekf_config",
 ]

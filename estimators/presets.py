@@ -210,11 +210,19 @@ def load_ekf_config(path: str | Path, model: Model) -> EKFConfig:
         raise EstimatorConfigError(f"{path}: not a UTF-8 text file") from None
     except tomllib.TOMLDecodeError as exc:
         raise EstimatorConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_ekf_config(doc, model, source=str(path))
+
+
+def parse_ekf_config(doc: Mapping[str, Any], model: Model, *, source: str) -> EKFConfig:
+    """A filter configuration from a parsed TOML document, checked against ``model``.
+
+    Raises :class:`EstimatorConfigError` with one line naming ``source`` and the key.
+    """
     try:
         config = _config_from(doc)
         config.validate(model)
     except EstimatorConfigError as exc:
-        raise EstimatorConfigError(f"{path}: {exc}") from None
+        raise EstimatorConfigError(f"{source}: {exc}") from None
     return config
 
 

@@ -1,24 +1,26 @@
 """Run one closed-loop batch against the in-process simulated plant: the main job.
 
-``run_scenario`` wires the pieces the core defines (:class:`bpcontrol.loop.ControlLoop`,
-EKF, NMPC, supervisor, recipe) to the simulated plant (:mod:`hil.plant`) and the embedded
-historian (:mod:`services.historian`), runs the batch on a paced clock, and writes the run
-folder ``runs/<id>/``: ``records.sqlite`` (every record), ``kpis.json``, ``report.html``,
-the recipe and the scenario. A run is a pure function of its scenario, recipe and seed
-(wall-time deadlines aside), so campaigns can farm runs out.
+The core assembles the loop (:func:`bpcontrol.assembly.build_loop`) from a run spec
+(:mod:`bpcontrol.runspec`, usually made from a process pack); this module owns only the
+plant side: a :class:`Scenario` says how the simulated plant differs from the
+controller's model (true parameters, charged state, sensor noise, drift, delay), and
+:func:`run_batch` builds that plant, runs the batch on a paced clock into the embedded
+historian, and writes the run folder ``runs/<id>/``: ``records.sqlite`` (every record),
+``kpis.json``, ``report.html``, ``run.toml`` (the spec: repeat the run with
+``bpcontrol run --spec``) and ``scenario.json``. A run is a pure function of its spec,
+scenario and seed (wall-time deadlines aside), so campaigns can farm runs out.
 
-A scenario file (TOML) describes the plant side; every key is optional::
+A scenario file (TOML, a pack's ``plant.toml``) describes the plant; every key is
+optional::
 
     name = "slow strain"
-    model = "ecoli_fedbatch"
-    seed = 7
-    controller = "nmpc"            # or "recipe": FALLBACK for the whole batch
-    controller_deadline_s = 2.0    # wall time per solve before the supervisor falls back
-    auto_resume_after = 3          # usable shadow plans before AUTO returns (0: never)
-    estimator = "compiled"         # EKF compiled to C (cached), or "jax" (same estimates)
     [parameter_factors]            # true plant = model parameters times these
     mu_max = 0.8
     Y_xs = 1.2
+    [initial]                      # true charged state (default: the recipe's [initial])
+    S = 5.5
+    [noise]                        # sensor noise std (default: the pack's instruments)
+    DO_probe = 2.0
     [drift]                        # sensor bias growing per hour (output units / h)
     DO_probe = -0.2
     [delay_h]                      # sensor transport delay (h)
@@ -31,25 +33,23 @@ import json
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from bpcontrol.adapters import LoopEstimator, NMPCController
+from bpcontrol.assembly import build_loop
 from bpcontrol.clock import PacedClock
+from bpcontrol.control_spec import oracle_config
 from bpcontrol.interfaces import Controller, Plant
-from bpcontrol.kpis import product_g, run_kpis
-from bpcontrol.loop import ControlLoop, LoopSnapshot, RunSummary
+from bpcontrol.kpis import run_kpis
+from bpcontrol.loop import LoopSnapshot, RunSummary
 from bpcontrol.nmpc import NMPC, StateEstimate
-from bpcontrol.nmpc.presets import ECOLI_DO_MIN, ecoli_nmpc_config
-from bpcontrol.recipe import Recipe, default_recipe_path, load_recipe
-from bpcontrol.supervisor import Supervisor, SupervisorConfig
-from estimators import CompiledEKF, ExtendedKalmanFilter, OnlineEstimator, default_ekf_config
-from hil.plant import SimulatedPlant, ecoli_plant
-from models import Model, load_model
+from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
+from hil.plant import SimulatedPlant
+from hil.synthetic import OfflineAssays
 from services.historian import EmbeddedHistorian, read_records
 
 __all__ = [
@@ -58,13 +58,17 @@ __all__ = [
     "ScenarioError",
     "check_scenario",
     "load_scenario",
+    "new_run_dir",
     "oracle_product",
-    "run_scenario",
+    "parse_scenario",
+    "product_value",
+    "run_batch",
+    "simulated_plant",
 ]
 
 
 class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message names the key."""
+    """A scenario file that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,53 +76,155 @@ class Scenario:
     """The plant side of a run (see the module docstring for the file format)."""
 
     name: str = "default"
-    model: str = "ecoli_fedbatch"
-    seed: int = 1
-    controller: Literal["nmpc", "recipe"] = "nmpc"
-    controller_deadline_s: float = 2.0
-    auto_resume_after: int = 3
-    estimator: Literal["compiled", "jax"] = "compiled"
-    parameter_factors: Mapping[str, float] | None = None
+    parameter_factors: Mapping[str, float] = field(default_factory=dict)
+    initial: Mapping[str, float] = field(default_factory=dict)
+    noise: Mapping[str, float] = field(default_factory=dict)
     drift: Mapping[str, float] = field(default_factory=dict)
     delay_h: Mapping[str, float] = field(default_factory=dict)
 
 
-_SCENARIO_KEYS = {f for f in Scenario.__dataclass_fields__}
+_TABLES = ("parameter_factors", "initial", "noise", "drift", "delay_h")
+_MOVED = {
+    "model": "choose the process with --pack or --model",
+    "seed": "use --seed (or seed in the run spec)",
+    "controller": "use --controller",
+    "estimator": "use --estimator",
+    "controller_deadline_s": "set deadline_s in the pack's control.toml",
+    "auto_resume_after": "set auto_resume_after in the pack's control.toml",
+}
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario TOML file (raises :class:`ScenarioError` naming the problem)."""
+    """Read a scenario TOML file (raises :class:`ScenarioError` naming the key)."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read scenario ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(doc) - _SCENARIO_KEYS)
+    return parse_scenario(doc, source=str(path))
+
+
+def parse_scenario(doc: Mapping[str, Any], *, source: str) -> Scenario:
+    """Validate a parsed scenario document (structure; names: :func:`check_scenario`)."""
+    for key in doc:
+        if key in _MOVED:
+            raise ScenarioError(f"{source}: {key}: not a plant property; {_MOVED[key]}")
+    allowed = ("name", *_TABLES)
+    unknown = sorted(set(doc) - set(allowed))
     if unknown:
-        raise ScenarioError(f"{path}: unknown keys {unknown}; allowed: {sorted(_SCENARIO_KEYS)}")
-    if doc.get("controller", "nmpc") not in ("nmpc", "recipe"):
-        raise ScenarioError(f"{path}: controller must be 'nmpc' or 'recipe'")
-    if doc.get("estimator", "compiled") not in ("compiled", "jax"):
-        raise ScenarioError(f"{path}: estimator must be 'compiled' or 'jax'")
-    for key in ("parameter_factors", "drift", "delay_h"):
+        raise ScenarioError(f"{source}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
+    name = doc.get("name", "default")
+    if not isinstance(name, str):
+        raise ScenarioError(f"{source}: name: must be a string, got {name!r}")
+    tables: dict[str, dict[str, float]] = {}
+    for key in _TABLES:
         table = doc.get(key, {})
-        if not isinstance(table, Mapping) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in table.values()
-        ):
-            raise ScenarioError(f"{path}: [{key}] must be a table of finite numbers")
-    deadline = doc.get("controller_deadline_s", 2.0)
-    if not (isinstance(deadline, (int, float)) and deadline > 0):
-        raise ScenarioError(f"{path}: controller_deadline_s must be a number > 0")
-    resume = doc.get("auto_resume_after", 3)
-    if not (isinstance(resume, int) and resume >= 0):
-        raise ScenarioError(f"{path}: auto_resume_after must be an integer >= 0")
-    seed = doc.get("seed", 1)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ScenarioError(f"{path}: seed must be an integer")
-    return Scenario(**doc)
+        if not isinstance(table, Mapping):
+            raise ScenarioError(f"{source}: [{key}] must be a table of numbers")
+        for k, v in table.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ScenarioError(f"{source}: {key}.{k}: must be a finite number, got {v!r}")
+        tables[key] = {str(k): float(v) for k, v in table.items()}
+    return Scenario(name=name, **tables)
+
+
+def check_scenario(scenario: Scenario, run: ResolvedRun, *, source: str = "scenario") -> None:
+    """Refuse a scenario that does not fit the run's model, before anything is written.
+
+    The true parameters (model values times the factors) must stay inside the
+    parameters' declared ranges; the charged state inside the states' bounds; noise,
+    drift and delay must name the pack's instruments (noise > 0, delay >= 0).
+    """
+    model = run.model
+    for name, factor in scenario.parameter_factors.items():
+        if name not in model.parameter_names:
+            raise ScenarioError(
+                f"{source}: parameter_factors.{name}: not a parameter of {model.name!r}"
+            )
+        p = model.parameters[model.index(name)]
+        true = p.value * factor
+        if not p.lower <= true <= p.upper:
+            raise ScenarioError(
+                f"{source}: parameter_factors.{name} = {factor:g} makes {name} = {true:g} "
+                f"{p.unit}, outside its declared range [{p.lower:g}, {p.upper:g}]"
+            )
+    lo, hi = model.bounds("states")
+    for name, value in scenario.initial.items():
+        if name not in model.state_names:
+            raise ScenarioError(f"{source}: initial.{name}: not a state of {model.name!r}")
+        i = model.index(name)
+        if not lo[i] <= value <= hi[i]:
+            raise ScenarioError(
+                f"{source}: initial.{name} = {value:g} is outside [{lo[i]:g}, {hi[i]:g}]"
+            )
+    online = {i.output for i in run.instruments if i.kind == "online"}
+    sensors = {i.output for i in run.instruments}
+    for key, allowed in (("noise", sensors), ("drift", online), ("delay_h", online)):
+        for name, value in getattr(scenario, key).items():
+            if name not in allowed:
+                raise ScenarioError(
+                    f"{source}: {key}.{name}: not an {'' if key == 'noise' else 'online '}"
+                    f"instrument of the pack; instruments: {', '.join(sorted(allowed))}"
+                )
+            if (key == "noise" and value <= 0) or (key == "delay_h" and value < 0):
+                raise ScenarioError(f"{source}: {key}.{name} = {value:g} must be > 0")
+    offline = [i for i in run.instruments if i.kind == "offline"]
+    schedules = {(i.interval_h, i.delay_h) for i in offline}
+    if len(schedules) > 1:
+        raise ScenarioError(
+            f"{run.spec.pack.source('pack')}: the simulated plant draws one sampling schedule "
+            "for all offline sensors; give them the same interval_h and delay_h"
+        )
+
+
+def simulated_plant(run: ResolvedRun, scenario: Scenario, *, seed: int) -> SimulatedPlant:
+    """The simulated plant of ``scenario`` for ``run``: it starts from the recipe's charge
+    (or the scenario's), reads the pack's instruments with the scenario's noise."""
+    check_scenario(scenario, run)
+    model, recipe = run.model, run.recipe
+    x0 = recipe.initial_state(model)
+    for name, value in scenario.initial.items():
+        x0[model.index(name)] = value
+    online = {
+        i.output: scenario.noise.get(i.output, i.sigma)
+        for i in run.instruments
+        if i.kind == "online"
+    }
+    offline_sensors = [i for i in run.instruments if i.kind == "offline"]
+    offline = None
+    if offline_sensors:
+        first = offline_sensors[0]
+        offline = OfflineAssays(
+            outputs=tuple(i.output for i in offline_sensors),
+            interval_h=first.interval_h,
+            delay_h=first.delay_h,
+            relative_sigma=first.relative_sigma,
+            absolute_sigma={
+                i.output: scenario.noise.get(i.output, i.sigma) for i in offline_sensors
+            },
+        )
+    return SimulatedPlant(
+        model,
+        seed=seed,
+        x0=x0,
+        u0=recipe.fallback(0.0),
+        parameter_factors=dict(scenario.parameter_factors),
+        online=online,
+        period_h=recipe.measurement_period_h,
+        offline=offline,
+        drift=dict(scenario.drift),
+        delay_h=dict(scenario.delay_h),
+    )
+
+
+def pack_scenario(run: ResolvedRun) -> Scenario:
+    """The pack's own simulated plant (``plant.toml``), or the nominal plant."""
+    pack = run.spec.pack
+    if pack.plant is None:
+        return Scenario()
+    return parse_scenario(pack.plant, source=pack.source("plant"))
 
 
 @dataclass
@@ -133,83 +239,41 @@ class RunResult:
     report: Path | None
 
 
-def check_scenario(scenario: Scenario, model: Model, recipe: Recipe) -> None:
-    """Refuse a scenario the runner cannot carry out, before anything is written."""
-    if recipe.model != model.name:
-        raise ScenarioError(f"recipe is for {recipe.model!r}, scenario for {model.name!r}")
-    if scenario.controller == "nmpc" and model.name != "ecoli_fedbatch":
-        raise ScenarioError(
-            f"no NMPC preset for model {model.name!r}; use controller = 'recipe' in the scenario"
-        )
-    unknown = sorted(set(scenario.parameter_factors or {}) - set(model.parameter_names))
-    if unknown:
-        raise ScenarioError(f"parameter_factors names unknown parameters {unknown}")
-    for key in ("drift", "delay_h"):
-        bad = sorted(set(getattr(scenario, key)) - set(model.output_names))
-        if bad:
-            raise ScenarioError(f"[{key}] names unknown outputs {bad}")
-
-
-def _controller_config(model: Model, recipe: Recipe, deadline_s: float) -> Any:
-    limits = recipe.limits
-    return replace(
-        ecoli_nmpc_config(
-            model,
-            batch_end_h=recipe.duration_h,
-            dt_h=recipe.control_period_h,
-            horizon=max(1, min(20, int(recipe.duration_h / recipe.control_period_h + 1e-9))),
-        ),
-        initial_inputs=recipe.fallback,
-        input_bounds={n: (lim.lower, lim.upper) for n, lim in limits.items()},
-        rate_limits={
-            n: lim.rate_per_h for n, lim in limits.items() if math.isfinite(lim.rate_per_h)
-        },
-        time_limit_s=deadline_s,
-    )
-
-
-def _plant(
-    model: Model, recipe: Recipe, scenario: Scenario, ekf: ExtendedKalmanFilter | CompiledEKF
-) -> SimulatedPlant:
-    if model.name == "ecoli_fedbatch":
-        return ecoli_plant(
-            model,
-            seed=scenario.seed,
-            parameter_factors=scenario.parameter_factors,
-            drift=dict(scenario.drift),
-            delay_h=dict(scenario.delay_h),
-        )
-    online = {s.output: s.sigma for s in ekf.config.sensors}
-    return SimulatedPlant(
-        model,
-        seed=scenario.seed,
-        x0=recipe.initial_state(model),
-        u0=recipe.fallback(0.0),
-        parameter_factors=dict(scenario.parameter_factors or {}),
-        online=online,
-        period_h=recipe.measurement_period_h,
-        drift=dict(scenario.drift),
-        delay_h=dict(scenario.delay_h),
-    )
-
-
-def new_run_dir(root: str | Path, scenario: Scenario) -> Path:
-    """A fresh ``<root>/<UTC time>-<model>-s<seed>[-k]`` folder."""
+def new_run_dir(root: str | Path, label: str, seed: int) -> Path:
+    """A fresh ``<root>/<UTC time>-<label>-s<seed>[-k]`` folder, created atomically."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{scenario.model}-s{scenario.seed}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    path.mkdir(parents=True)
-    return path
+    base = Path(root) / f"{stamp}-{label}-s{seed}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"no free run folder name under {root}")
 
 
-def run_scenario(
-    scenario: Scenario,
+def product_value(
+    run: ResolvedRun, x: np.ndarray, u: np.ndarray, p: np.ndarray | None = None
+) -> float:
+    """The pack's product KPI (a state or output) at state ``x`` under inputs ``u`` and
+    parameters ``p`` (default: the model's); NaN when the pack names none."""
+    name = run.kpis.product
+    model = run.model
+    if name is None:
+        return math.nan
+    if model.kind(name) == "state":
+        return float(x[model.index(name)])
+    y = np.asarray(model.to_casadi().h(x, u, model.p0 if p is None else p)).ravel()
+    return float(y[model.index(name)])
+
+
+def run_batch(
+    spec: RunSpec | ResolvedRun,
     *,
     run_dir: str | Path,
-    recipe: Recipe | None = None,
+    scenario: Scenario | None = None,
     speed_up: float = math.inf,
     duration_h: float | None = None,
     progress: Callable[[LoopSnapshot], None] | None = None,
@@ -218,68 +282,47 @@ def run_scenario(
     oracle: bool = False,
     report: bool = True,
 ) -> RunResult:
-    """Run one batch (see the module docstring).
+    """Run one batch (see the module docstring); ``scenario`` defaults to the pack's plant.
 
     ``wrap_controller`` and ``wrap_plant`` inject faults (:mod:`hil.faults`); ``progress``
     is called with the loop's snapshot after every tick.
     """
-    model = load_model(scenario.model)
-    recipe = recipe or load_recipe(default_recipe_path(model.name), model)
-    check_scenario(scenario, model, recipe)
+    run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
+    scenario = scenario if scenario is not None else pack_scenario(run)
+    sim = simulated_plant(run, scenario, seed=run.spec.seed)
+    plant: Plant = sim if wrap_plant is None else wrap_plant(sim)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    x0 = recipe.initial_state(model)
-    ekf: ExtendedKalmanFilter | CompiledEKF
-    if scenario.estimator == "compiled":
-        ekf = CompiledEKF(model, default_ekf_config(model))
-    else:
-        ekf = ExtendedKalmanFilter(model, default_ekf_config(model))
-    sim = _plant(model, recipe, scenario, ekf)
-    plant: Plant = sim if wrap_plant is None else wrap_plant(sim)
-    estimator = LoopEstimator(OnlineEstimator(ekf), x0)
-    estimator.warm_up(recipe.fallback(0.0))
-    controller: Controller | None = None
-    if scenario.controller == "nmpc":
-        nmpc = NMPC(model, _controller_config(model, recipe, scenario.controller_deadline_s))
-        controller = NMPCController(nmpc, x0, recipe.fallback(0.0))
-        if wrap_controller is not None:
-            controller = wrap_controller(controller)
-    lo_u, hi_u = model.bounds("inputs")
-    hard = {n: (float(lo_u[i]), float(hi_u[i])) for i, n in enumerate(model.input_names)}
-    supervisor = Supervisor(
-        SupervisorConfig(
-            model.input_names,
-            recipe.limits,
-            recipe.fallback,
-            scenario.controller_deadline_s,
-            hard,
-        )
+    (run_dir / "run.toml").write_text(run.spec.to_toml(), encoding="utf-8")
+    (run_dir / "scenario.json").write_text(
+        json.dumps(asdict(scenario), indent=2, default=dict) + "\n", encoding="utf-8"
     )
     historian = EmbeddedHistorian(run_dir / "records.sqlite")
-    loop = ControlLoop(
-        recipe=recipe,
-        plant=plant,
-        estimator=estimator,
-        controller=controller,
-        supervisor=supervisor,
-        historian=historian,
-        clock=PacedClock(speed_up),
-        controller_deadline_s=scenario.controller_deadline_s,
-        auto_resume_after=scenario.auto_resume_after or None,
-        progress=progress,
-    )
     try:
-        summary = loop.run(duration_h)
+        assembled = build_loop(
+            run,
+            plant=plant,
+            historian=historian,
+            clock=PacedClock(speed_up),
+            progress=progress,
+            wrap_controller=wrap_controller,
+        )
+        summary = assembled.loop.run(duration_h)
     finally:
         historian.close()
+    model, recipe = run.model, run.recipe
     truth = sim.truth()
     p_true = sim.p_true
-    tracked = {n: float(p_true[model.index(n)]) for n in ekf.tracked_names}
+    tracked = {n: float(p_true[model.index(n)]) for n in (tp.name for tp in run.ekf.tracked)}
     records = read_records(run_dir / "records.sqlite")
+    ident = run.spec.identity
     kpis: dict[str, Any] = {
+        "pack": run.spec.pack.name,
+        "model": model.name,
         "scenario": scenario.name,
-        "controller": scenario.controller,
-        "seed": scenario.seed,
+        "controller": run.spec.controller,
+        "seed": run.spec.seed,
+        "run_id": ident.run_id,
         "duration_h": summary.t_end_h,
         "wall_time_s": summary.wall_s,
         "speed_up_achieved": summary.t_end_h * 3600.0 / max(summary.wall_s, 1e-9),
@@ -291,32 +334,43 @@ def run_scenario(
             limits=recipe.limits,
             truth=(truth.t, truth.x),
             true_parameters=tracked,
-            do_min=ECOLI_DO_MIN if "DO" in model.state_names else None,
+            do_min=run.kpis.minimum.get("DO"),
         )
     )
-    jitter = summary.jitter()
+    _product_kpis(kpis, run, truth.x[-1], truth.u[-1], p_true)
     if math.isfinite(speed_up):
-        kpis.update({f"jitter_{k}": v for k, v in jitter.items()})
+        kpis.update({f"jitter_{k}": v for k, v in summary.jitter().items()})
     if oracle:
-        kpis["oracle_product_g"] = oracle_product(model, recipe, p_true, truth.x[0])
-        kpis["product_vs_oracle"] = kpis["final_product_g"] / kpis["oracle_product_g"]
+        value, slack = oracle_product(run, p_true, truth.x[0])
+        kpis["oracle_product"] = value
+        kpis["oracle_slack_max"] = slack
+        kpis["product_vs_oracle"] = kpis["final_product"] / value
     (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
-    (run_dir / "scenario.json").write_text(
-        json.dumps(asdict(scenario), indent=2, default=dict) + "\n", encoding="utf-8"
-    )
-    if recipe.source and Path(recipe.source).is_file():
-        (run_dir / "recipe.toml").write_text(Path(recipe.source).read_text(encoding="utf-8"))
     report_path = None
     if report:
-        report_path = _write_report(run_dir, records, model, recipe, kpis, truth, tracked, scenario)
+        report_path = _write_report(run_dir, records, run, kpis, truth, tracked, scenario)
     return RunResult(run_dir, kpis, summary, truth.t, truth.x, report_path)
+
+
+def _product_kpis(
+    kpis: dict[str, Any], run: ResolvedRun, x: np.ndarray, u: np.ndarray, p: np.ndarray
+) -> None:
+    name = run.kpis.product
+    kpis["final_product"] = product_value(run, x, u, p)
+    kpis["product"] = name or ""
+    if name is not None:
+        model = run.model
+        group = model.states if model.kind(name) == "state" else model.outputs
+        unit = group[model.index(name)].unit
+        kpis["product_unit"] = unit
+        if unit == "g":
+            kpis["final_product_g"] = kpis["final_product"]
 
 
 def _write_report(
     run_dir: Path,
     records: list[Any],
-    model: Model,
-    recipe: Recipe,
+    run: ResolvedRun,
     kpis: Mapping[str, Any],
     truth: Any,
     tracked: Mapping[str, float],
@@ -324,45 +378,42 @@ def _write_report(
 ) -> Path:
     from bpcontrol.report import write_report
 
-    bounds: dict[str, tuple[float, float]] = {}
-    if "DO" in model.state_names:
-        bounds["DO"] = (ECOLI_DO_MIN, math.inf)
+    model, recipe = run.model, run.recipe
+    bounds = {name: (value, math.inf) for name, value in run.kpis.minimum.items()}
     return write_report(
         run_dir / "report.html",
         records=records,
         model=model,
         limits=recipe.limits,
         kpis=kpis,
-        title=f"{recipe.name}: {scenario.name} ({scenario.controller}, seed {scenario.seed})",
+        title=f"{recipe.name}: {scenario.name} ({run.spec.controller}, seed {run.spec.seed})",
         truth=(truth.t, truth.x, truth.u),
         true_parameters=tracked,
         state_bounds=bounds,
-        notes=(f"run folder {run_dir}", f"recipe {recipe.source}"),
+        notes=(f"run folder {run_dir}", f"pack {run.spec.pack.name}", f"recipe {recipe.source}"),
     )
 
 
-def oracle_product(model: Model, recipe: Recipe, p_true: np.ndarray, x0: np.ndarray) -> float:
-    """Product (g) of the whole-batch open-loop optimum computed with the plant's parameters.
+def oracle_product(
+    run: ResolvedRun, p_true: np.ndarray, x0: np.ndarray, *, intervals: int = 60
+) -> tuple[float, float]:
+    """Product of the whole-batch open-loop optimum computed with the plant's parameters,
+    and the largest soft-bound slack that optimum needed (0: no bound softened).
 
-    One IPOPT solve of the same economic problem over the whole batch (60 intervals, Radau
-    collocation), applied open loop to the true model (CVODES). No real-time limit.
+    One IPOPT solve of the pack's economic problem over the whole batch (``intervals``
+    equal intervals, the controller's discretisation), applied open loop to the true
+    model (CVODES). No real-time limit.
     """
-    n = 60
-    dt = recipe.duration_h / n
-    cfg = replace(
-        _controller_config(model, recipe, 1800.0),
-        horizon=n,
-        dt_h=dt,
-        horizon_mode="batch_end",
-        max_iter=3000,
-        ipopt_options={},
-    )
-    oracle = NMPC(model, cfg)
-    plan, _ = oracle.step(oracle.init(x0, recipe.fallback(0.0)), StateEstimate(x0, p_true), 0.0)
+    if run.nmpc is None:
+        raise ScenarioError(f"{run.spec.pack.source('pack')}: the oracle needs a control.toml")
+    model, recipe = run.model, run.recipe
+    cfg = oracle_config(run.nmpc, recipe.duration_h, intervals=intervals)
+    solver = NMPC(model, cfg)
+    plan, _ = solver.step(solver.init(x0, recipe.fallback(0.0)), StateEstimate(x0, p_true), 0.0)
     if not plan.status.usable:
         raise RuntimeError(f"oracle solve failed: {plan.message}")
-    step = model.to_casadi().integrator(dt)
+    step = model.to_casadi().integrator(cfg.dt_h)
     x = np.asarray(x0, dtype=float)
-    for k in range(n):
+    for k in range(intervals):
         x = np.asarray(step(x, plan.U[k], p_true)).ravel()
-    return product_g(model, x)
+    return product_value(run, x, plan.U[-1], p_true), float(plan.slack_max)

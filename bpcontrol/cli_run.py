@@ -1,0 +1,254 @@
+"""``bpcontrol run``: one closed-loop batch of any process against its simulated plant.
+
+Part of the composition root (it may import ``hil`` and ``services``). The process comes
+from a pack folder (``--pack``), a built-in model's pack (``--model NAME``), single files
+(``--model FILE --recipe FILE --control FILE``) or a run spec of an earlier run
+(``--spec runs/<id>/run.toml``). Everything is checked before the run folder exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bpcontrol.cli_common import parse_speed_up, progress_bar, user_errors
+
+if TYPE_CHECKING:
+    from bpcontrol.loop import LoopSnapshot
+    from bpcontrol.pack import ProcessPack
+    from bpcontrol.runspec import RunSpec
+
+__all__ = ["run_command"]
+
+DEFAULT_MODEL = "ecoli_fedbatch"
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    import tomllib
+
+    from bpcontrol.pack import PackError
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PackError(f"{path}: cannot read {what} ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PackError(f"{path}: not valid TOML ({exc})") from None
+
+
+def choose_pack(
+    pack: Path | None,
+    model: str | None,
+    recipe: Path | None,
+    control: Path | None,
+    ekf: Path | None,
+) -> ProcessPack:
+    """The pack a run uses: a folder, a built-in model's pack or a model file's defaults,
+    with any of its recipe, controller and estimator files replaced by the options."""
+    from bpcontrol.pack import PackError, builtin_pack_dir, load_pack
+    from bpcontrol.pack_template import model_pack_documents
+    from models import available_models, load_model
+
+    if pack is not None and model is not None:
+        raise PackError("give --pack or --model, not both (a pack names its model)")
+    if pack is not None:
+        chosen = load_pack(pack)
+    elif model is None or model in available_models():
+        chosen = load_pack(builtin_pack_dir(model or DEFAULT_MODEL))
+    else:  # a model file: the pack defaults of `pack init`, with the files given
+        if recipe is None:
+            raise PackError(f"--model {model}: a model file needs --recipe FILE (or use --pack)")
+        the_model = load_model(model)
+        docs = model_pack_documents(the_model, str(Path(model).resolve()))
+        from bpcontrol.pack import ProcessPack
+
+        chosen = ProcessPack(
+            name=the_model.name,
+            description=the_model.description,
+            model=str(Path(model).resolve()),
+            parameters={},
+            bounds={},
+            sensors=docs["pack"]["sensors"],
+            kpis=docs["pack"]["kpis"],
+            recipe={},
+            sources={"pack": f"{model} (default instruments)"},
+        )
+    sources = dict(chosen.sources)
+    parts: dict[str, Any] = {}
+    for part, path in (("recipe", recipe), ("control", control), ("ekf", ekf)):
+        if path is not None:
+            parts[part] = _read_toml(path, f"{part} file")
+            sources[part] = str(path)
+    if not parts:
+        return chosen
+    if not isinstance(parts.get("recipe", chosen.recipe), dict):
+        raise PackError("recipe must be a table")
+    return replace(chosen, **parts, sources=sources)
+
+
+def _identity(site: str, reactor: str, batch: str | None, run_id: str, pack_name: str) -> Any:
+    from bpcontrol.records import RunIdentity
+
+    return RunIdentity.start(site=site, reactor=reactor, batch_id=batch or pack_name, run_id=run_id)
+
+
+def _kpi_table(kpis: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, show_header=True)
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    for key, value in kpis.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
+
+
+def run_command(
+    pack: Annotated[
+        Path | None, typer.Option(help="Process pack folder (pack.toml, recipe.toml, ...).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Built-in model (its shipped pack) or a .py model file.  [default: ecoli_fedbatch]"
+        ),
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe TOML (replaces the pack's).")] = None,
+    control: Annotated[
+        Path | None, typer.Option(help="Controller TOML (replaces the pack's control.toml).")
+    ] = None,
+    ekf: Annotated[
+        Path | None, typer.Option(help="Estimator TOML (replaces the pack's ekf.toml).")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="Run spec of an earlier run (runs/<id>/run.toml).")
+    ] = None,
+    scenario: Annotated[
+        Path | None,
+        typer.Option(help="Plant scenario TOML (parameters, noise, drift); default: pack's."),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Hours to run (default: the recipe's batch).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed of the plant.  [default: 1]")
+    ] = None,
+    speed_up: Annotated[
+        str, typer.Option("--speed-up", help="Process s per wall s: 1 = live, 'max' = flat out.")
+    ] = "max",
+    controller: Annotated[
+        str | None, typer.Option(help="'nmpc' or 'recipe' (FALLBACK for the whole batch).")
+    ] = None,
+    estimator: Annotated[
+        str | None, typer.Option(help="'compiled' (EKF in C) or 'jax' (same estimates).")
+    ] = None,
+    site: Annotated[str, typer.Option(help="Site of the run's identity.")] = "local",
+    reactor: Annotated[str, typer.Option(help="Reactor of the run's identity.")] = "R1",
+    batch: Annotated[
+        str | None, typer.Option(help="Batch id of the run's identity (default: the pack).")
+    ] = None,
+    compare_recipe: Annotated[
+        bool, typer.Option(help="Also run the recipe alone on the same plant; report the ratio.")
+    ] = False,
+    oracle: Annotated[
+        bool, typer.Option(help="Also compute the whole-batch optimum with the true parameters.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Root folder of run folders.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
+) -> None:
+    """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
+    from bpcontrol.runspec import load_run_spec, resolve, spec_for
+    from hil.runner import (
+        check_scenario,
+        load_scenario,
+        new_run_dir,
+        pack_scenario,
+        run_batch,
+    )
+
+    with user_errors():
+        if spec is not None:
+            if any(v is not None for v in (pack, model, recipe, control, ekf)):
+                raise ValueError("--spec holds the whole process; drop --pack/--model/--recipe")
+            base: RunSpec = load_run_spec(spec)
+        else:
+            base = spec_for(choose_pack(pack, model, recipe, control, ekf))
+        if seed is not None:
+            if not 0 <= seed < 2**63:
+                raise ValueError(f"--seed must be in [0, 2^63), got {seed}")
+            base = replace(base, seed=seed)
+        if controller is not None:
+            if controller not in ("nmpc", "recipe"):
+                raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
+            base = replace(base, controller=controller)  # type: ignore[arg-type]
+        if estimator is not None:
+            if estimator not in ("compiled", "jax"):
+                raise ValueError(f"--estimator must be compiled or jax, got {estimator!r}")
+            base = replace(base, estimator=estimator)  # type: ignore[arg-type]
+        speed = parse_speed_up(speed_up)
+        run = resolve(base)
+        sc = load_scenario(scenario) if scenario is not None else pack_scenario(run)
+        check_scenario(sc, run, source=str(scenario or run.spec.pack.source("plant")))
+        hours = run.recipe.duration_h if duration is None else duration
+        if not (math.isfinite(hours) and 0 < hours <= run.recipe.duration_h + 1e-9):
+            raise ValueError(
+                f"--duration must be > 0 h and at most the batch ({run.recipe.duration_h:g} h), "
+                f"got {duration}"
+            )
+        if round(hours / run.recipe.measurement_period_h) < 1:
+            raise ValueError(
+                f"--duration {hours:g} h is shorter than one measurement period "
+                f"({run.recipe.measurement_period_h * 60:g} min)"
+            )
+        run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
+        ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
+        if spec is not None and batch is None:
+            ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
+        run = replace(run, spec=replace(run.spec, identity=ident))
+        console = Console(stderr=True)
+        kwargs: dict[str, Any] = {
+            "run_dir": run_dir,
+            "scenario": sc,
+            "speed_up": speed,
+            "duration_h": duration,
+            "oracle": oracle,
+        }
+        if console.is_terminal and not as_json:
+            label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
+            with progress_bar(label, console) as bar:
+                task = bar.add_task("run", total=hours, t=0.0, mode="")
+
+                def show(snap: LoopSnapshot) -> None:
+                    bar.update(task, completed=snap.t_h, t=snap.t_h, mode=snap.mode.value)
+
+                result = run_batch(run, progress=show, **kwargs)
+        else:
+            result = run_batch(run, **kwargs)
+        kpis = dict(result.kpis)
+        if compare_recipe and run.spec.controller == "nmpc":
+            recipe_run = replace(run, spec=replace(run.spec, controller="recipe"))
+            base_result = run_batch(
+                recipe_run,
+                run_dir=run_dir / "recipe-only",
+                scenario=sc,
+                duration_h=duration,
+                report=False,
+            )
+            kpis["recipe_only_product"] = base_result.kpis["final_product"]
+            kpis["recipe_only_time_do_below_min_percent"] = base_result.kpis.get(
+                "time_do_below_min_percent", math.nan
+            )
+            kpis["product_vs_recipe"] = kpis["final_product"] / base_result.kpis["final_product"]
+            (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(kpis, indent=2))
+        return
+    Console().print(_kpi_table(kpis, f"run {result.run_dir.name}"))
+    typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
+    if result.report is not None:
+        typer.echo(f"wrote {result.report}")

@@ -1,0 +1,334 @@
+"""The controller file of a process pack (``control.toml``): the NMPC and its supervision.
+
+A process engineer states what to optimise and within which bounds by variable name; no
+Python is needed (a model's derived outputs, such as total product ``P_total = P V``,
+make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_fedbatch``)::
+
+    horizon = 20                   # intervals of one control period each
+    horizon_mode = "receding"      # or "batch_end": the horizon shrinks to the batch end
+    solver = "ipopt"               # or "rti" (one SQP iteration per step)
+    discretization = "collocation" # or "rk4"
+    collocation_degree = 3
+    smoothing = 1e-3               # smooth min/max kinks in the controller's model copy
+    max_iter = 500
+    # manipulated = ["F", "T_set"] # default: every input; the others follow the recipe
+    # control_period_min = 10      # default: the recipe's
+    # deadline_s = 2.0             # wall time per solve; default from the problem size
+    auto_resume_after = 3          # good shadow plans before AUTO returns (0: never)
+
+    [objective]                    # minimised; a negative weight rewards
+    terminal = { P_total = -1.0 }  # states or outputs at the horizon end
+    stage = {}                     # states or outputs, integrated per hour
+    input_cost = { Q_air = 1e-3 }  # inputs, per hour
+    move = { F = 10.0 }            # squared change of an input between intervals
+    tracking = [ { name = "T", target = 30.0, weight = 1.0 } ]
+
+    [soft_bounds.DO]               # exact L1 penalty (weight above the multiplier) + L2
+    lower = 31.0
+    weight_l1 = 100.0
+    weight_l2 = 1.0
+    unit = "%"                     # optional; must match the model's unit
+
+    [state_bounds.V]               # hard bounds on predicted states (prefer soft ones)
+    upper = 10.0
+
+    [rate_limits]                  # per hour; default: the recipe's limits.<input>.rate_per_h
+    F = 0.2
+
+    [ipopt]                        # IPOPT options by name
+    warm_start_init_point = "yes"
+
+Setpoint limits (the inputs' bounds) are the recipe's, so the controller plans inside what
+the supervisor will accept. Every problem is one :class:`ControlSpecError` line naming the
+file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bpcontrol.nmpc import NMPCConfig, NMPCConfigError, Objective, SoftBound, Tracking
+from bpcontrol.recipe import Recipe
+from models import Model
+
+__all__ = [
+    "ControlSpec",
+    "ControlSpecError",
+    "default_deadline_s",
+    "nmpc_config",
+    "parse_control",
+]
+
+
+class ControlSpecError(ValueError):
+    """A controller file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class TrackingSpec(_Strict):
+    """Quadratic tracking of a state or output: ``weight (value - target)^2`` per hour."""
+
+    name: str
+    target: float
+    weight: float = Field(gt=0)
+
+
+class ObjectiveSpec(_Strict):
+    """Linear and quadratic objective terms by variable name (see the module docstring)."""
+
+    terminal: dict[str, float] = {}
+    stage: dict[str, float] = {}
+    input_cost: dict[str, float] = {}
+    move: dict[str, float] = {}
+    tracking: tuple[TrackingSpec, ...] = ()
+
+
+class SoftBoundSpec(_Strict):
+    """A soft bound on a state or output (units of that variable)."""
+
+    lower: float | None = None
+    upper: float | None = None
+    weight_l1: float = Field(default=1e3, gt=0)
+    weight_l2: float = Field(default=1.0, ge=0)
+    unit: str | None = None
+
+
+class HardBoundSpec(_Strict):
+    """A hard bound on a predicted state (units of that state)."""
+
+    lower: float | None = None
+    upper: float | None = None
+    unit: str | None = None
+
+
+class ControlSpec(_Strict):
+    """A parsed controller file (see the module docstring for every key)."""
+
+    horizon: int = Field(default=20, ge=1, le=2000)
+    horizon_mode: Literal["receding", "batch_end"] = "receding"
+    control_period_min: float | None = Field(default=None, gt=0)
+    manipulated: tuple[str, ...] | None = None
+    solver: Literal["ipopt", "rti"] = "ipopt"
+    qp_solver: str = "qrqp"
+    discretization: Literal["rk4", "collocation"] = "collocation"
+    collocation_degree: int = Field(default=3, ge=1, le=9)
+    rk4_substeps: int = Field(default=4, ge=1, le=100)
+    smoothing: float = Field(default=0.0, ge=0)
+    max_iter: int = Field(default=500, ge=1, le=100_000)
+    slack_tolerance: float = Field(default=1e-6, gt=0)
+    deadline_s: float | None = Field(default=None, gt=0, le=86_400)
+    auto_resume_after: int = Field(default=3, ge=0)
+    objective: ObjectiveSpec = ObjectiveSpec()
+    soft_bounds: dict[str, SoftBoundSpec] = {}
+    state_bounds: dict[str, HardBoundSpec] = {}
+    rate_limits: dict[str, float] = {}
+    ipopt: dict[str, str | int | float] = {}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def parse_control(doc: Mapping[str, Any], model: Model, *, source: str) -> ControlSpec:
+    """Validate a parsed controller document for ``model`` (raises :class:`ControlSpecError`)."""
+    try:
+        spec = ControlSpec.model_validate(dict(doc))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _loc(err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            raise ControlSpecError(f"{source}: unknown key {key}{_allowed(parent)}") from None
+        raise ControlSpecError(
+            f"{source}: {key}: {err['msg'].lower()}, got {err.get('input')!r}"
+        ) from None
+    _check_names(spec, model, source)
+    return spec
+
+
+def _allowed(parent: tuple[Any, ...]) -> str:
+    """``; allowed: ...`` for the table at ``parent`` when it has fixed keys."""
+    cls: Any = ControlSpec
+    for part in parent:
+        field = cls.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None:
+            break
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if cls is None:
+            # a table keyed by variable name holds a fixed-key spec
+            args = getattr(ann, "__args__", ())
+            inner = args[-1] if args else None
+            cls = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+        if cls is None:
+            return ""
+    if cls is None or not hasattr(cls, "model_fields"):
+        return ""
+    return f"; allowed: {', '.join(cls.model_fields)}"
+
+
+def _check_names(spec: ControlSpec, model: Model, source: str) -> None:
+    def fail(key: str, msg: str) -> ControlSpecError:
+        return ControlSpecError(f"{source}: {key}: {msg}")
+
+    inputs = model.input_names
+    values = (*model.state_names, *model.output_names)
+    obj = spec.objective
+    for label, keys, allowed, what in (
+        ("manipulated", spec.manipulated or (), inputs, "input"),
+        ("rate_limits", spec.rate_limits, inputs, "input"),
+        ("objective.input_cost", obj.input_cost, inputs, "input"),
+        ("objective.move", obj.move, inputs, "input"),
+        ("objective.terminal", obj.terminal, values, "state or output"),
+        ("objective.stage", obj.stage, values, "state or output"),
+        ("soft_bounds", spec.soft_bounds, values, "state or output"),
+        ("state_bounds", spec.state_bounds, model.state_names, "state"),
+    ):
+        for name in keys:
+            if name not in allowed:
+                raise fail(
+                    f"{label}.{name}" if label != "manipulated" else label,
+                    f"{name!r} is not a {what} of model {model.name!r}; "
+                    f"known: {', '.join(allowed)}",
+                )
+    for k, tr in enumerate(obj.tracking):
+        if tr.name not in values:
+            raise fail(f"objective.tracking[{k}].name", f"unknown state or output {tr.name!r}")
+    if spec.manipulated is not None:
+        if not spec.manipulated:
+            raise fail("manipulated", "lists no input (leave it out to manipulate all)")
+        if len(set(spec.manipulated)) != len(spec.manipulated):
+            raise fail("manipulated", f"names an input twice: {list(spec.manipulated)}")
+    for name, rate in spec.rate_limits.items():
+        if not rate > 0:
+            raise fail(f"rate_limits.{name}", f"must be > 0 per hour, got {rate}")
+    for table, bounds in (("soft_bounds", spec.soft_bounds), ("state_bounds", spec.state_bounds)):
+        for name, b in bounds.items():
+            unit = model.outputs[model.index(name)].unit if model.kind(name) == "output" else None
+            unit = unit or model.states[model.index(name)].unit
+            if b.unit is not None and b.unit != unit:
+                raise fail(f"{table}.{name}.unit", f"is {b.unit!r}, the model's unit is {unit!r}")
+            if b.lower is None and b.upper is None:
+                raise fail(f"{table}.{name}", "needs lower or upper")
+            if b.lower is not None and b.upper is not None and b.lower > b.upper:
+                raise fail(f"{table}.{name}", f"is inverted: [{b.lower}, {b.upper}]")
+
+
+def default_deadline_s(spec: ControlSpec, model: Model, control_period_h: float) -> float:
+    """Wall time (s) a solve may take before the supervisor falls back, from the problem size.
+
+    About 3 ms per decision variable of the transcribed problem (measured: the E. coli
+    NLP of 640 variables solves in 0.05-0.5 s warm-started, and its first cold solve in
+    about 1.5 s), at least 1 s, at most a quarter of the control period (live, the plan
+    must arrive long before the next one is due).
+    """
+    nodes = spec.collocation_degree + 1 if spec.discretization == "collocation" else 1
+    n_vars = spec.horizon * (model.nx * nodes + model.nu)
+    return float(min(max(1.0, 3e-3 * n_vars), 0.25 * control_period_h * 3600.0))
+
+
+def control_period_h(spec: ControlSpec, recipe: Recipe) -> float:
+    """The control period (h): the controller file's, else the recipe's."""
+    if spec.control_period_min is None:
+        return recipe.control_period_h
+    return spec.control_period_min / 60.0
+
+
+def nmpc_config(
+    spec: ControlSpec, model: Model, recipe: Recipe, *, source: str = "control"
+) -> NMPCConfig:
+    """The :class:`NMPCConfig` of ``spec`` for ``model`` within ``recipe``'s limits.
+
+    Input bounds are the recipe's setpoint limits, rate limits the recipe's unless the
+    controller file states tighter ones; the recipe's profile builds the first guess and,
+    for inputs the controller does not manipulate, is their schedule over the horizon.
+    Raises :class:`ControlSpecError` when the result does not fit the model.
+    """
+    dt_h = control_period_h(spec, recipe)
+    limits = recipe.limits
+    rates = {n: lim.rate_per_h for n, lim in limits.items() if math.isfinite(lim.rate_per_h)}
+    for name, rate in spec.rate_limits.items():
+        rates[name] = min(rate, rates.get(name, math.inf))
+    obj = spec.objective
+    deadline = spec.deadline_s or default_deadline_s(spec, model, dt_h)
+    horizon = spec.horizon
+    if spec.horizon_mode == "receding":
+        horizon = max(1, min(horizon, int(recipe.duration_h / dt_h + 1e-9)))
+    extra: dict[str, Any] = {}
+    if "input_schedule" in NMPCConfig.__dataclass_fields__ and spec.manipulated is not None:
+        extra["input_schedule"] = recipe.fallback
+    config = NMPCConfig(
+        horizon=horizon,
+        dt_h=dt_h,
+        horizon_mode=spec.horizon_mode,
+        batch_end_h=recipe.duration_h,
+        manipulated=spec.manipulated,
+        input_bounds={n: (lim.lower, lim.upper) for n, lim in limits.items()},
+        rate_limits=rates,
+        state_bounds={
+            n: (
+                -math.inf if b.lower is None else b.lower,
+                math.inf if b.upper is None else b.upper,
+            )
+            for n, b in spec.state_bounds.items()
+        },
+        soft_bounds=tuple(
+            SoftBound(
+                name=n,
+                lower=-math.inf if b.lower is None else b.lower,
+                upper=math.inf if b.upper is None else b.upper,
+                weight_l1=b.weight_l1,
+                weight_l2=b.weight_l2,
+            )
+            for n, b in spec.soft_bounds.items()
+        ),
+        objective=Objective(
+            terminal=dict(obj.terminal),
+            stage=dict(obj.stage),
+            input_cost=dict(obj.input_cost),
+            move=dict(obj.move),
+            tracking=tuple(
+                Tracking(name=t.name, target=t.target, weight=t.weight) for t in obj.tracking
+            ),
+        ),
+        discretization=spec.discretization,
+        rk4_substeps=spec.rk4_substeps,
+        collocation_degree=spec.collocation_degree,
+        solver=spec.solver,
+        qp_solver=spec.qp_solver,
+        smoothing=spec.smoothing,
+        initial_inputs=recipe.fallback,
+        max_iter=spec.max_iter,
+        time_limit_s=deadline,
+        slack_tolerance=spec.slack_tolerance,
+        ipopt_options=dict(spec.ipopt),
+        **extra,
+    )
+    try:
+        config.validate(model)
+    except NMPCConfigError as exc:
+        raise ControlSpecError(f"{source}: {exc}") from None
+    return config
+
+
+def oracle_config(config: NMPCConfig, duration_h: float, *, intervals: int = 60) -> NMPCConfig:
+    """The whole-batch open-loop problem of ``config``: ``intervals`` equal steps to the end,
+    full IPOPT, no real-time limit (the oracle the closed loop is measured against)."""
+    return replace(
+        config,
+        horizon=intervals,
+        dt_h=duration_h / intervals,
+        horizon_mode="batch_end",
+        solver="ipopt",
+        max_iter=3000,
+        time_limit_s=1800.0,
+        ipopt_options={},
+    )
