@@ -150,6 +150,37 @@ CASES = [
         r"qp_fallback: unknown QP solver 'nope'",
         id="unknown-qp-fallback",
     ),
+    pytest.param(
+        {"input_schedule": lambda t: [0.0, 1.0]},
+        r"input_schedule\(0 h\) returned shape \(2,\), expected \(1,\): one value per model "
+        r"input \(inp\)",
+        id="schedule-wrong-length",
+    ),
+    pytest.param(
+        {"input_schedule": lambda t: [[0.0]]},
+        r"input_schedule\(0 h\) returned shape \(1, 1\), expected \(1,\)",
+        id="schedule-wrong-shape",
+    ),
+    pytest.param(
+        {"input_schedule": lambda t: [math.nan]},
+        r"input_schedule\(0 h\) is not finite for inp",
+        id="schedule-not-finite",
+    ),
+    pytest.param(
+        {"input_schedule": lambda t: ["fast"]},
+        r"input_schedule\(0 h\) failed: ValueError: could not convert",
+        id="schedule-not-numbers",
+    ),
+    pytest.param(
+        {"input_schedule": lambda t: 1.0 / 0.0},
+        r"input_schedule\(0 h\) failed: ZeroDivisionError",
+        id="schedule-raises",
+    ),
+    pytest.param(
+        {"input_schedule": [0.1]},
+        r"input_schedule must be a function of time \(h\), got \[0.1\]",
+        id="schedule-not-callable",
+    ),
     pytest.param({"horizon": 0}, r"horizon must be >= 1 interval, got 0", id="empty-horizon"),
     pytest.param({"dt_h": -1.0}, r"dt_h must be > 0 h, got -1.0", id="negative-period"),
     pytest.param(
@@ -183,6 +214,23 @@ def test_horizon_check_counts_from_the_start_time(model: Model) -> None:
         cfg.validate(model, t0_h=13.0)
 
 
+def test_schedule_is_checked_at_the_batch_start(model: Model) -> None:
+    """The schedule is called at t0 (the batch start of this controller), where it must work."""
+    calls: list[float] = []
+
+    def schedule(t_h: float) -> list[float]:
+        calls.append(t_h)
+        if t_h >= 5.0:
+            raise KeyError("no recipe phase")
+        return [0.0]
+
+    cfg = NMPCConfig(input_schedule=schedule)
+    cfg.validate(model, t0_h=0.0)
+    assert calls == [0.0]
+    with pytest.raises(NMPCConfigError, match=r"input_schedule\(6 h\) failed: KeyError"):
+        cfg.validate(model, t0_h=6.0)
+
+
 def test_good_config_passes(model: Model) -> None:
     NMPCConfig(
         horizon=20,
@@ -195,4 +243,5 @@ def test_good_config_passes(model: Model) -> None:
         move_blocks=(5, 5, 10),
         qp_solver="qpoases",
         qp_fallback=None,
+        input_schedule=lambda t: [0.1 if t > 5.0 else 0.0],
     ).validate(model)
