@@ -3,7 +3,8 @@
 A recipe is what a process engineer signs off for one product: how long the batch runs,
 how often the loop measures and re-plans, the limits every setpoint must keep, the charged
 state at inoculation, and per phase the setpoint profile the supervisor falls back to when
-the controller cannot be trusted. Example (``bpcontrol/data/ecoli_fedbatch.toml``)::
+the controller cannot be trusted. Example (after the E. coli pack's recipe,
+``bpcontrol/data/packs/ecoli_fedbatch/recipe.toml``)::
 
     name = "E. coli fed-batch"
     model = "ecoli_fedbatch"
