@@ -9,6 +9,7 @@ from bpcontrol.nmpc import (
     NMPC,
     NMPCConfig,
     Objective,
+    Plan,
     SoftBound,
     SolveStatus,
     StateEstimate,
@@ -28,7 +29,7 @@ BASE = dict(
 )
 
 
-def solve(**changes: object):
+def solve(**changes: object) -> tuple[NMPC, Plan]:
     ctl = NMPC(MODEL, NMPCConfig(**{**BASE, **changes}))  # type: ignore[arg-type]
     plan, _ = ctl.step(ctl.init(X0), StateEstimate(X0, MODEL.p0), 0.0)
     assert plan.status.usable, plan.message
