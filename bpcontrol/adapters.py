@@ -1,20 +1,23 @@
-"""Stateful adapters that fit the pure estimator and controller into the loop.
+"""Stateful adapters that fit the pure estimator and controller into the loop's ports.
 
 The estimator (:class:`estimators.OnlineEstimator`) and the NMPC (:class:`bpcontrol.nmpc.NMPC`)
-are pure ``step(state, ...) -> (result, state)`` functions; the loop wants objects that keep
-their own state and speak in records. These adapters do only that translation.
+are pure ``init``/``step`` functions over an explicit state (see
+:mod:`bpcontrol.interfaces` for the convention); the loop wants objects that keep their
+own state and speak in records (:class:`bpcontrol.interfaces.Estimator`,
+:class:`bpcontrol.interfaces.Controller`). These adapters do only that translation.
+``EstimatorOutput`` lives in :mod:`bpcontrol.interfaces` and is re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
+from bpcontrol.interfaces import EstimatorOutput
 from bpcontrol.nmpc import NMPC, NMPCState, Plan, StateEstimate
-from bpcontrol.records import EstimateRecord, EventRecord, PlanRecord
+from bpcontrol.records import EstimateRecord, EventKind, EventRecord, PlanRecord, PlanStatus
 from estimators import EstimatorState, OnlineEstimator, Reading
 from models import Model
 
@@ -39,7 +42,7 @@ def plan_record(model: Model, plan: Plan) -> PlanRecord:
     X, U = np.asarray(plan.X), np.asarray(plan.U)
     return PlanRecord(
         t_h=plan.t,
-        status=plan.status.value,
+        status=PlanStatus(plan.status.value),
         solve_time_s=plan.solve_time_s,
         t_nodes_h=tuple(np.asarray(plan.t_nodes, dtype=float)),
         x_pred={n: tuple(X[:, i]) for i, n in enumerate(model.state_names)} if X.ndim == 2 else {},
@@ -48,23 +51,13 @@ def plan_record(model: Model, plan: Plan) -> PlanRecord:
     )
 
 
-@dataclass(frozen=True)
-class EstimatorOutput:
-    """One estimator step as the loop uses it.
-
-    ``record`` goes to the historian, ``events`` too; ``estimate`` (states and the full
-    parameter vector with the tracked ones replaced) goes to the controller; ``healthy``
-    tells the supervisor whether the estimate may drive the plant.
-    """
-
-    record: EstimateRecord
-    events: tuple[EventRecord, ...]
-    estimate: StateEstimate
-    healthy: bool
-
-
 class LoopEstimator:
-    """An :class:`OnlineEstimator` with its state, speaking in records."""
+    """An :class:`OnlineEstimator` with its state, speaking in records.
+
+    Implements :class:`bpcontrol.interfaces.Estimator`. Filter events become
+    ``"estimator-<kind>"`` events (:meth:`EventKind.of_filter_event`; an unknown filter
+    kind becomes ``"estimator-other"`` with the kind in the message).
+    """
 
     def __init__(self, online: OnlineEstimator, x0: np.ndarray, *, t0_h: float = 0.0) -> None:
         self.online = online
@@ -107,7 +100,13 @@ class LoopEstimator:
             dof=int(report.dof),
             healthy=healthy,
         )
-        events = tuple(
-            EventRecord(t_h, f"estimator-{e.kind}", e.message, "estimator") for e in report.events
-        )
+        events = tuple(_event(t_h, e.kind, e.message) for e in report.events)
         return EstimatorOutput(record, events, StateEstimate(x=x.copy(), p=p.copy()), healthy)
+
+
+def _event(t_h: float, filter_kind: str, message: str) -> EventRecord:
+    """A filter event as an event record (the filter's kind kept in the message if unknown)."""
+    kind = EventKind.of_filter_event(filter_kind)
+    if kind is EventKind.ESTIMATOR_OTHER:
+        message = f"[{filter_kind}] {message}"
+    return EventRecord(t_h, kind, message, "estimator")

@@ -1,4 +1,4 @@
-"""The small interfaces the loop needs, as ``typing.Protocol``s (implemented elsewhere).
+"""The ports of the loop, as ``typing.Protocol``s (implemented elsewhere), and their values.
 
 The loop (:mod:`bpcontrol.loop`) talks only to these. Implementations:
 
@@ -7,8 +7,10 @@ The loop (:mod:`bpcontrol.loop`) talks only to these. Implementations:
 - :class:`Historian`: the embedded file store (``services.historian``), later InfluxDB
   with store-and-forward;
 - :class:`Clock`: :class:`bpcontrol.clock.PacedClock` (accelerated or 1x wall time);
-- :class:`Controller`: :class:`bpcontrol.loop.NMPCController`, or fault-injecting wrappers
-  in HIL tests.
+- :class:`Estimator`: :class:`bpcontrol.adapters.LoopEstimator` (the EKF with its state),
+  or a fake in tests;
+- :class:`Controller`: :class:`bpcontrol.adapters.NMPCController`, or fault-injecting
+  wrappers in HIL tests (``hil.faults``).
 
 Contracts the loop relies on (and that implementations must keep):
 
@@ -17,22 +19,55 @@ Contracts the loop relies on (and that implementations must keep):
   it holds, which may differ from what was asked (a device clamp, a late confirmation).
 - ``Historian.write`` never blocks the loop and never loses an accepted record; ``flush``
   waits (bounded) until everything written is stored.
+- ``Estimator.step`` may raise: the loop keeps the last estimate, marks it unhealthy (the
+  supervisor falls back at the next control step) and goes on.
 - ``Controller.plan`` may raise, hang or return garbage: the loop runs it in a worker
   thread with a wall-time deadline and the supervisor falls back.
+
+One convention for state (STYLE.md, after diffrax/equinox):
+
+- The pure pieces are immutable objects over their configuration with
+  ``init(...) -> State`` and ``step(state, ...) -> (out, State)``, the state a frozen
+  value, so a run can be replayed from the historian and the pieces tested alone:
+
+  - :class:`bpcontrol.nmpc.NMPC`: ``init(x0, u0) -> NMPCState``,
+    ``step(state, estimate, t_h, u_applied=) -> (Plan, NMPCState)``;
+  - :class:`bpcontrol.supervisor.Supervisor`: ``init(u0, t0_h, mode) -> SupervisorState``,
+    ``step(state, t_h, plan_u=, ...) -> (SupervisorOutput, SupervisorState)`` and, for the
+    operator writes, ``command(state, command, t_h=) -> (CommandOutcome, SupervisorState)``;
+  - :class:`estimators.OnlineEstimator`: ``init(x0, t0=) -> EstimatorState`` and
+    ``step(state, t_h, u, readings)``, which (the one exception, kept by its owners)
+    returns ``(EstimatorState, report)``; :class:`bpcontrol.adapters.LoopEstimator` hides
+    the order from the loop.
+
+- The loop-facing ports (:class:`Estimator`, :class:`Controller`) are stateful objects:
+  the adapters in :mod:`bpcontrol.adapters` hold the pure piece's state between calls
+  (``step(t_h, u, readings) -> EstimatorOutput``, ``plan(estimate, t_h, u) -> Plan``), and
+  the loop holds the supervisor's state itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from bpcontrol.nmpc import Plan, StateEstimate
-from bpcontrol.records import Record
+from bpcontrol.records import EstimateRecord, EventRecord, Record
 from estimators import Reading
+from models import Model
 
-__all__ = ["Clock", "Controller", "Historian", "Plant", "PlantError"]
+__all__ = [
+    "Clock",
+    "Controller",
+    "Estimator",
+    "EstimatorOutput",
+    "Historian",
+    "Plant",
+    "PlantError",
+]
 
 
 class PlantError(RuntimeError):
@@ -92,6 +127,39 @@ class Clock(Protocol):
 
     def sleep_until(self, t_h: float) -> float:
         """Wait until process time ``t_h`` (h); return how late it woke (s of wall time)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EstimatorOutput:
+    """One estimator step as the loop uses it.
+
+    ``record`` goes to the historian, ``events`` too; ``estimate`` (states and the full
+    parameter vector with the tracked ones replaced, model units) goes to the controller;
+    ``healthy`` tells the supervisor whether the estimate may drive the plant.
+    """
+
+    record: EstimateRecord
+    events: tuple[EventRecord, ...]
+    estimate: StateEstimate
+    healthy: bool
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """A stateful estimator the loop steps once per measurement period (the EKF, a fake).
+
+    It keeps its own state between calls (see the module docstring for the convention).
+    """
+
+    @property
+    def model(self) -> Model:
+        """The model whose states and inputs the estimates and plans are named after."""
+        ...
+
+    def step(self, t_h: float, u: np.ndarray, readings: Iterable[Reading]) -> EstimatorOutput:
+        """Advance to ``t_h`` (h) with inputs ``u`` (model input units) held since the last
+        step, fuse ``readings``; raise when it cannot (the loop records an event)."""
         ...
 
 

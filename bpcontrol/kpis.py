@@ -17,6 +17,7 @@ import numpy as np
 from bpcontrol.records import (
     USABLE_PLAN_STATUSES,
     EstimateRecord,
+    EventKind,
     EventRecord,
     PlanRecord,
     Record,
@@ -96,7 +97,7 @@ def run_kpis(
         sources[r.source] = sources.get(r.source, 0) + 1
     for source, n in sorted(sources.items()):
         kpis[f"control_steps_{source}_percent"] = 100.0 * n / max(len(setpoints), 1)
-    kpis["fallback_events"] = sum(e.kind == "fallback" for e in events)
+    kpis["fallback_events"] = sum(e.kind is EventKind.FALLBACK for e in events)
     solve = np.array([p.solve_time_s for p in plans if math.isfinite(p.solve_time_s)])
     if solve.size:
         kpis["solve_time_median_s"] = float(np.median(solve))

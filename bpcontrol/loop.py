@@ -3,56 +3,84 @@
 Every measurement period (e.g. 1 min) the loop reads the plant, steps the estimator and
 records both; every control period (e.g. 10 min) it also runs the controller in a worker
 thread under a wall-time deadline, passes the plan through the supervisor (the only path to
-the actuators) and applies the supervised setpoints. Every record goes to the historian.
-The clock decides what a period is: a :class:`bpcontrol.clock.PacedClock` at 1x is live, an
-accelerated or simulated one runs the same code for HIL and the default job.
+the actuators) and applies the supervised setpoints. Every record goes to the historian,
+stamped with the run's identity (:class:`bpcontrol.records.RunIdentity`) when the loop has
+one. The clock decides what a period is: a :class:`bpcontrol.clock.PacedClock` at 1x is
+live, an accelerated or simulated one runs the same code for HIL and the default job.
+
+One tick writes, in this order: the measurements (or a ``plant-read-failed`` event), the
+estimate and the estimator's events (or an ``estimator-failed`` event), the audits and
+events of the operator commands carried out; on a control tick, a ``phase`` event when a
+recipe phase begins, the plan record, the setpoint record, the supervisor's audits and
+events, and a ``setpoint-write-failed`` or ``setpoint-not-held`` event when the plant did
+not confirm; on the last tick, a ``batch-end`` event.
 
 Faults never stop the batch: a plant read or write that fails, a controller that raises,
 hangs past its deadline or returns garbage, an unhealthy estimate — each becomes an event
-and, for the controller, a switch to FALLBACK within that control step.
+and, for the controller, a switch to FALLBACK within that control step. The return to AUTO
+is the supervisor's rule (``SupervisorConfig.auto_resume_after``) or an operator's request.
 
-Operator writes (mode, setpoints, limits) may come from other threads (the live API): they
-are queued with :meth:`ControlLoop.submit_mode` and friends, carried out at the next tick
-through the supervisor, and answered with the :class:`AuditRecord` through a Future.
+A recipe phase whose ``auto`` is false ("recipe only") keeps the controller's hands off the
+plant: the supervisor applies the recipe profile (source ``"recipe"``) while the controller
+still plans in the shadow (so its warm start is ready); the next phase that allows it takes
+over at the rate limits.
+
+Operator commands (:mod:`bpcontrol.commands`) may come from other threads (the live API):
+:meth:`ControlLoop.submit` queues one, the next tick carries it out through the supervisor,
+and the Future gives the :class:`AuditRecord` (accepted or refused; a malformed command is
+refused, never fatal).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TypeVar, cast
 
 import numpy as np
 
-from bpcontrol.adapters import LoopEstimator, plan_record
-from bpcontrol.interfaces import Clock, Controller, Historian, Plant
+from bpcontrol.adapters import plan_record
+from bpcontrol.commands import Command, SetLimits, SetMode, SetSetpoint, describe
+from bpcontrol.interfaces import Clock, Controller, Estimator, Historian, Plant
 from bpcontrol.nmpc import Plan, StateEstimate
 from bpcontrol.recipe import Recipe
 from bpcontrol.records import (
     AuditRecord,
     EstimateRecord,
+    EventKind,
     EventRecord,
     MeasurementRecord,
     PlanRecord,
+    PlanStatus,
     Record,
+    RunIdentity,
+    SetpointSource,
+    storable_text,
 )
-from bpcontrol.supervisor import Mode, Supervisor, SupervisorState
+from bpcontrol.supervisor import CommandOutcome, Mode, Supervisor, SupervisorState
 from estimators import Reading
 
 __all__ = ["ControlLoop", "LoopSnapshot", "RunSummary"]
+
+_R = TypeVar("_R", bound=Record)
+
+_LOOP = "loop"
+"""``source`` of the loop's own events."""
 
 
 @dataclass(frozen=True)
 class LoopSnapshot:
     """The loop's latest state, safe to read from another thread (the live API).
 
-    ``applied`` are the setpoints the plant confirmed (input units).
+    ``applied`` are the setpoints the plant confirmed (input units); ``run`` is the run's
+    identity (None when the loop has none).
     """
 
     t_h: float
@@ -62,6 +90,7 @@ class LoopSnapshot:
     estimate: EstimateRecord | None
     plan: PlanRecord | None
     done: bool = False
+    run: RunIdentity | None = None
 
 
 @dataclass
@@ -107,6 +136,16 @@ class _Call:
             self.future.set_exception(exc)
 
 
+@dataclass(frozen=True)
+class _PlanResult:
+    """What one control step got from the controller, for the supervisor."""
+
+    plan: Plan | None = None
+    solve_time_s: float | None = None
+    record: PlanRecord | None = None
+    usable: bool = False
+
+
 class ControlLoop:
     """One reactor's loop over a recipe (see the module docstring).
 
@@ -115,15 +154,19 @@ class ControlLoop:
         plant: where readings come from and setpoints go.
         estimator: the stateful estimator (started at the recipe's initial state).
         controller: the planner, or None to run the recipe only (FALLBACK throughout).
-        supervisor: limits, rate clamps and modes; its config's fallback is the recipe's.
+        supervisor: limits, rate clamps, modes and auto-resume; its config's fallback is
+            the recipe's.
         historian: receives every record.
         clock: process time; its pace makes the run live or accelerated.
         controller_deadline_s: wall time a solve may take before the loop falls back.
-        auto_resume_after: after the supervisor fell back by itself, return to AUTO once
-            the controller (still solving in the shadow) gave this many usable plans in a
-            row on a healthy estimate; ``None`` leaves the return to an operator. The return
-            is requested as ``who="loop"`` with an audit record, and is bumpless.
+        auto_resume_after: kept for callers written before the rule moved into the
+            supervisor: when given, the supervisor's ``config.auto_resume_after`` is set to
+            it (ValueError when the config already says another number). Prefer
+            :attr:`bpcontrol.supervisor.SupervisorConfig.auto_resume_after`.
         progress: called after every tick with the snapshot (for a progress bar).
+        t0_h: process time (h) of the first tick.
+        identity: the run's identity; every record written is stamped with it (a record
+            that already names a run keeps it).
     """
 
     def __init__(
@@ -131,7 +174,7 @@ class ControlLoop:
         *,
         recipe: Recipe,
         plant: Plant,
-        estimator: LoopEstimator,
+        estimator: Estimator,
         controller: Controller | None,
         supervisor: Supervisor,
         historian: Historian,
@@ -140,6 +183,7 @@ class ControlLoop:
         auto_resume_after: int | None = None,
         progress: Callable[[LoopSnapshot], None] | None = None,
         t0_h: float = 0.0,
+        identity: RunIdentity | None = None,
     ) -> None:
         if tuple(plant.input_names) != recipe.input_names:
             raise ValueError(
@@ -148,67 +192,66 @@ class ControlLoop:
             )
         if not (math.isfinite(controller_deadline_s) and controller_deadline_s > 0):
             raise ValueError(f"controller_deadline_s must be > 0, got {controller_deadline_s}")
+        if identity is not None and not isinstance(identity, RunIdentity):
+            raise TypeError(f"identity must be a RunIdentity or None, got {identity!r}")
         self.recipe = recipe
         self.plant = plant
         self.estimator = estimator
         self.controller = controller
-        self.supervisor = supervisor
+        self.supervisor = _with_auto_resume(supervisor, auto_resume_after)
         self.historian = historian
         self.clock = clock
         self.deadline_s = float(controller_deadline_s)
-        if auto_resume_after is not None and auto_resume_after < 1:
-            raise ValueError(f"auto_resume_after must be >= 1 or None, got {auto_resume_after}")
-        self.auto_resume_after = auto_resume_after
-        self._good_plans = 0
+        self.identity = identity
         self.progress = progress
         self.t0_h = float(t0_h)
         self.summary = RunSummary()
-        self._commands: queue.SimpleQueue[tuple[Callable[..., Any], dict[str, Any], Future[Any]]]
+        self._commands: queue.SimpleQueue[tuple[object, Future[AuditRecord]]]
         self._commands = queue.SimpleQueue()
         self._call: _Call | None = None
         mode = Mode.AUTO if controller is not None else Mode.FALLBACK
-        self._sup: SupervisorState = supervisor.init(recipe.fallback(t0_h), t0_h, mode)
+        self._sup: SupervisorState = self.supervisor.init(recipe.fallback(t0_h), t0_h, mode)
         self._applied = self._sup.u  # what the plant holds (confirmed)
         self._phase = ""
         self._last_estimate: EstimateRecord | None = None
         self._estimate: StateEstimate | None = None
         self._healthy_since_control = True
         self._snapshot = LoopSnapshot(
-            self.t0_h, "", mode, self._named(self._applied), None, None, False
+            self.t0_h, "", mode, self._named(self._applied), None, None, False, identity
         )
 
-    # ------------------------------------------------------------------ operator writes
+    @property
+    def auto_resume_after(self) -> int | None:
+        """Usable shadow plans in a row before the supervisor returns to AUTO (its config)."""
+        return self.supervisor.config.auto_resume_after
+
+    # ------------------------------------------------------------------ operator commands
+
+    def submit(self, command: Command) -> Future[AuditRecord]:
+        """Queue an operator command; the Future gives its audit record after the next tick.
+
+        Safe from any thread. Whatever is submitted is answered: a malformed command (an
+        unknown mode, a value that is no number, no ``who``) is refused with a reason.
+        """
+        future: Future[AuditRecord] = Future()
+        self._commands.put((command, future))
+        return future
 
     def submit_mode(self, mode: Mode | str, *, who: str, why: str) -> Future[AuditRecord]:
-        """Queue a mode change; the Future gives the audit record after the next tick."""
-        return self._submit(self.supervisor.request_mode, mode=mode, who=who, why=why)
+        """:meth:`submit` a :class:`SetMode`."""
+        return self.submit(SetMode(mode, who, why))
 
     def submit_setpoint(
         self, name: str, value: float, *, who: str, why: str
     ) -> Future[AuditRecord]:
-        """Queue an operator setpoint (MANUAL only); answered after the next tick."""
-        return self._submit(
-            self.supervisor.set_operator_setpoint, name=name, value=value, who=who, why=why
-        )
+        """:meth:`submit` a :class:`SetSetpoint` (applies in MANUAL only)."""
+        return self.submit(SetSetpoint(name, value, who, why))
 
     def submit_limits(
         self, name: str, *, lower: float, upper: float, rate_per_h: float, who: str, why: str
     ) -> Future[AuditRecord]:
-        """Queue new limits for one input; answered after the next tick."""
-        return self._submit(
-            self.supervisor.set_limits,
-            name=name,
-            lower=lower,
-            upper=upper,
-            rate_per_h=rate_per_h,
-            who=who,
-            why=why,
-        )
-
-    def _submit(self, fn: Callable[..., Any], **kwargs: Any) -> Future[AuditRecord]:
-        future: Future[AuditRecord] = Future()
-        self._commands.put((fn, kwargs, future))
-        return future
+        """:meth:`submit` a :class:`SetLimits`."""
+        return self.submit(SetLimits(name, lower, upper, rate_per_h, who, why))
 
     def snapshot(self) -> LoopSnapshot:
         """The latest state (an immutable value; safe from any thread)."""
@@ -234,15 +277,7 @@ class ControlLoop:
                 self._tick(t, control=(k % spc == 0 and k < n), last=(k == n))
         finally:
             self.summary.wall_s = time.perf_counter() - wall0
-            self._snapshot = LoopSnapshot(
-                self._snapshot.t_h,
-                self._snapshot.phase,
-                self._snapshot.mode,
-                self._snapshot.applied,
-                self._snapshot.estimate,
-                self._snapshot.plan,
-                True,
-            )
+            self._snapshot = replace(self._snapshot, done=True)
         return self.summary
 
     def _tick(self, t: float, *, control: bool, last: bool) -> None:
@@ -257,10 +292,10 @@ class ControlLoop:
             self._write(
                 EventRecord(
                     t,
-                    "estimator-failed",
+                    EventKind.ESTIMATOR_FAILED,
                     f"the estimator failed ({type(exc).__name__}: {exc}); the controller "
                     "will not use its estimate until it recovers",
-                    "loop",
+                    _LOOP,
                 )
             )
         else:
@@ -276,9 +311,7 @@ class ControlLoop:
             self._phase_event(t)
             plan_rec = self._control(t)
         if last:
-            self._write(
-                EventRecord(t, "batch-end", f"batch ended at {t:.3f} h", "loop"),
-            )
+            self._write(EventRecord(t, EventKind.BATCH_END, f"batch ended at {t:.3f} h", _LOOP))
         s.mode_steps[self._sup.mode.value] = s.mode_steps.get(self._sup.mode.value, 0) + 1
         self._snapshot = LoopSnapshot(
             t,
@@ -288,6 +321,7 @@ class ControlLoop:
             self._last_estimate,
             plan_rec,
             False,
+            self.identity,
         )
         if self.progress is not None:
             self.progress(self._snapshot)
@@ -299,10 +333,10 @@ class ControlLoop:
             self._write(
                 EventRecord(
                     t,
-                    "plant-read-failed",
+                    EventKind.PLANT_READ_FAILED,
                     f"reading the plant failed ({type(exc).__name__}: {exc}); "
                     "estimating without measurements this step",
-                    "loop",
+                    _LOOP,
                 )
             )
             return []
@@ -312,105 +346,89 @@ class ControlLoop:
             self._write(MeasurementRecord(t, r.sensor, value, ts if math.isfinite(ts) else t))
         return readings
 
+    def _controller_allowed(self, t: float) -> bool:
+        """Whether the recipe phase at ``t`` (h) lets the controller act (``Phase.auto``)."""
+        return bool(getattr(self.recipe.phase_at(t), "auto", True))
+
     def _phase_event(self, t: float) -> None:
         phase = self.recipe.phase_at(t).name
         if phase != self._phase:
-            self._write(EventRecord(t, "phase", f"phase {phase!r} begins at {t:.3f} h", "loop"))
+            note = (
+                "" if self._controller_allowed(t) else " (recipe only: the controller may not act)"
+            )
+            self._write(
+                EventRecord(t, EventKind.PHASE, f"phase {phase!r} begins at {t:.3f} h{note}", _LOOP)
+            )
             self._phase = phase
 
     def _control(self, t: float) -> PlanRecord | None:
         s = self.summary
         s.control_steps += 1
-        plan, solve_time, record = self._plan(t)
-        sup = self.supervisor
-        self._sup, sp, events = sup.step(
+        got = self._plan(t)
+        out, self._sup = self.supervisor.step(
             self._sup,
             t,
-            plan_u=None if plan is None else plan.u_next,
-            plan_ok=plan is not None and plan.status.usable,
-            solve_time_s=solve_time,
+            plan_u=None if got.plan is None else got.plan.u_next,
+            plan_ok=got.usable,
+            solve_time_s=got.solve_time_s,
             estimate_ok=self._healthy_since_control,
+            controller_allowed=self._controller_allowed(t),
         )
-        self._count_good_plan(t, plan, solve_time)
         self._healthy_since_control = True
-        if sp.source == "nmpc":
+        sp = out.setpoint
+        if sp.source is SetpointSource.NMPC:
             s.plans_used += 1
         self._write(sp)
-        for e in events:
+        for a in out.audits:
+            self._write(a)
+        for e in out.events:
             self._write(e)
         self._apply(t, np.array([sp.values[n] for n in self.recipe.input_names]))
-        return record
+        return got.record
 
-    def _count_good_plan(self, t: float, plan: Plan | None, solve_time: float | None) -> None:
-        """Auto-resume: request AUTO after enough good shadow plans following a fallback."""
-        good = plan is not None and not self.supervisor.plan_problems(
-            plan.u_next, plan.status.usable, solve_time, self._healthy_since_control
-        )
-        self._good_plans = self._good_plans + 1 if good else 0
-        n = self.auto_resume_after
-        sup = self._sup
-        if n is None or sup.mode is not Mode.FALLBACK or not sup.fallback_cause:
-            return
-        if self._good_plans >= n:
-            why = f"controller healthy again: {n} usable plans in a row in the shadow"
-            self._sup, audit, events = self.supervisor.request_mode(
-                sup, Mode.AUTO, who="loop", why=why, t_h=t
-            )
-            self._write(audit)
-            for e in events:
-                self._write(e)
-            self._good_plans = 0
-
-    def _plan(self, t: float) -> tuple[Plan | None, float | None, PlanRecord | None]:
-        """Run the controller under the deadline: (plan or None, solve time s, record)."""
+    def _plan(self, t: float) -> _PlanResult:
+        """Run the controller under the deadline (also in the shadow: FALLBACK, recipe phase)."""
         if self.controller is None or self._sup.mode not in (Mode.AUTO, Mode.FALLBACK):
-            return None, None, None
+            return _PlanResult()
         if self._call is not None and not self._call.future.done():
             busy = time.perf_counter() - self._call.started
-            rec = PlanRecord(
-                t, "busy", math.nan, message=f"previous solve still running after {busy:.1f} s"
-            )
-            self._write(rec)
-            return None, busy, rec
+            msg = f"previous solve still running after {busy:.1f} s"
+            return _PlanResult(None, busy, self._write_plan(t, PlanStatus.BUSY, math.nan, msg))
         estimate = self._estimate
         if estimate is None:  # the estimator has not produced one yet
-            rec = PlanRecord(t, "no-estimate", math.nan, message="no estimate yet")
-            self._write(rec)
-            return None, None, rec
+            rec = self._write_plan(t, PlanStatus.NO_ESTIMATE, math.nan, "no estimate yet")
+            return _PlanResult(record=rec)
         controller, u = self.controller, self._applied.copy()
         self._call = call = _Call(lambda: controller.plan(estimate, t, u))
         try:
             plan = call.future.result(timeout=self.deadline_s)
         except FutureTimeout:
             elapsed = time.perf_counter() - call.started
-            rec = PlanRecord(
-                t,
-                "late",
-                math.nan,
-                message=f"no plan within the {self.deadline_s:g} s deadline ({elapsed:.2f} s)",
-            )
-            self._write(rec)
-            return None, elapsed, rec
+            msg = f"no plan within the {self.deadline_s:g} s deadline ({elapsed:.2f} s)"
+            return _PlanResult(None, elapsed, self._write_plan(t, PlanStatus.LATE, math.nan, msg))
         except Exception as exc:
             elapsed = time.perf_counter() - call.started
-            rec = PlanRecord(t, "raised", elapsed, message=f"{type(exc).__name__}: {exc}")
-            self._write(rec)
             self.summary.controller_time_s.append(elapsed)
-            return None, elapsed, rec
+            msg = f"{type(exc).__name__}: {exc}"
+            return _PlanResult(None, elapsed, self._write_plan(t, PlanStatus.RAISED, elapsed, msg))
         elapsed = time.perf_counter() - call.started
         self.summary.controller_time_s.append(elapsed)
         if not isinstance(plan, Plan):
-            rec = PlanRecord(t, "garbage", elapsed, message=f"controller returned {plan!r:.80}")
-            self._write(rec)
-            return None, elapsed, rec
+            msg = f"controller returned {plan!r:.80}"
+            return _PlanResult(None, elapsed, self._write_plan(t, PlanStatus.GARBAGE, elapsed, msg))
         try:
             rec = plan_record(self.estimator.model, plan)
-        except (ValueError, TypeError, IndexError) as exc:
-            rec = PlanRecord(t, "garbage", elapsed, message=f"unreadable plan: {exc}")
-            self._write(rec)
-            return None, elapsed, rec
+        except Exception as exc:  # a Plan whose fields are not what they say
+            msg = f"unreadable plan: {type(exc).__name__}: {exc}"
+            return _PlanResult(None, elapsed, self._write_plan(t, PlanStatus.GARBAGE, elapsed, msg))
         self._write(rec)
-        return plan, elapsed, rec
+        return _PlanResult(plan, elapsed, rec, rec.status.usable)
+
+    def _write_plan(self, t: float, status: PlanStatus, solve_s: float, message: str) -> PlanRecord:
+        """Record a control step without a usable plan from the controller."""
+        rec = PlanRecord(t, status, solve_s, message=message)
+        self._write(rec)
+        return rec
 
     def _apply(self, t: float, u: np.ndarray) -> None:
         names = self.recipe.input_names
@@ -422,10 +440,10 @@ class ControlLoop:
             self._write(
                 EventRecord(
                     t,
-                    "setpoint-write-failed",
+                    EventKind.SETPOINT_WRITE_FAILED,
                     f"applying setpoints failed ({type(exc).__name__}: {exc}); the plant "
                     f"keeps {self._named(self._applied)}",
-                    "loop",
+                    _LOOP,
                 )
             )
             return
@@ -433,9 +451,9 @@ class ControlLoop:
             self._write(
                 EventRecord(
                     t,
-                    "setpoint-not-held",
+                    EventKind.SETPOINT_NOT_HELD,
                     f"the plant holds {self._named(held)} instead of {asked}",
-                    "loop",
+                    _LOOP,
                 )
             )
         self._applied = held
@@ -443,31 +461,66 @@ class ControlLoop:
     def _run_commands(self, t: float) -> None:
         while True:
             try:
-                fn, kwargs, future = self._commands.get_nowait()
+                command, future = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                self._sup, audit, events = fn(self._sup, t_h=t, **kwargs)
-            except Exception as exc:  # a malformed command is refused, never fatal
-                audit = AuditRecord(
-                    t,
-                    str(kwargs.get("who", "")),
-                    str(kwargs.get("why", "")),
-                    getattr(fn, "__name__", "command"),
-                    False,
-                    f"{type(exc).__name__}: {exc}",
+                outcome, self._sup = self.supervisor.command(
+                    self._sup, cast(Command, command), t_h=t
                 )
-                events = []
-            self._write(audit)
-            for e in events:
+            except Exception as exc:  # a fault in carrying it out: refused, never fatal
+                outcome = CommandOutcome(self._refused(t, command, exc))
+            audit = self._write(outcome.audit)
+            for e in outcome.events:
                 self._write(e)
-            future.set_result(audit)
+            # the submitter may have cancelled it; the audit is written all the same
+            with contextlib.suppress(InvalidStateError):
+                future.set_result(audit)
 
-    def _write(self, record: Record) -> None:
+    def _refused(self, t: float, command: object, exc: Exception) -> AuditRecord:
+        """The audit of a command whose handling raised (built without trusting it)."""
+
+        def field_text(name: str) -> str:
+            try:
+                return storable_text(getattr(command, name, ""))
+            except Exception:
+                return ""
+
+        return AuditRecord(
+            t,
+            field_text("who"),
+            field_text("why"),
+            storable_text(describe(command, self._sup.mode)),
+            False,
+            storable_text(f"{type(exc).__name__}: {exc}"),
+        )
+
+    def _write(self, record: _R) -> _R:
+        """Stamp ``record`` with the run's identity, hand it to the historian, return it."""
+        if self.identity is not None and record.run is None:
+            record = replace(record, run=self.identity)
         self.summary.records += 1
         if isinstance(record, EventRecord):
             self.summary.events += 1
         self.historian.write(record)
+        return record
 
     def _named(self, u: np.ndarray) -> dict[str, float]:
         return dict(zip(self.recipe.input_names, map(float, u), strict=True))
+
+
+def _with_auto_resume(supervisor: Supervisor, n: int | None) -> Supervisor:
+    """``supervisor``, with ``config.auto_resume_after = n`` when ``n`` is given."""
+    if n is None:
+        return supervisor
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"auto_resume_after must be >= 1 or None, got {n}")
+    configured = supervisor.config.auto_resume_after
+    if configured == n:
+        return supervisor
+    if configured is not None:
+        raise ValueError(
+            f"auto_resume_after={n} differs from the supervisor's config ({configured}); "
+            "set it in SupervisorConfig only"
+        )
+    return Supervisor(replace(supervisor.config, auto_resume_after=n))

@@ -11,8 +11,8 @@ Figures (each left out, with a sentence saying why, when the run has nothing to 
    the measurements of that state (sensor ``X_off``, ``DO_probe``, ``V_meas``... map to
    the state named by stripping the suffix) and the state bounds;
 2. tracked parameters: estimate +-2 sigma and the true value of a simulated plant;
-3. setpoints and limits: applied setpoints as steps, the time spent in fallback, operator
-   and hold shaded, clamped steps marked, absolute limits dashed;
+3. setpoints and limits: applied setpoints as steps, the time spent in fallback, operator,
+   hold and recipe-only phases shaded, clamped steps marked, absolute limits dashed;
 4. predicted vs realised: a few usable plans spread over the run against the truth (or
    the estimates when there is no truth);
 5. controller: solve time per plan (log scale, by status) and the normalised innovation
@@ -51,6 +51,7 @@ from bpcontrol.records import (
     PlanRecord,
     Record,
     SetpointRecord,
+    SetpointSource,
 )
 from bpcontrol.supervisor import SetpointLimits
 from models import Model
@@ -64,7 +65,13 @@ _MAX_ROWS = 300  # per HTML table
 _N_PLANS = 5  # rows of the predicted-vs-realised figure
 _N_KEY_STATES = 4  # its columns
 _SENSOR_SUFFIXES = ("_off", "_probe", "_meas")
-_SOURCE_COLOURS = {"fallback": "tab:red", "operator": "tab:blue", "hold": "tab:grey"}
+_SOURCE_COLOURS: dict[SetpointSource, str] = {
+    SetpointSource.FALLBACK: "tab:red",
+    SetpointSource.OPERATOR: "tab:blue",
+    SetpointSource.HOLD: "tab:grey",
+    SetpointSource.RECIPE: "tab:green",
+}
+"""Background of the setpoint figure per source (NMPC steps stay white)."""
 
 
 @dataclass
@@ -390,7 +397,7 @@ def _setpoints_figure(
         return None, "No setpoints were applied (the loop never reached a control step)."
     sps = run.setpoints
     t = np.array([sp.t_h for sp in sps])
-    sources = np.array([sp.source for sp in sps])
+    sources = np.array([sp.source.value for sp in sps], dtype=str)
     names = [n for n in model.input_names if any(n in sp.values for sp in sps)]
     if not names:
         return None, "The setpoint records name none of the model's inputs."
@@ -401,7 +408,7 @@ def _setpoints_figure(
             mask = sources == source
             if mask.any():
                 _spans(t, mask, ax, colour, 0.15)
-                legend[source] = Patch(color=colour, alpha=0.15)
+                legend[source.value] = Patch(color=colour, alpha=0.15)
         v = np.array([sp.values.get(name, math.nan) for sp in sps])
         keep = np.ones(len(v), dtype=bool)  # a step plot only needs the changes
         keep[1:] = v[1:] != v[:-1]
@@ -430,7 +437,8 @@ def _setpoints_figure(
     dt = np.diff(t, append=t[-1])
     share = ", ".join(
         f"{src} {dt[sources == src].sum():.2f} h"
-        for src in ("nmpc", "operator", "fallback", "hold")
+        for src in SetpointSource
+        if src is not SetpointSource.RECIPE or (sources == src).any()
     )
     return _png(fig), f"Applied setpoints ({len(sps)} steps); time per source: {share}."
 

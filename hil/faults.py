@@ -8,6 +8,7 @@ through outside it, so a test sees the loop fall back *and* come back.
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,19 @@ from bpcontrol.interfaces import Controller, Plant, PlantError
 from bpcontrol.nmpc import Plan, StateEstimate
 from estimators import Reading
 
-__all__ = ["FaultyController", "FlakyPlant", "InjectedControllerError"]
+__all__ = ["ControllerFault", "FaultyController", "FlakyPlant", "InjectedControllerError"]
+
+
+class ControllerFault(enum.StrEnum):
+    """How a :class:`FaultyController` misbehaves (what the loop must survive)."""
+
+    RAISE = "raise"
+    """Raises :class:`InjectedControllerError` (the loop records ``raised``)."""
+    HANG = "hang"
+    """Sleeps ``hang_s`` of wall time, then answers normally (the loop records ``late``)."""
+    NAN = "nan"
+    """Returns the plan with NaN setpoints and predictions, status unchanged: garbage that
+    looks like a solution (the supervisor finds it not finite)."""
 
 
 class InjectedControllerError(RuntimeError):
@@ -28,24 +41,26 @@ class InjectedControllerError(RuntimeError):
 
 @dataclass
 class FaultyController:
-    """``inner`` with a fault of ``kind`` in the window ``[start_h, end_h)``.
+    """``inner`` with a fault of ``kind`` in the window ``[start_h, end_h)`` (h).
 
-    Kinds: ``"raise"`` (raises :class:`InjectedControllerError`), ``"hang"`` (sleeps ``hang_s`` of
-    wall time, then answers normally: late), ``"nan"`` (returns the plan with NaN setpoints
-    and predictions, status unchanged: garbage that looks like a solution).
-    ``calls_in_window`` counts the faulty calls.
+    ``kind`` is a :class:`ControllerFault` (or its text: ``"raise"``, ``"hang"``, ``"nan"``);
+    ``hang_s`` is the wall time (s) a hang sleeps. ``calls_in_window`` counts the faulty
+    calls.
     """
 
     inner: Controller
-    kind: str
+    kind: ControllerFault
     start_h: float
     end_h: float
     hang_s: float = 5.0
     calls_in_window: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("raise", "hang", "nan"):
-            raise ValueError(f"kind must be raise, hang or nan, got {self.kind!r}")
+        try:
+            self.kind = ControllerFault(self.kind)
+        except ValueError:
+            allowed = ", ".join(k.value for k in ControllerFault)
+            raise ValueError(f"kind must be one of {allowed}, got {self.kind!r}") from None
         if not (math.isfinite(self.start_h) and self.end_h > self.start_h):
             raise ValueError(f"need start_h < end_h, got [{self.start_h}, {self.end_h})")
 
@@ -54,9 +69,9 @@ class FaultyController:
         if not self.start_h <= t_h < self.end_h:
             return self.inner.plan(estimate, t_h, u_applied)
         self.calls_in_window += 1
-        if self.kind == "raise":
+        if self.kind is ControllerFault.RAISE:
             raise InjectedControllerError(f"injected controller fault at {t_h:.3f} h")
-        if self.kind == "hang":
+        if self.kind is ControllerFault.HANG:
             time.sleep(self.hang_s)
             return self.inner.plan(estimate, t_h, u_applied)
         plan = self.inner.plan(estimate, t_h, u_applied)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import re
 import time
@@ -15,9 +16,11 @@ import pytest
 from bpcontrol.records import (
     AuditRecord,
     EstimateRecord,
+    EventKind,
     EventRecord,
     MeasurementRecord,
     PlanRecord,
+    PlanStatus,
     Record,
     SetpointRecord,
     SetpointSource,
@@ -91,28 +94,28 @@ def run_records(
     control = range(0, n, plan_every)
     for j, k in enumerate(control):
         nodes = list(range(k, min(k + horizon, n - 1) + 1, 5))
-        status = "failed" if j == 3 else "late" if j == 4 else "solved"
+        status = PlanStatus.FAILED if j == 3 else PlanStatus.LATE if j == 4 else PlanStatus.SOLVED
         records.append(
             PlanRecord(
                 t_h=float(t[k]),
                 status=status,
-                solve_time_s=math.nan if status == "late" else 0.05 + 0.01 * j,
+                solve_time_s=math.nan if status is PlanStatus.LATE else 0.05 + 0.01 * j,
                 t_nodes_h=tuple(t[nodes]),
                 x_pred={s: tuple(X[nodes, i] * 1.01) for i, s in enumerate(names)},
                 u_plan={s: tuple(U[nodes[:-1], i]) for i, s in enumerate(inputs)},
-                message="" if status == "solved" else f"{status} step",
+                message="" if status is PlanStatus.SOLVED else f"{status} step",
             )
         )
         frac = j / len(control)
-        source: SetpointSource = "fallback" if 0.33 <= frac < 0.66 else "nmpc"
+        source = SetpointSource.FALLBACK if 0.33 <= frac < 0.66 else SetpointSource.NMPC
         values = dict(zip(inputs, U[k], strict=True))
-        values["F"] = 0.05 + (0.02 if source == "fallback" else 0.0)
+        values["F"] = 0.05 + (0.02 if source is SetpointSource.FALLBACK else 0.0)
         records.append(
             SetpointRecord(float(t[k]), values, source, clamped=("F",) if j == 1 else ())
         )
     records += [
-        EventRecord(1.0, "fallback", f"plan failed {SCRIPT}", "supervisor"),
-        EventRecord(2.0, "mode-change", 'operator asked AUTO & said "go"', "operator"),
+        EventRecord(1.0, EventKind.FALLBACK, f"plan failed {SCRIPT}", "supervisor"),
+        EventRecord(2.0, EventKind.MODE_CHANGE, 'operator asked AUTO & said "go"', "operator"),
     ]
     records.append(AuditRecord(2.0, "ana", "<b>retry</b>", "mode FALLBACK -> AUTO", True))
     order = rng.permutation(len(records))
@@ -207,6 +210,22 @@ def test_run_without_plans_or_estimates_says_what_is_missing(
     assert "No estimates, no plans in this run" in text
 
 
+def test_recipe_only_steps_are_shaded_and_counted(
+    tmp_path: Path, model: Model, truth: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    records = [
+        dataclasses.replace(r, source=SetpointSource.RECIPE)
+        if isinstance(r, SetpointRecord) and r.t_h < 1.0
+        else r
+        for r in run_records(model, truth, np.random.default_rng(5))
+    ]
+    _, text = report(tmp_path, model, records)
+    assert len(images(text)) == 5
+    assert re.search(r"time per source: nmpc [0-9.]+ h, operator 0.00 h, fallback", text)
+    assert re.search(r"recipe [1-9][0-9.]* h", text)  # only named when it happened
+    assert re.search(r"Setpoint steps by source: [^<]*recipe [1-9]", text)
+
+
 def test_empty_run_still_writes_a_report(tmp_path: Path, model: Model) -> None:
     out, text = report(tmp_path, model, [])
     assert out.exists() and images(text) == []
@@ -216,7 +235,7 @@ def test_empty_run_still_writes_a_report(tmp_path: Path, model: Model) -> None:
 
 
 def test_event_table_is_capped(tmp_path: Path, model: Model) -> None:
-    events = [EventRecord(i / 60, "note", f"event {i}", "loop") for i in range(350)]
+    events = [EventRecord(i / 60, EventKind.PHASE, f"event {i}", "loop") for i in range(350)]
     _, text = report(tmp_path, model, events)
     assert "event 299<" in text and "event 300<" not in text
     assert "50 more not shown" in text

@@ -14,7 +14,17 @@ after :meth:`EmbeddedHistorian.close`, so that a finished run is one self-contai
   the transaction that stores them, so two writers on one file never collide) and ``t_h``
   (REAL, process time in hours, indexed);
 - scalar fields and tags are typed columns named like the record's fields (``sensor``,
-  ``value``, ``status``, ``source``, ``kind``, ...); booleans are 0/1 integers;
+  ``value``, ``status``, ``source``, ``kind``, ...); booleans are 0/1 integers; the enums
+  (``status``, ``kind``, ``source`` of a setpoint) are stored as their text value and read
+  back as the enum members (:mod:`bpcontrol.records`);
+- the run identity (:class:`bpcontrol.records.RunIdentity`) is stored once per run in the
+  table ``run`` (``key`` INTEGER PRIMARY KEY, ``site``, ``reactor``, ``batch_id``,
+  ``run_id``, ``started_utc``; unique over the five), and every record table has a
+  ``run`` column (INTEGER, the key; NULL for a record without an identity). Records read
+  back carry their identity again. The ``run`` table and columns are an additive change
+  within schema version 1: files written before have neither, read back with
+  ``run=None``, and get them when a historian appends to them; code that predates them
+  reads new files and ignores them;
 - mappings and tuples (``x``, ``x_sigma``, ``values``, ``x_pred``, ``t_nodes_h``,
   ``clamped``, ...) are JSON text. JSON has no NaN or infinity, so a non-finite float is
   written as the JSON string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``; finite floats
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import enum
 import json
 import math
 import numbers
@@ -60,6 +71,7 @@ from bpcontrol.records import (
     MeasurementRecord,
     PlanRecord,
     Record,
+    RunIdentity,
     SetpointRecord,
 )
 
@@ -149,28 +161,41 @@ class _Table:
     record_type: type
     columns: tuple[tuple[str, str], ...]  # (column, SQL type) after seq and t_h
     encode: Callable[[Any], Row]  # record -> values of ``columns`` (without seq, t_h)
-    decode: Callable[[Row], Record]  # (t_h, *columns) -> record
+    decode: Callable[[Row, RunIdentity | None], Record]  # (t_h, *columns), run -> record
     flat: tuple[str, ...] = ()  # JSON name -> float columns that load_frame flattens
 
     @property
     def insert_sql(self) -> str:
         names = ", ".join(f'"{c}"' for c, _ in self.columns)
-        marks = ", ".join("?" for _ in range(len(self.columns) + 2))
-        return f'INSERT INTO "{self.name}" (seq, t_h, {names}) VALUES ({marks})'
+        marks = ", ".join("?" for _ in range(len(self.columns) + 3))
+        return f'INSERT INTO "{self.name}" (seq, t_h, {names}, run) VALUES ({marks})'
 
     @property
     def create_sql(self) -> tuple[str, ...]:
         cols = ", ".join(f'"{c}" {t}' for c, t in self.columns)
         return (
             f'CREATE TABLE IF NOT EXISTS "{self.name}" '
-            f"(seq INTEGER PRIMARY KEY, t_h REAL NOT NULL, {cols})",
+            f"(seq INTEGER PRIMARY KEY, t_h REAL NOT NULL, {cols}, {_RUN_COLUMN})",
             f'CREATE INDEX IF NOT EXISTS "{self.name}_t_h" ON "{self.name}" (t_h)',
         )
 
-    @property
-    def select_sql(self) -> str:
+    def select_sql(self, *, has_run: bool) -> str:
+        """Rows as (seq, t_h, *columns, run key); NULL run keys for a file without them."""
         names = ", ".join(f'"{c}"' for c, _ in self.columns)
-        return f'SELECT seq, t_h, {names} FROM "{self.name}"'
+        run = "run" if has_run else "NULL"
+        return f'SELECT seq, t_h, {names}, {run} FROM "{self.name}"'
+
+
+_RUN_COLUMN: Final = "run INTEGER REFERENCES run(key)"
+"""The column of every record table that names its run (NULL: no identity)."""
+
+_RUN_FIELDS: Final = ("site", "reactor", "batch_id", "run_id", "started_utc")
+
+_RUN_TABLE_SQL: Final = (
+    "CREATE TABLE IF NOT EXISTS run (key INTEGER PRIMARY KEY, "
+    + ", ".join(f"{f} TEXT NOT NULL" for f in _RUN_FIELDS)
+    + f", UNIQUE ({', '.join(_RUN_FIELDS)}))"
+)
 
 
 def _opt_real(v: float) -> float | None:
@@ -186,7 +211,7 @@ TABLES: Final[Mapping[str, _Table]] = {
             MeasurementRecord,
             (("sensor", "TEXT NOT NULL"), ("value", "REAL"), ("t_sample_h", "REAL NOT NULL")),
             lambda r: (r.sensor, _opt_real(r.value), float(r.t_sample_h)),
-            lambda row: MeasurementRecord(row[0], row[1], _real(row[2]), row[3]),
+            lambda row, run: MeasurementRecord(row[0], row[1], _real(row[2]), row[3], run=run),
         ),
         _Table(
             "estimate",
@@ -209,7 +234,7 @@ TABLES: Final[Mapping[str, _Table]] = {
                 int(r.dof),
                 int(bool(r.healthy)),
             ),
-            lambda row: EstimateRecord(
+            lambda row, run: EstimateRecord(
                 row[0],
                 _dec_floats(row[1]),
                 _dec_floats(row[2]),
@@ -218,6 +243,7 @@ TABLES: Final[Mapping[str, _Table]] = {
                 _real(row[5]),
                 row[6],
                 bool(row[7]),
+                run=run,
             ),
             flat=("x", "x_sigma", "parameters", "parameter_sigma"),
         ),
@@ -233,14 +259,14 @@ TABLES: Final[Mapping[str, _Table]] = {
                 ("message", "TEXT NOT NULL"),
             ),
             lambda r: (
-                r.status,
+                str(r.status),
                 _opt_real(r.solve_time_s),
                 _enc_seq(r.t_nodes_h),
                 _enc_seqs(r.x_pred),
                 _enc_seqs(r.u_plan),
                 r.message,
             ),
-            lambda row: PlanRecord(
+            lambda row, run: PlanRecord(
                 row[0],
                 row[1],
                 _real(row[2]),
@@ -248,6 +274,7 @@ TABLES: Final[Mapping[str, _Table]] = {
                 _dec_seqs(row[4]),
                 _dec_seqs(row[5]),
                 row[6],
+                run=run,
             ),
         ),
         _Table(
@@ -258,9 +285,9 @@ TABLES: Final[Mapping[str, _Table]] = {
                 ("source", "TEXT NOT NULL"),
                 ("clamped", "TEXT NOT NULL"),
             ),
-            lambda r: (_enc_floats(r.values), r.source, _dumps(list(r.clamped))),
-            lambda row: SetpointRecord(
-                row[0], _dec_floats(row[1]), row[2], tuple(json.loads(row[3]))
+            lambda r: (_enc_floats(r.values), str(r.source), _dumps(list(r.clamped))),
+            lambda row, run: SetpointRecord(
+                row[0], _dec_floats(row[1]), row[2], tuple(json.loads(row[3])), run=run
             ),
             flat=("values",),
         ),
@@ -268,8 +295,8 @@ TABLES: Final[Mapping[str, _Table]] = {
             "event",
             EventRecord,
             (("kind", "TEXT NOT NULL"), ("message", "TEXT NOT NULL"), ("source", "TEXT NOT NULL")),
-            lambda r: (r.kind, r.message, r.source),
-            lambda row: EventRecord(row[0], row[1], row[2], row[3]),
+            lambda r: (str(r.kind), r.message, r.source),
+            lambda row, run: EventRecord(row[0], row[1], row[2], row[3], run=run),
         ),
         _Table(
             "audit",
@@ -282,7 +309,9 @@ TABLES: Final[Mapping[str, _Table]] = {
                 ("reason", "TEXT NOT NULL"),
             ),
             lambda r: (r.who, r.why, r.action, int(bool(r.accepted)), r.reason),
-            lambda row: AuditRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5]),
+            lambda row, run: AuditRecord(
+                row[0], row[1], row[2], row[3], bool(row[4]), row[5], run=run
+            ),
         ),
     )
 }
@@ -347,6 +376,15 @@ def _check_mapping(record: object, name: str, values: object) -> None:
 
 def _validate(record: object) -> None:
     """Raise TypeError/ValueError when ``record`` cannot be stored and read back as it is."""
+    run = getattr(record, "run", None)
+    if run is not None:
+        if not isinstance(run, RunIdentity):
+            raise TypeError(
+                f"{type(record).__name__}.run must be a RunIdentity or None, got "
+                f"{type(run).__name__} {run!r}"
+            )
+        for name in _RUN_FIELDS:
+            _check_text(record, f"run.{name}", getattr(run, name))
     if isinstance(record, MeasurementRecord):
         _check_text(record, "sensor", record.sensor)
         _check_real(record, "value", record.value)
@@ -393,14 +431,42 @@ def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute(_RUN_TABLE_SQL)
         for table in TABLES.values():
             for sql in table.create_sql:
                 conn.execute(sql)
+            if not _has_run_column(conn, table.name):  # a file written before run identity
+                conn.execute(f'ALTER TABLE "{table.name}" ADD COLUMN {_RUN_COLUMN}')
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _has_run_column(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` has the ``run`` column (files written before it lack it)."""
+    return any(row[1] == "run" for row in conn.execute(f'PRAGMA table_info("{table}")'))
+
+
+def _run_keys(
+    conn: sqlite3.Connection, runs: Iterable[RunIdentity], known: Mapping[RunIdentity, int]
+) -> dict[RunIdentity, int]:
+    """The ``run`` table keys of ``runs`` not in ``known``, inserting new identities.
+
+    Runs inside the caller's transaction; the unique constraint makes a second writer's
+    insert of the same identity a no-op, and both then read the same key.
+    """
+    keys: dict[RunIdentity, int] = {}
+    cols = ", ".join(_RUN_FIELDS)
+    where = " AND ".join(f"{f} = ?" for f in _RUN_FIELDS)
+    for run in runs:
+        if run in known or run in keys:
+            continue
+        values = tuple(getattr(run, f) for f in _RUN_FIELDS)
+        conn.execute(f"INSERT OR IGNORE INTO run ({cols}) VALUES (?, ?, ?, ?, ?)", values)
+        keys[run] = conn.execute(f"SELECT key FROM run WHERE {where}", values).fetchone()[0]
+    return keys
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:
@@ -464,6 +530,7 @@ class EmbeddedHistorian:
         self._busy_timeout = float(busy_timeout_s)
         self._max_backoff = float(max_backoff_s)
         self._synchronous = synchronous
+        self._run_key: dict[RunIdentity, int] = {}  # run table keys (writer thread only)
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -590,6 +657,7 @@ class EmbeddedHistorian:
     # -- the writer thread -----------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        self._run_key.clear()  # a new connection may see a new file: look keys up again
         conn = sqlite3.connect(
             self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -642,12 +710,18 @@ class EmbeddedHistorian:
         so two writers on one file interleave whole batches and never collide.
         """
         tables = [_TABLE_OF_TYPE[type(r)] for r in batch]
-        encoded = [(table, r.t_h, table.encode(r)) for table, r in zip(tables, batch, strict=True)]
+        encoded = [
+            (table, r.t_h, table.encode(r), r.run) for table, r in zip(tables, batch, strict=True)
+        ]
         conn.execute("BEGIN IMMEDIATE")
         try:
+            known = self._run_key
+            runs = dict.fromkeys(r for *_, r in encoded if r is not None)  # in write order
+            new = _run_keys(conn, runs, known)
             rows: dict[_Table, list[Row]] = {}
-            for seq, (table, t_h, values) in enumerate(encoded, start=_max_seq(conn) + 1):
-                rows.setdefault(table, []).append((seq, t_h, *values))
+            for seq, (table, t_h, values, run) in enumerate(encoded, start=_max_seq(conn) + 1):
+                key = None if run is None else new.get(run, known.get(run))
+                rows.setdefault(table, []).append((seq, t_h, *values, key))
             for table, table_rows in rows.items():
                 conn.executemany(table.insert_sql, table_rows)
             conn.execute("COMMIT")
@@ -655,6 +729,7 @@ class EmbeddedHistorian:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        known.update(new)  # only keys of a committed transaction are remembered
 
     def _run(self) -> None:
         batch: list[Any] = []
@@ -745,10 +820,19 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+def _runs(conn: sqlite3.Connection) -> dict[int, RunIdentity]:
+    """The run identities of a file by key (none in a file written before them)."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run'")
+    if found.fetchone() is None:
+        return {}
+    rows = conn.execute(f"SELECT key, {', '.join(_RUN_FIELDS)} FROM run").fetchall()
+    return {row[0]: RunIdentity(*row[1:]) for row in rows}
+
+
 def _select(
     conn: sqlite3.Connection, table: _Table, t_from: float | None, t_to: float | None
 ) -> list[Any]:
-    sql = table.select_sql
+    sql = table.select_sql(has_run=_has_run_column(conn, table.name))
     where, args = [], []
     if t_from is not None:
         where.append("t_h >= ?")
@@ -770,7 +854,10 @@ def read_records(
     """The records stored in a historian file, in the order they were written.
 
     Works while a run is writing the file (a consistent snapshot of the committed batches)
-    and after. Records come back equal to what was written (a NaN field reads back as NaN).
+    and after. Records come back equal to what was written (a NaN field reads back as NaN;
+    statuses, kinds and sources as their enum members; the run identity, when the record
+    had one, as an equal :class:`RunIdentity`). Files written before run identities
+    existed read back with ``run=None``.
 
     Args:
         path: the historian file.
@@ -781,7 +868,8 @@ def read_records(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        HistorianError: the file is not a historian file of this schema version.
+        HistorianError: the file is not a historian file of this schema version, or holds a
+            value this code cannot read back (e.g. an event kind it does not know).
         ValueError: an unknown ``kind``.
     """
     tables = _tables_for(kind)
@@ -789,9 +877,18 @@ def read_records(
     try:
         conn.execute("BEGIN")  # one snapshot over all tables
         found: list[tuple[int, Record]] = []
-        for table in tables:
-            decode = table.decode
-            found.extend((row[0], decode(row[1:])) for row in _select(conn, table, t_from, t_to))
+        try:
+            runs = _runs(conn)
+            for table in tables:
+                decode = table.decode
+                found.extend(
+                    (row[0], decode(row[1:-1], None if row[-1] is None else runs[row[-1]]))
+                    for row in _select(conn, table, t_from, t_to)
+                )
+        except (TypeError, ValueError, KeyError) as exc:
+            raise HistorianError(
+                f"{path}: a stored record cannot be read back ({type(exc).__name__}: {exc})"
+            ) from exc
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -806,7 +903,10 @@ def load_frame(path: str | Path, table: str | type) -> Any:
     One row per record, in write order, columns named like the record's fields. Name ->
     number mappings are flattened into one column per name, ``<field>.<name>`` (e.g.
     ``x.X``, ``x_sigma.X``, ``parameters.mu_max``, ``values.F``; NaN where a record lacks
-    that name); tuples (``t_nodes_h``, ``x_pred`` entries, ``clamped``) stay as objects.
+    that name); tuples (``t_nodes_h``, ``x_pred`` entries, ``clamped``) stay as objects;
+    enums (``status``, ``kind``, ``source``) are their plain text. Records with a run
+    identity add its tags as ``run.site``, ``run.reactor``, ``run.batch_id``, ``run.run_id``
+    and ``run.started_utc`` (absent or NaN for records without one).
 
     Returns:
         ``pandas.DataFrame`` (typed ``Any`` because pandas ships no type information here).
@@ -826,8 +926,12 @@ def load_frame(path: str | Path, table: str | type) -> Any:
                     row[f"{name}.{k}"] = v
             elif isinstance(value, Mapping):
                 row[name] = dict(value)
+            elif isinstance(value, enum.Enum):
+                row[name] = value.value
             else:
                 row[name] = value
+        if record.run is not None:
+            row.update({f"run.{f}": getattr(record.run, f) for f in _RUN_FIELDS})
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=names)

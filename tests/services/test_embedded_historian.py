@@ -25,11 +25,15 @@ from bpcontrol.interfaces import Historian
 from bpcontrol.records import (
     AuditRecord,
     EstimateRecord,
+    EventKind,
     EventRecord,
     MeasurementRecord,
     PlanRecord,
+    PlanStatus,
     Record,
+    RunIdentity,
     SetpointRecord,
+    SetpointSource,
 )
 from services.historian import (
     TABLES,
@@ -41,6 +45,13 @@ from services.historian import (
 )
 
 NAN, INF = math.nan, math.inf
+
+RUN = RunIdentity("basel", "R-101", "B-2025-007", "run-1", "2025-03-01T08:00:00+00:00")
+RUNS = {
+    "a": RunIdentity("basel", "R-101", "B-1", "run-a", "2025-03-01T08:00:00Z"),
+    "b": RunIdentity("basel", "R-102", "B-2", "run-b", "2025-03-01T08:00:05+00:00"),
+}
+SHARED_RUN = RunIdentity("basel", "R-1xx", "B-0", "run-s", "2025-03-01T07:00:00+00:00")
 
 
 def canonical(value: Any) -> Any:
@@ -243,7 +254,7 @@ def loop_records(n: int) -> list[Record]:
         out.append(PlanRecord(t, "solved", 0.05, (t, t + 0.1), {"X": (t, t)}, {"F": (0.1,)}))
         out.append(SetpointRecord(t, {"F": 0.1}, "nmpc"))
         if step % 10 == 0:
-            out.append(EventRecord(t, "tick", f"step {step}", "supervisor"))
+            out.append(EventRecord(t, EventKind.PHASE, f"step {step}", "supervisor"))
             out.append(AuditRecord(t, "op", "check", "none", True))
         step += 1
     return out[:n]
@@ -331,15 +342,15 @@ def test_close_waits_for_a_locked_database_or_says_why(db: Path) -> None:
     historian = EmbeddedHistorian(db, busy_timeout_s=0.02, max_backoff_s=0.05)
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
-    historian.write(EventRecord(1.0, "end", "batch done", "supervisor"))
+    historian.write(EventRecord(1.0, EventKind.BATCH_END, "batch done", "supervisor"))
     with pytest.raises(HistorianError, match="1 records not yet stored"):
         historian.close(timeout_s=0.3)
     with pytest.raises(HistorianClosedError):
-        historian.write(EventRecord(1.1, "late", "", "supervisor"))
+        historian.write(EventRecord(1.1, EventKind.PHASE, "", "supervisor"))
     blocker.execute("ROLLBACK")
     blocker.close()
     historian.close(timeout_s=10.0)
-    assert [r.kind for r in read_records(db)] == ["end"]  # type: ignore[union-attr]
+    assert [r.kind for r in read_records(db)] == [EventKind.BATCH_END]  # type: ignore[union-attr]
 
 
 def test_two_writers_on_one_file_interleave_without_collisions(db: Path) -> None:
@@ -348,7 +359,10 @@ def test_two_writers_on_one_file_interleave_without_collisions(db: Path) -> None
 
     def produce(historian: EmbeddedHistorian, name: str) -> None:
         for i in range(2_000):
-            historian.write(EventRecord(i / 1000, "tick", str(i), name))
+            # each writer its own run, and every 10th record one run both write (the same
+            # identity inserted by two writers must end up as one row of the run table)
+            run = SHARED_RUN if i % 10 == 0 else RUNS[name]
+            historian.write(EventRecord(i / 1000, EventKind.PHASE, str(i), name, run=run))
             if i % 100 == 0:
                 time.sleep(0.001)
 
@@ -366,6 +380,11 @@ def test_two_writers_on_one_file_interleave_without_collisions(db: Path) -> None
     for name in "ab":
         mine = [r for r in got if isinstance(r, EventRecord) and r.source == name]
         assert [r.message for r in mine] == [str(i) for i in range(2_000)]
+        assert [r.run for r in mine] == [
+            SHARED_RUN if i % 10 == 0 else RUNS[name] for i in range(2_000)
+        ]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM run").fetchone()[0] == 3
 
 
 def test_numpy_scalars_are_stored_as_python_values(db: Path) -> None:
@@ -390,12 +409,12 @@ def test_numpy_scalars_are_stored_as_python_values(db: Path) -> None:
 
 def test_write_after_close_raises_and_close_twice_is_fine(db: Path) -> None:
     historian = EmbeddedHistorian(db)
-    historian.write(EventRecord(0.0, "start", "", "supervisor"))
+    historian.write(EventRecord(0.0, EventKind.PHASE, "", "supervisor"))
     historian.close()
     historian.close()
     assert historian.closed
     with pytest.raises(HistorianClosedError, match="closed"):
-        historian.write(EventRecord(0.1, "late", "", "supervisor"))
+        historian.write(EventRecord(0.1, EventKind.BATCH_END, "", "supervisor"))
     assert historian.flush(timeout_s=1.0)
     assert len(read_records(db)) == 1
 
@@ -424,9 +443,14 @@ def test_non_record_raises_type_error_and_stores_nothing(db: Path, bad: object) 
         (MeasurementRecord(0.0, "DO", "31", 0.0), TypeError, "value must be a real"),  # type: ignore[arg-type]
         (SetpointRecord(0.0, {"F": "fast"}, "nmpc"), TypeError, r"values\['F'\]"),  # type: ignore[dict-item]
         (SetpointRecord(0.0, {1: 0.1}, "nmpc"), TypeError, "non-str key"),  # type: ignore[dict-item]
-        (EventRecord(0.0, "x", "bad \ud800 text", "sup"), ValueError, "lone surrogate"),
+        (EventRecord(0.0, "phase", "bad \ud800 text", "sup"), ValueError, "lone surrogate"),
         (AuditRecord(0.0, "op", "", "act", "yes"), TypeError, "accepted must be a bool"),  # type: ignore[arg-type]
         (EstimateRecord(0.0, {}, {}, dof=1.5), TypeError, "dof must be an integer"),  # type: ignore[arg-type]
+        (
+            EventRecord(0.0, "phase", "", "loop", run=dataclasses.replace(RUN, site="b\ud800")),
+            ValueError,
+            "run.site is not valid Unicode",
+        ),
     ],
 )
 def test_bad_field_raises_and_stores_nothing(
@@ -435,7 +459,7 @@ def test_bad_field_raises_and_stores_nothing(
     with EmbeddedHistorian(db) as historian:
         with pytest.raises(error, match=match):
             historian.write(bad)
-        historian.write(EventRecord(0.0, "ok", "", "sup"))
+        historian.write(EventRecord(0.0, EventKind.PHASE, "", "sup"))
     assert [type(r) for r in read_records(db)] == [EventRecord]
 
 
@@ -447,3 +471,129 @@ def test_bad_settings_are_refused(db: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         EmbeddedHistorian(db, synchronous="OFF")  # type: ignore[arg-type]
     assert not db.exists()
+
+
+# --- vocabulary and run identity ---------------------------------------------------------
+
+
+def test_enums_read_back_as_their_members(db: Path) -> None:
+    with EmbeddedHistorian(db) as historian:
+        for record in every_kind():
+            historian.write(record)
+    got = read_records(db)
+    plans = [r for r in got if isinstance(r, PlanRecord)]
+    assert [r.status for r in plans] == [PlanStatus.SOLVED, PlanStatus.LATE]
+    assert all(type(r.status) is PlanStatus for r in plans)
+    sources = [r.source for r in got if isinstance(r, SetpointRecord)]
+    assert sources == [SetpointSource.NMPC, SetpointSource.HOLD]
+    assert all(type(v) is SetpointSource for v in sources)
+    kinds = [r.kind for r in got if isinstance(r, EventRecord)]
+    assert kinds == [EventKind.FALLBACK, EventKind.MODE_CHANGE]
+    assert all(type(k) is EventKind for k in kinds)
+    with sqlite3.connect(db) as conn:  # stored as the same text as before the enums
+        assert conn.execute("SELECT kind FROM event ORDER BY seq").fetchall() == [
+            ("fallback",),
+            ("mode-change",),
+        ]
+        assert conn.execute("SELECT status FROM plan ORDER BY seq").fetchall() == [
+            ("solved",),
+            ("late",),
+        ]
+
+
+def test_run_identity_round_trips_and_is_stored_once_per_run(db: Path) -> None:
+    other = dataclasses.replace(RUN, run_id="run-2")
+    records = [dataclasses.replace(r, run=RUN) for r in every_kind()]
+    records.insert(3, MeasurementRecord(0.15, "pH", 7.0, 0.15))  # no identity
+    records.append(EventRecord(0.7, EventKind.BATCH_END, "done", "loop", run=other))
+    with EmbeddedHistorian(db) as historian:
+        for record in records:
+            historian.write(record)
+    got = read_records(db)
+    assert_same(got, records)
+    assert [r.run for r in got] == [r.run for r in records]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT site, reactor, batch_id, run_id, started_utc FROM run")
+        assert sorted(rows.fetchall()) == sorted(
+            [dataclasses.astuple(RUN), dataclasses.astuple(other)]
+        )
+        keys = conn.execute("SELECT DISTINCT run FROM measurement ORDER BY run").fetchall()
+        assert keys == [(None,), (1,)]
+    meas = load_frame(db, "measurement")
+    assert list(meas["run.site"][:1]) == ["basel"]
+    assert list(meas["run.batch_id"][:1]) == ["B-2025-007"]
+    assert meas["run.site"].isna().sum() == 1  # the record without an identity
+    assert list(load_frame(db, "event")["run.run_id"]) == ["run-1", "run-1", "run-2"]
+    # a reopened file (a resumed run) finds the identity it already stored
+    with EmbeddedHistorian(db) as historian:
+        historian.write(EventRecord(0.8, EventKind.PHASE, "again", "loop", run=RUN))
+    assert read_records(db)[-1].run == RUN
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM run").fetchone()[0] == 2
+
+
+def _write_file_from_before_run_identity(path: Path, records: Sequence[Record]) -> None:
+    """A historian file as this module wrote it before run identities: no run table and
+    no run column, schema version 1."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for t in TABLES.values():
+        cols = ", ".join(f'"{c}" {sql}' for c, sql in t.columns)
+        conn.execute(
+            f'CREATE TABLE "{t.name}" (seq INTEGER PRIMARY KEY, t_h REAL NOT NULL, {cols})'
+        )
+        conn.execute(f'CREATE INDEX "{t.name}_t_h" ON "{t.name}" (t_h)')
+    conn.execute("PRAGMA user_version=1")
+    for seq, record in enumerate(records, start=1):
+        t = next(t for t in TABLES.values() if type(record) is t.record_type)
+        marks = ", ".join("?" for _ in range(len(t.columns) + 2))
+        names = ", ".join(f'"{c}"' for c, _ in t.columns)
+        conn.execute(
+            f'INSERT INTO "{t.name}" (seq, t_h, {names}) VALUES ({marks})',
+            (seq, record.t_h, *t.encode(record)),
+        )
+    conn.close()
+
+
+def test_a_file_written_before_run_identities_reads_back_and_takes_new_records(
+    db: Path,
+) -> None:
+    db.parent.mkdir(parents=True)
+    old = every_kind()
+    _write_file_from_before_run_identity(db, old)
+    got = read_records(db)
+    assert_same(got, old)
+    assert all(r.run is None for r in got)
+    assert "run.site" not in load_frame(db, "event").columns
+    new = EventRecord(0.9, EventKind.BATCH_END, "resumed", "loop", run=RUN)
+    with EmbeddedHistorian(db) as historian:  # appending adds the table and the columns
+        historian.write(new)
+    assert_same(read_records(db), [*old, new])
+    assert read_records(db)[-1].run == RUN
+
+
+def test_an_unknown_stored_kind_is_a_clear_error(db: Path) -> None:
+    with EmbeddedHistorian(db) as historian:
+        historian.write(EventRecord(0.0, EventKind.PHASE, "", "loop"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE event SET kind = 'tick'")
+    with pytest.raises(HistorianError, match="unknown event kind 'tick'"):
+        read_records(db)
+
+
+def test_run_identity_refuses_bad_fields() -> None:
+    with pytest.raises(ValueError, match="started_utc must be an ISO-8601 UTC"):
+        dataclasses.replace(RUN, started_utc="2025-03-01T08:00:00+01:00")
+    with pytest.raises(ValueError, match="started_utc"):
+        dataclasses.replace(RUN, started_utc="yesterday")
+    with pytest.raises(ValueError, match="site must be non-empty text"):
+        dataclasses.replace(RUN, site=" ")
+    with pytest.raises(TypeError, match="run must be a RunIdentity"):
+        EventRecord(0.0, EventKind.PHASE, "", "loop", run="basel")  # type: ignore[arg-type]
+    started = RunIdentity.start(site="basel", reactor="R-1", batch_id="B-1")
+    assert started.started_utc.endswith("+00:00") and len(started.run_id) == 32
+    assert started.tags() == {
+        "site": "basel",
+        "reactor": "R-1",
+        "batch": "B-1",
+        "run": started.run_id,
+    }
