@@ -31,6 +31,13 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
 
     [state_bounds.V]               # hard bounds on predicted states (prefer soft ones)
     upper = 10.0
+    # model_state_bounds = true    # every predicted state inside the model's range
+
+An economic optimiser exploits any unphysical prediction (growth on negative substrate,
+say, when a model's kinetics allow it): bound such states here (``lower = 0.0``), or set
+``model_state_bounds = true`` to keep every predicted state inside the model's declared
+range. That is off by default: hard bounds on all states made every E. coli plan
+infeasible (the smoothed kinetics dip below zero between collocation points).
 
     [rate_limits]                  # per hour; default: the recipe's limits.<input>.rate_per_h
     F = 0.2
@@ -88,7 +95,7 @@ class ObjectiveSpec(_Strict):
     stage: dict[str, float] = {}
     input_cost: dict[str, float] = {}
     move: dict[str, float] = {}
-    tracking: tuple[TrackingSpec, ...] = ()
+    tracking: list[TrackingSpec] = []
 
 
 class SoftBoundSpec(_Strict):
@@ -115,7 +122,7 @@ class ControlSpec(_Strict):
     horizon: int = Field(default=20, ge=1, le=2000)
     horizon_mode: Literal["receding", "batch_end"] = "receding"
     control_period_min: float | None = Field(default=None, gt=0)
-    manipulated: tuple[str, ...] | None = None
+    manipulated: list[str] | None = None
     solver: Literal["ipopt", "rti"] = "ipopt"
     qp_solver: str = "qrqp"
     discretization: Literal["rk4", "collocation"] = "collocation"
@@ -129,6 +136,7 @@ class ControlSpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     soft_bounds: dict[str, SoftBoundSpec] = {}
     state_bounds: dict[str, HardBoundSpec] = {}
+    model_state_bounds: bool = False
     rate_limits: dict[str, float] = {}
     ipopt: dict[str, str | int | float] = {}
 
@@ -183,20 +191,20 @@ def _check_names(spec: ControlSpec, model: Model, source: str) -> None:
     values = (*model.state_names, *model.output_names)
     obj = spec.objective
     for label, keys, allowed, what in (
-        ("manipulated", spec.manipulated or (), inputs, "input"),
-        ("rate_limits", spec.rate_limits, inputs, "input"),
-        ("objective.input_cost", obj.input_cost, inputs, "input"),
-        ("objective.move", obj.move, inputs, "input"),
-        ("objective.terminal", obj.terminal, values, "state or output"),
-        ("objective.stage", obj.stage, values, "state or output"),
-        ("soft_bounds", spec.soft_bounds, values, "state or output"),
-        ("state_bounds", spec.state_bounds, model.state_names, "state"),
+        ("manipulated", spec.manipulated or (), inputs, "an input"),
+        ("rate_limits", spec.rate_limits, inputs, "an input"),
+        ("objective.input_cost", obj.input_cost, inputs, "an input"),
+        ("objective.move", obj.move, inputs, "an input"),
+        ("objective.terminal", obj.terminal, values, "a state or output"),
+        ("objective.stage", obj.stage, values, "a state or output"),
+        ("soft_bounds", spec.soft_bounds, values, "a state or output"),
+        ("state_bounds", spec.state_bounds, model.state_names, "a state"),
     ):
         for name in keys:
             if name not in allowed:
                 raise fail(
                     f"{label}.{name}" if label != "manipulated" else label,
-                    f"{name!r} is not a {what} of model {model.name!r}; "
+                    f"{name!r} is not {what} of model {model.name!r}; "
                     f"known: {', '.join(allowed)}",
                 )
     for k, tr in enumerate(obj.tracking):
@@ -262,24 +270,17 @@ def nmpc_config(
     horizon = spec.horizon
     if spec.horizon_mode == "receding":
         horizon = max(1, min(horizon, int(recipe.duration_h / dt_h + 1e-9)))
-    extra: dict[str, Any] = {}
-    if "input_schedule" in NMPCConfig.__dataclass_fields__ and spec.manipulated is not None:
-        extra["input_schedule"] = recipe.fallback
+    # the inputs the controller does not manipulate follow the recipe over the horizon
+    schedule = recipe.fallback if spec.manipulated is not None else None
     config = NMPCConfig(
         horizon=horizon,
         dt_h=dt_h,
         horizon_mode=spec.horizon_mode,
         batch_end_h=recipe.duration_h,
-        manipulated=spec.manipulated,
+        manipulated=None if spec.manipulated is None else tuple(spec.manipulated),
         input_bounds={n: (lim.lower, lim.upper) for n, lim in limits.items()},
         rate_limits=rates,
-        state_bounds={
-            n: (
-                -math.inf if b.lower is None else b.lower,
-                math.inf if b.upper is None else b.upper,
-            )
-            for n, b in spec.state_bounds.items()
-        },
+        state_bounds=_state_bounds(spec, model),
         soft_bounds=tuple(
             SoftBound(
                 name=n,
@@ -310,13 +311,28 @@ def nmpc_config(
         time_limit_s=deadline,
         slack_tolerance=spec.slack_tolerance,
         ipopt_options=dict(spec.ipopt),
-        **extra,
+        input_schedule=schedule,
     )
     try:
         config.validate(model)
     except NMPCConfigError as exc:
         raise ControlSpecError(f"{source}: {exc}") from None
     return config
+
+
+def _state_bounds(spec: ControlSpec, model: Model) -> dict[str, tuple[float, float]]:
+    """Hard state bounds: the model's declared ranges (unless turned off), tightened by the
+    controller file's ``[state_bounds]``."""
+    bounds: dict[str, tuple[float, float]] = {}
+    if spec.model_state_bounds:
+        bounds = {s.name: (s.lower, s.upper) for s in model.states}
+    for name, b in spec.state_bounds.items():
+        lo, hi = bounds.get(name, (-math.inf, math.inf))
+        bounds[name] = (
+            lo if b.lower is None else max(lo, b.lower),
+            hi if b.upper is None else min(hi, b.upper),
+        )
+    return bounds
 
 
 def oracle_config(config: NMPCConfig, duration_h: float, *, intervals: int = 60) -> NMPCConfig:
