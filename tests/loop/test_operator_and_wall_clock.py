@@ -6,6 +6,7 @@ the EKF, the supervisor and a paced clock; no controller (recipe only) so the ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from concurrent.futures import Future
@@ -19,11 +20,12 @@ from bpcontrol.clock import PacedClock
 from bpcontrol.kpis import setpoint_violations
 from bpcontrol.loop import ControlLoop, LoopSnapshot
 from bpcontrol.recipe import default_recipe_path, load_recipe, parse_recipe
-from bpcontrol.records import AuditRecord, SetpointRecord
+from bpcontrol.records import AuditRecord, EventKind, SetpointRecord, SetpointSource
+from bpcontrol.runspec import resolve, spec_for
 from bpcontrol.supervisor import Mode, Supervisor, SupervisorConfig
 from estimators import ExtendedKalmanFilter, OnlineEstimator, default_ekf_config
 from hil.plant import ecoli_plant
-from hil.runner import Scenario, run_scenario
+from hil.runner import run_batch
 from models import load_model
 from services.historian import EmbeddedHistorian, read_records
 
@@ -67,7 +69,7 @@ def test_operator_writes_go_through_the_supervisor_with_audit(tmp_path: Path) ->
     loop.run(duration_h=2.0)
     historian.close()
     audits = {k: f.result(timeout=1) for k, f in answers.items()}
-    assert audits["manual"].accepted
+    assert audits["manual"].accepted and audits["manual"].action == "mode FALLBACK -> MANUAL"
     assert not audits["too_high"].accepted and "outside the limits" in audits["too_high"].reason
     assert audits["feed"].accepted
     assert not audits["no_who"].accepted and "who is required" in audits["no_who"].reason
@@ -78,7 +80,7 @@ def test_operator_writes_go_through_the_supervisor_with_audit(tmp_path: Path) ->
     assert len([r for r in records if isinstance(r, AuditRecord)]) == 4
     setpoints = [r for r in records if isinstance(r, SetpointRecord)]
     # the operator's feed is reached at the F rate limit (0.2 L/h per h), never jumped to
-    manual = [s for s in setpoints if s.source == "operator"]
+    manual = [s for s in setpoints if s.source is SetpointSource.OPERATOR]
     assert manual and manual[-1].values["F"] == pytest.approx(0.1)
     assert manual[0].values["F"] < 0.1
     assert setpoint_violations(setpoints, RECIPE.limits) == []
@@ -89,10 +91,10 @@ def test_wall_clock_keeps_its_period_at_1x(tmp_path: Path) -> None:
     doc.update(measurement_period_min=1 / 60, control_period_min=5 / 60, duration_h=12 / 3600)
     doc["phases"] = doc["phases"][:1]
     recipe = parse_recipe(doc, MODEL)  # 1 s measurements, 5 s control, 12 s batch
-    result = run_scenario(
-        Scenario(controller="recipe"),
+    run = dataclasses.replace(resolve(spec_for(MODEL.name, controller="recipe")), recipe=recipe)
+    result = run_batch(
+        run,
         run_dir=tmp_path,
-        recipe=recipe,
         speed_up=1.0,
         report=False,
     )
@@ -119,7 +121,7 @@ def test_estimator_failure_is_an_event_and_the_batch_goes_on(tmp_path: Path) -> 
     historian.close()
     assert summary.t_end_h == pytest.approx(1.0)
     events = [r for r in read_records(tmp_path / "records.sqlite", kind="event")]
-    failed = [e for e in events if e.kind == "estimator-failed"]
+    failed = [e for e in events if e.kind is EventKind.ESTIMATOR_FAILED]
     assert len(failed) == 3  # 0.5, 0.5167, 0.5333 h
     assert "injected estimator fault" in failed[0].message
     assert loop.snapshot().estimate is not None and loop.snapshot().estimate.t_h == 1.0

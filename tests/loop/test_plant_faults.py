@@ -13,9 +13,10 @@ import pytest
 
 from bpcontrol.interfaces import Plant
 from bpcontrol.loop import LoopSnapshot
-from bpcontrol.records import EventRecord, MeasurementRecord, SetpointRecord
+from bpcontrol.records import EventKind, EventRecord, MeasurementRecord, SetpointRecord
+from bpcontrol.runspec import spec_for
 from hil.faults import FlakyPlant
-from hil.runner import Scenario, run_scenario
+from hil.runner import run_batch
 from services.historian import read_records
 
 AIR_CAP = 15.0  # NL/min: the mass-flow controller's own limit, below the recipe's 20
@@ -31,8 +32,8 @@ def test_loop_survives_a_flaky_gateway(tmp_path: Path) -> None:
         return flaky[0]
 
     snapshots: list[LoopSnapshot] = []
-    result = run_scenario(
-        Scenario(controller="recipe"),
+    result = run_batch(
+        spec_for("ecoli_fedbatch", controller="recipe"),
         run_dir=tmp_path,
         duration_h=2.0,
         wrap_plant=wrap,
@@ -45,13 +46,13 @@ def test_loop_survives_a_flaky_gateway(tmp_path: Path) -> None:
 
     records = read_records(tmp_path / "records.sqlite")
     kinds = [e.kind for e in records if isinstance(e, EventRecord)]
-    assert kinds.count("plant-read-failed") == fp.read_failures
-    assert kinds.count("setpoint-write-failed") == fp.apply_failures
-    assert "setpoint-not-held" in kinds
+    assert kinds.count(EventKind.PLANT_READ_FAILED) == fp.read_failures
+    assert kinds.count(EventKind.SETPOINT_WRITE_FAILED) == fp.apply_failures
+    assert EventKind.SETPOINT_NOT_HELD in kinds
     # NaN readings are stored as received and rejected by the estimator, with a reason
     nan_do = [m for m in records if isinstance(m, MeasurementRecord) and m.sensor == "DO_probe"]
     assert any(m.value != m.value for m in nan_do)  # NaN kept in the historian
-    assert "estimator-rejected" in kinds
+    assert EventKind.ESTIMATOR_REJECTED in kinds
 
     # the loop carries on with what the device confirms, not with what it asked
     assert all(s.applied["Q_air"] == AIR_CAP for s in snapshots)
