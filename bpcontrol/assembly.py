@@ -10,27 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from bpcontrol.adapters import LoopEstimator, NMPCController
 from bpcontrol.interfaces import Clock, Controller, Historian, Plant
 from bpcontrol.loop import ControlLoop, LoopSnapshot
-from bpcontrol.nmpc import NMPC
+from bpcontrol.nmpc import NMPC, NMPCConfig
+from bpcontrol.recipe import Recipe
+from bpcontrol.records import RunIdentity
 from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
 from bpcontrol.supervisor import Supervisor, SupervisorConfig
-from estimators import CompiledEKF, ExtendedKalmanFilter, OnlineEstimator
+from estimators import CompiledEKF, EKFConfig, ExtendedKalmanFilter, OnlineEstimator
+from models import Model
 
-__all__ = ["AssembledLoop", "build_loop"]
+__all__ = ["AssembledLoop", "assemble", "build_loop"]
 
 
 @dataclass
 class AssembledLoop:
-    """A loop ready to ``run()``, with the resolved run and the pieces it was built from."""
+    """A loop ready to ``run()``, with the pieces it was built from (``run``: the resolved
+    run spec, None when built from Python objects by :func:`assemble`)."""
 
     loop: ControlLoop
-    run: ResolvedRun
     estimator: LoopEstimator
     controller: Controller | None
     supervisor: Supervisor
+    run: ResolvedRun | None = None
 
 
 def build_loop(
@@ -45,25 +50,67 @@ def build_loop(
 ) -> AssembledLoop:
     """Build the loop of ``spec`` around ``plant``, ``historian`` and ``clock``.
 
-    The estimator starts from the recipe's charged state and is compiled before the
-    clock starts (a live loop must not spend its first periods compiling); the NMPC
-    warm-starts from the recipe. ``wrap_controller`` injects faults (HIL tests).
     Raises a ``ValueError`` subclass (one line naming the file and key) for a bad spec.
+    See :func:`assemble` for what is built.
     """
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
-    model, recipe = run.model, run.recipe
+    assembled = assemble(
+        model=run.model,
+        recipe=run.recipe,
+        ekf_config=run.ekf,
+        nmpc_config=run.controller,
+        deadline_s=run.deadline_s,
+        auto_resume_after=run.auto_resume_after,
+        identity=run.spec.identity,
+        estimator=run.spec.estimator,
+        plant=plant,
+        historian=historian,
+        clock=clock,
+        progress=progress,
+        wrap_controller=wrap_controller,
+        t0_h=t0_h,
+    )
+    assembled.run = run
+    return assembled
+
+
+def assemble(
+    *,
+    model: Model,
+    recipe: Recipe,
+    ekf_config: EKFConfig,
+    nmpc_config: NMPCConfig | None,
+    deadline_s: float,
+    plant: Plant,
+    historian: Historian,
+    clock: Clock,
+    auto_resume_after: int | None = None,
+    identity: RunIdentity | None = None,
+    estimator: Literal["compiled", "jax"] = "compiled",
+    progress: Callable[[LoopSnapshot], None] | None = None,
+    wrap_controller: Callable[[Controller], Controller] | None = None,
+    t0_h: float = 0.0,
+) -> AssembledLoop:
+    """Wire a loop from checked Python objects (what :func:`build_loop` does after reading
+    a spec; scripts that build their configurations in Python call this directly).
+
+    The estimator starts from the recipe's charged state and is compiled before the clock
+    starts (a live loop must not spend its first periods compiling); the NMPC (none:
+    recipe only) warm-starts from the recipe; the supervisor keeps the recipe's limits
+    inside the model's input bounds. ``wrap_controller`` injects faults (HIL tests).
+    """
     x0 = recipe.initial_state(model)
     u0 = recipe.fallback(t0_h)
     ekf: CompiledEKF | ExtendedKalmanFilter
-    if run.spec.estimator == "compiled":
-        ekf = CompiledEKF(model, run.ekf)
+    if estimator == "compiled":
+        ekf = CompiledEKF(model, ekf_config)
     else:
-        ekf = ExtendedKalmanFilter(model, run.ekf)
-    estimator = LoopEstimator(OnlineEstimator(ekf), x0, t0_h=t0_h)
-    estimator.warm_up(u0)
+        ekf = ExtendedKalmanFilter(model, ekf_config)
+    loop_estimator = LoopEstimator(OnlineEstimator(ekf), x0, t0_h=t0_h)
+    loop_estimator.warm_up(u0)
     controller: Controller | None = None
-    if run.controller is not None:
-        controller = NMPCController(NMPC(model, run.controller), x0, u0)
+    if nmpc_config is not None:
+        controller = NMPCController(NMPC(model, nmpc_config), x0, u0)
         if wrap_controller is not None:
             controller = wrap_controller(controller)
     lo_u, hi_u = model.bounds("inputs")
@@ -72,22 +119,22 @@ def build_loop(
             model.input_names,
             recipe.limits,
             recipe.fallback,
-            run.deadline_s,
+            deadline_s,
             {n: (float(lo_u[i]), float(hi_u[i])) for i, n in enumerate(model.input_names)},
-            auto_resume_after=run.auto_resume_after if controller is not None else None,
+            auto_resume_after=auto_resume_after if controller is not None else None,
         )
     )
     loop = ControlLoop(
         recipe=recipe,
         plant=plant,
-        estimator=estimator,
+        estimator=loop_estimator,
         controller=controller,
         supervisor=supervisor,
         historian=historian,
         clock=clock,
-        controller_deadline_s=run.deadline_s,
+        controller_deadline_s=deadline_s,
         progress=progress,
         t0_h=t0_h,
-        identity=run.spec.identity,
+        identity=identity,
     )
-    return AssembledLoop(loop, run, estimator, controller, supervisor)
+    return AssembledLoop(loop, loop_estimator, controller, supervisor)
