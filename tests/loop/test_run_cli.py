@@ -61,11 +61,17 @@ def test_short_recipe_run_prints_json_and_writes_its_folder(tmp_path: Path) -> N
         (("--speed-up", "fast"), "--speed-up must be a number"),
         (("--speed-up", "0"), "--speed-up must be >= 0.001"),
         (("--duration", "-2"), "--duration must be > 0"),
+        (("--duration", "100"), "at most the batch (30 h)"),
+        (("--duration", "1e308"), "at most the batch"),
+        (("--duration", "0.001"), "shorter than one measurement period"),
+        (("--seed", "-1"), "--seed must be in"),
         (("--controller", "pid"), "--controller must be nmpc or recipe"),
         (("--model", "no_such_model"), "no_such_model"),
         (("--scenario", "missing.toml"), "cannot read scenario"),
         (("--recipe", "missing.toml"), "cannot read recipe"),
-        (("--model", "yeast_fedbatch"), "no recipe ships for model 'yeast_fedbatch'"),
+        (("--pack", "missing"), "pack folder not found"),
+        (("--pack", ".", "--model", "ecoli_fedbatch"), "not both"),
+        (("--model", "model.py"), "a model file needs --recipe FILE"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(
@@ -79,14 +85,14 @@ def test_bad_input_is_one_error_line_and_exit_2(
 
 
 def test_bad_scenario_file_names_the_key(tmp_path: Path) -> None:
-    (tmp_path / "s.toml").write_text("seed = 1\nplant_speed = 2\n", encoding="utf-8")
+    (tmp_path / "s.toml").write_text("name = 'x'\nplant_speed = 2\n", encoding="utf-8")
     proc = _run("--scenario", "s.toml", "--out", "runs", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "unknown keys ['plant_speed']" in proc.stderr
+    assert "s.toml: unknown keys ['plant_speed']" in proc.stderr
     (tmp_path / "s.toml").write_text("[parameter_factors]\nmu_maxx = 1.2\n", encoding="utf-8")
     proc = _run("--scenario", "s.toml", "--out", "runs", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "unknown parameters ['mu_maxx']" in proc.stderr
+    assert "s.toml: parameter_factors.mu_maxx: not a parameter" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -119,3 +125,4 @@ def test_default_run_meets_the_issue_targets(tmp_path: Path) -> None:
     assert len(images) == 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "final_product_g" in html
+    assert (run_dir / "run.toml").is_file()  # the spec that repeats the run
