@@ -93,7 +93,7 @@ def loop_records(n: int, seed: int = 0) -> list[Record]:
         )
         out.append(SetpointRecord(t, {u: float(rng.random()) for u in INPUTS}, "nmpc"))
         if step % 10 == 0:
-            out.append(EventRecord(t, "tick", f"step {step}", "supervisor"))
+            out.append(EventRecord(t, "mode-change", f"step {step}", "supervisor"))
             out.append(AuditRecord(t, "operator", "check", "setpoint F = 0.1", True))
         step += 1
     return out[:n]

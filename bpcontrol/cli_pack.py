@@ -5,6 +5,7 @@ Light at import time (heavy imports inside the commands), like the rest of the C
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -50,10 +51,9 @@ def check_command(
 
     with user_errors():
         spec = spec_for(directory)
-        controller = "nmpc" if spec.pack.control is not None else "recipe"
-        from dataclasses import replace
-
-        run = resolve(replace(spec, controller=controller))
+        if spec.pack.control is None:
+            spec = replace(spec, controller="recipe")
+        run = resolve(spec)
         check_scenario(pack_scenario(run), run, source=run.spec.pack.source("plant"))
     table = Table(title=f"pack {spec.pack.name}: ok", title_justify="left")
     table.add_column("part")

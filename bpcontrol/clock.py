@@ -47,6 +47,12 @@ class PacedClock:
         self._wall0 = wall()
         self._t_sim = float(t0_h)  # used when speed_up is inf
 
+    def restart(self) -> None:
+        """Start process time ``t0_h`` now (call after set-up, before the loop runs, so that
+        compiling and warming up do not eat into the first periods)."""
+        self._wall0 = self._wall()
+        self._t_sim = self._t0_h
+
     @property
     def simulated(self) -> bool:
         """True when the clock never waits (speed_up is infinite)."""

@@ -141,7 +141,7 @@ def load_run_spec(path: str | Path) -> RunSpec:
     if not isinstance(ident, Mapping):
         raise RunSpecError(f"{src}: missing table [identity]")
     try:
-        identity = RunIdentity(**{k: ident.get(k) for k in RunIdentity.__dataclass_fields__})
+        identity = RunIdentity(**{k: ident.get(k, "") for k in RunIdentity.__dataclass_fields__})
     except (TypeError, ValueError) as exc:
         raise RunSpecError(f"{src}: identity: {exc}") from None
     extra = sorted(set(ident) - set(RunIdentity.__dataclass_fields__))

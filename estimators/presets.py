@@ -25,10 +25,10 @@ NIS was 0.990 per degree of freedom).
 
 Other models (generic)
 ----------------------
-Every measured output (not ``derived``) is a sensor with ``sigma`` = 1 % of its typical magnitude, the larger of
-its value at the nominal point (``x0``, ``u0``, ``p0``) and 1 % of its declared range
-(the range is skipped where a bound is infinite; a magnitude of zero counts as 1 in the
-output's unit), every sensor with a one-minute period. No parameters are tracked;
+Every measured output (not ``derived``) is a sensor with ``sigma`` = 1 % of its typical
+magnitude, the larger of its value at the nominal point (``x0``, ``u0``, ``p0``) and 1 %
+of its declared range (the range is skipped where a bound is infinite; a magnitude of zero
+counts as 1 in the output's unit), every sensor with a one-minute period. No parameters are tracked;
 initial and process noise take the defaults of :class:`~estimators.EKFConfig` (10 % and
 0.1 % per sqrt(h) of each state's scale). That is a starting point to tune, not a tuned
 filter: write it out with :func:`dump_ekf_config`, edit, and load it back.

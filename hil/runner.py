@@ -298,15 +298,17 @@ def run_batch(
         json.dumps(asdict(scenario), indent=2, default=dict) + "\n", encoding="utf-8"
     )
     historian = EmbeddedHistorian(run_dir / "records.sqlite")
+    clock = PacedClock(speed_up)
     try:
         assembled = build_loop(
             run,
             plant=plant,
             historian=historian,
-            clock=PacedClock(speed_up),
+            clock=clock,
             progress=progress,
             wrap_controller=wrap_controller,
         )
+        clock.restart()  # the warm-up compile is not process time
         summary = assembled.loop.run(duration_h)
     finally:
         historian.close()
