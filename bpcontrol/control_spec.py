@@ -204,8 +204,7 @@ def _check_names(spec: ControlSpec, model: Model, source: str) -> None:
             if name not in allowed:
                 raise fail(
                     f"{label}.{name}" if label != "manipulated" else label,
-                    f"{name!r} is not {what} of model {model.name!r}; "
-                    f"known: {', '.join(allowed)}",
+                    f"{name!r} is not {what} of model {model.name!r}; known: {', '.join(allowed)}",
                 )
     for k, tr in enumerate(obj.tracking):
         if tr.name not in values:
