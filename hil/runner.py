@@ -358,6 +358,7 @@ def _product_kpis(
     kpis: dict[str, Any], run: ResolvedRun, x: np.ndarray, u: np.ndarray, p: np.ndarray
 ) -> None:
     name = run.kpis.product
+    kpis.pop("final_product_g", None)  # P V by convention; the pack names its product
     kpis["final_product"] = product_value(run, x, u, p)
     kpis["product"] = name or ""
     if name is not None:
