@@ -82,7 +82,9 @@ def test_feed_steps_off_the_output_grid(batch: Model, backend: str) -> None:
 
 def test_outputs_are_measured_states(batch: Model) -> None:
     traj = simulate(batch, 2.0, dt_out_h=0.5)
-    np.testing.assert_allclose(traj.y, traj.x, rtol=1e-15)  # X_meas, S_meas, P_meas, V_meas
+    np.testing.assert_allclose(traj.y[:, :4], traj.x, rtol=1e-15)  # X, S, P, V _meas
+    # the derived output: product in the reactor, P_s V_s
+    np.testing.assert_allclose(traj.column("P_total"), traj.x[:, 2] * traj.x[:, 3], rtol=1e-15)
 
 
 # --- the two backends agree ---------------------------------------------------------------
@@ -194,7 +196,8 @@ def test_frame_columns_and_units(batch: Model) -> None:
     traj = simulate(batch, 1.0, dt_out_h=0.5)
     assert isinstance(traj, Trajectory)
     frame = traj.to_frame()
-    states, outputs = ["X_s", "S_s", "P_s", "V_s"], ["X_meas", "S_meas", "P_meas", "V_meas"]
+    states = ["X_s", "S_s", "P_s", "V_s"]
+    outputs = ["X_meas", "S_meas", "P_meas", "V_meas", "P_total"]
     assert list(frame.columns) == ["t_h", *states, "inp", *outputs]
     assert frame.attrs["units"]["t_h"] == "h"
     assert frame.attrs["units"]["V_s"] == "m3"
