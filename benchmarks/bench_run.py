@@ -11,6 +11,13 @@ Three measurements, in one process after a warm import:
    the wake-up lateness per tick (median, p99, max).
 
 ``--json FILE`` writes the raw numbers; the table goes to stdout.
+
+``--cold N`` measures something else instead (importing nothing of the project):
+``bpcontrol run --json`` (the default run) from a cold start, N times, each a fresh
+subprocess with a fresh ``HOME`` (no matplotlib font cache) and an empty JIT cache
+(``BPCONTROL_JIT_CACHE``): wall time from spawn to exit (median), the 1-min load average
+before each run, the product (must be the same every time), and whether the compiled EKF
+library reached the cache.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -28,14 +37,11 @@ from typing import Any
 
 from _machine import cpu_model
 
-from bpcontrol.recipe import default_recipe_path, load_recipe, parse_recipe
-from hil.plant import ecoli_plant
-from hil.runner import Scenario, oracle_product, run_scenario
-from models import load_model
-
 
 def default_runs(repeats: int, root: Path) -> list[dict[str, Any]]:
     """The default run ``repeats`` times: wall times and KPIs."""
+    from hil.runner import Scenario, run_scenario
+
     out = []
     for k in range(repeats):
         t0 = time.perf_counter()
@@ -48,6 +54,10 @@ def default_runs(repeats: int, root: Path) -> list[dict[str, Any]]:
 
 def live_run(period_s: float, seconds: float, root: Path) -> dict[str, Any]:
     """The loop at 1x with NMPC on a recipe scaled to ``period_s`` measurements."""
+    from bpcontrol.recipe import default_recipe_path, parse_recipe
+    from hil.runner import Scenario, run_scenario
+    from models import load_model
+
     model = load_model("ecoli_fedbatch")
     doc = tomllib.loads(default_recipe_path(model.name).read_text(encoding="utf-8"))
     doc.update(
@@ -69,13 +79,73 @@ def live_run(period_s: float, seconds: float, root: Path) -> dict[str, Any]:
     }
 
 
+def cold_runs(n: int) -> dict[str, Any]:
+    """``bpcontrol run --json`` ``n`` times from a cold start (fresh HOME, empty JIT cache)."""
+    script = Path(sys.executable).with_name("bpcontrol")
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "bpcontrol.cli"]
+    runs = []
+    for k in range(n):
+        with tempfile.TemporaryDirectory(prefix="bpcontrol-cold-") as tmp:
+            home = Path(tmp)
+            env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+            env["BPCONTROL_JIT_CACHE"] = str(home / "jit")
+            env.pop("MPLCONFIGDIR", None)
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [*cli, "run", "--json", "--out", str(home / "runs")],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            wall = time.perf_counter() - t0
+            kpis = json.loads(out.stdout)
+            libs = sorted(p.name for p in (home / "jit").glob("*.so"))
+        runs.append({"wall_s": wall, "load_1min": load, "jit_libraries": libs, **kpis})
+        print(
+            f"cold run {k + 1}: {wall:.1f} s (load {load:.2f}), product "
+            f"{kpis['final_product_g']:.6f} g, cached: {', '.join(libs) or 'nothing'}",
+            flush=True,
+        )
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        "command": " ".join([*cli, "run", "--json"]),
+        "cold_runs": runs,
+        "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--live-period", type=float, default=1.0, help="s between measurements")
     ap.add_argument("--live-seconds", type=float, default=120.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--cold", type=int, default=0, metavar="N", help="only time N cold `bpcontrol run`s"
+    )
     args = ap.parse_args()
+    if args.cold:
+        cold = cold_runs(args.cold)
+        products = {r["final_product_g"] for r in cold["cold_runs"]}
+        print()
+        median = cold["median_wall_s"]
+        print(f"| cold `bpcontrol run`, wall (median of {args.cold}) | {median:.1f} s |")
+        print(f"| product, all runs | {', '.join(f'{p:.6f}' for p in sorted(products))} g |")
+        if args.json:
+            args.json.write_text(json.dumps(cold, indent=2, default=float) + "\n")
+        return
+    from bpcontrol.recipe import default_recipe_path, load_recipe
+    from hil.plant import ecoli_plant
+    from hil.runner import Scenario, oracle_product, run_scenario
+    from models import load_model
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = default_runs(args.repeats, root)

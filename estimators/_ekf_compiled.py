@@ -27,15 +27,23 @@ E. coli problem the two filters agree to about 1e-15 per step and 1e-13 over 600
 
 Timing (``benchmarks/bench_ekf.py``, one reactor, E. coli, 9 augmented states): about
 5 us per step for a record (``filter_sequence``), about 10-15 us per ``step`` called from
-Python; building the library takes ~5 s of C compiler (``-O1``: as fast as ``-O3`` here,
-at half the compile time), once per configuration and machine.
+Python; building the library takes ~3-6 s of C compiler (``-O1``: as fast as ``-O3`` here,
+at half the compile time), once per configuration and machine. That build runs in the
+background by default (a helper process at nice 19, :func:`models.compile_in_background`):
+until the library is in the cache, the filter evaluates the same functions in CasADi's
+virtual machine (about 18 us per prediction or update instead of 3 us) and switches at
+the first call after the build. The C is compiled without FMA contraction
+(``-ffp-contract=off``), so both give the same numbers bit for bit and the switch
+changes no result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import casadi as ca
@@ -43,7 +51,7 @@ import numpy as np
 
 from estimators._config import EKFConfig
 from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
-from models import Model, compile_functions
+from models import BackgroundBuild, Model, compile_functions, compile_in_background
 
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")  # no FMA: bitwise like the VM
@@ -115,10 +123,15 @@ class CompiledEKF:
     arrays. ``step(z, P, u, dt, y, mask)`` is one fused prediction and update.
     ``reference`` is the JAX filter with the same constants (batched work, cross-checks).
 
-    ``jit=False`` uses CasADi's virtual machine (no compiler; several times slower).
-    ``backend`` says what runs: ``"c"`` or ``"vm"``; ``compile_s`` how long building the
-    shared library took (0 when it came from the cache). An instance evaluates through
-    preallocated buffers: use one per thread.
+    ``jit=False`` uses CasADi's virtual machine (no compiler; several times slower). With
+    ``jit=True`` a library from the cache is loaded at once; one not built yet is built in
+    the background (``background=True``, the default) while the filter runs in the
+    virtual machine, bit for bit the same numbers, and is switched to at the first call
+    after the build; ``background=False`` waits for the compiler here. :meth:`join` waits
+    for a background build. ``backend`` says what runs now: ``"c"`` or ``"vm"``;
+    ``compile_s`` how long building the shared library took (0 when it came from the
+    cache, or while it is being built). An instance evaluates through preallocated
+    buffers: use one per thread.
     """
 
     def __init__(
@@ -128,6 +141,7 @@ class CompiledEKF:
         *,
         p: np.ndarray | None = None,
         jit: bool = True,
+        background: bool = True,
     ) -> None:
         ref = ExtendedKalmanFilter(model, config, p=p)
         self.reference = ref
@@ -143,13 +157,27 @@ class CompiledEKF:
         fns = _build_functions(ref)
         self.compile_s = 0.0
         self.backend = "vm"
-        if jit:
-            lib, self.compile_s = compile_functions(
-                fns, f"bpcontrol_ekf_{model.name}", flags=JIT_FLAGS, what="CompiledEKF"
-            )
-            if lib is not None:
-                fns = [ca.external(fn.name(), str(lib)) for fn in fns]
-                self.backend = "c"
+        self._building: BackgroundBuild | None = None
+        name = f"bpcontrol_ekf_{model.name}"
+        if jit and background:
+            build = compile_in_background(fns, name, flags=JIT_FLAGS, what="CompiledEKF")
+            if build.done():  # from the cache (or no compiler: warned here)
+                self._install(fns, *build.result())
+            else:
+                self._building = build
+                self._install(fns, None, 0.0)
+        elif jit:
+            self._install(fns, *compile_functions(fns, name, flags=JIT_FLAGS, what="CompiledEKF"))
+        else:
+            self._install(fns, None, 0.0)
+
+    def _install(self, fns: list[ca.Function], lib: Path | None, compile_s: float) -> None:
+        """Evaluate ``fns`` (the VM), or their compiled twins from ``lib``, from now on."""
+        if lib is not None:
+            fns = [ca.external(fn.name(), str(lib)) for fn in fns]
+            self.backend = "c"
+        self._vm_functions = fns if lib is None else None
+        self.compile_s = compile_s
         self._predict = _Buffered(fns[0])
         self._update = _Buffered(fns[1])
         self._step = _Buffered(fns[2])
@@ -159,6 +187,26 @@ class CompiledEKF:
             b.args[3][:] = self.p_nominal  # the base parameters: input 3 of all three
         for n, b in self._chunks.items():
             b.args[3][:] = np.tile(self.p_nominal, n)
+
+    def _switch(self, timeout: float | None = None) -> None:
+        """Load the library of the background build (``TimeoutError`` if not done)."""
+        build, fns = self._building, self._vm_functions
+        assert build is not None and fns is not None
+        lib, seconds = build.result(timeout)  # a failed build warns and gives None
+        self._building = None
+        if lib is not None:
+            self._install(fns, lib, seconds)
+
+    def join(self, timeout: float | None = None) -> str:
+        """Wait for a background build (at most ``timeout`` s) and switch to it: the backend.
+
+        ``"c"`` once the library is loaded; ``"vm"`` without a working compiler, or while
+        the build is still running when ``timeout`` runs out.
+        """
+        if self._building is not None:
+            with contextlib.suppress(TimeoutError):
+                self._switch(timeout)
+        return self.backend
 
     # --- low level: arrays in, arrays out ---------------------------------------------
     def _load(self, b: _Buffered, z: Any, P: Any, u: Any) -> None:
@@ -205,6 +253,8 @@ class CompiledEKF:
         self, z: np.ndarray, P: np.ndarray, u: np.ndarray, dt: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """One prediction interval of ``dt`` h (at most ``max_step_h``): ``(z, P)``."""
+        if self._building is not None and self._building.done():
+            self._switch()
         self._check_dt(dt)
         b = self._predict
         self._load(b, z, P, u)
@@ -216,6 +266,8 @@ class CompiledEKF:
         self, z: np.ndarray, P: np.ndarray, u: np.ndarray, y: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, UpdateResult]:
         """Fuse ``y`` where ``mask``: ``(z, P, result)`` as ``ExtendedKalmanFilter``."""
+        if self._building is not None and self._building.done():
+            self._switch()
         b = self._update
         self._load(b, z, P, u)
         self._load_readings(b, 4, y, mask)
@@ -236,6 +288,8 @@ class CompiledEKF:
         One call of the compiled ``ExtendedKalmanFilter._step_core``: ``(z, P, result)``.
         """
         # inlined checks and copies: this is the per-step path of online use
+        if self._building is not None and self._building.done():
+            self._switch()
         nz, ns = self.nz, self.ns
         if (
             _shape(z) != (nz,)
@@ -277,6 +331,8 @@ class CompiledEKF:
         :class:`UpdateResult` fields. Maps over reactors on ``threads`` threads (default:
         all cores).
         """
+        if self._building is not None and self._building.done():
+            self._switch()
         Z = np.asarray(Z, dtype=float)
         n = Z.shape[0] if Z.ndim == 2 else -1
         nz, ns, nu = self.nz, self.ns, self.model.nu
@@ -359,6 +415,8 @@ class CompiledEKF:
         The record runs through compiled chains of 512, 64 and 8 steps (``mapaccum``) and
         single steps for the rest, so any length costs a handful of calls.
         """
+        if self._building is not None and self._building.done():
+            self._switch()
         DT = np.asarray(DT, dtype=float)
         K = DT.shape[0] if DT.ndim == 1 else -1
         U = np.asarray(U, dtype=float)

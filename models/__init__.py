@@ -7,7 +7,7 @@
 
 from models._casadi import CasadiModel
 from models._jax import JaxModel
-from models._jit import compile_functions
+from models._jit import BackgroundBuild, compile_functions, compile_in_background
 from models._math import CASADI, JAX, NUMPY, MathNamespace, SmoothCasadiMath
 from models._registry import available_models, load_model
 from models._simulate import InputProfile, SimulationError, Trajectory, simulate
@@ -17,6 +17,7 @@ __all__ = [
     "CASADI",
     "JAX",
     "NUMPY",
+    "BackgroundBuild",
     "CasadiModel",
     "Input",
     "InputProfile",
@@ -33,6 +34,7 @@ __all__ = [
     "Values",
     "available_models",
     "compile_functions",
+    "compile_in_background",
     "load_model",
     "simulate",
 ]

@@ -44,7 +44,7 @@ RECORD_TOL = 1e-10
 def compiled(ecoli_model: Model, ecoli_config: EKFConfig) -> CompiledEKF:
     """The E. coli filter compiled to C (built once per machine: the library is cached)."""
     cekf = CompiledEKF(ecoli_model, ecoli_config)
-    assert cekf.backend == "c", "a C compiler is needed for this test module"
+    assert cekf.join() == "c", "a C compiler is needed for this test module"
     return cekf
 
 
@@ -252,6 +252,43 @@ def test_virtual_machine_fallback_without_compiler(
         zc, Pc, rc = compiled.step(z, P, u, DT_H, y, mask)
         _assert_close(zv, Pv, jnp.asarray(zc), jnp.asarray(Pc), 1e-13)
         _assert_same_result(rv, rc, 1e-13)
+
+
+def test_background_build_runs_the_vm_until_built_then_switches_bit_for_bit(
+    compiled: CompiledEKF,
+    ecoli_model: Model,
+    ecoli_config: EKFConfig,
+    ecoli_ekf: ExtendedKalmanFilter,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: object,
+) -> None:
+    """An empty cache: the VM at once, the same numbers bit for bit before and after."""
+    monkeypatch.setenv("BPCONTROL_JIT_CACHE", str(tmp_path))
+    cases = _cases(ecoli_ekf, ecoli_model, rng)[:4]
+    blocking = CompiledEKF(ecoli_model, ecoli_config, jit=False)
+    cekf = CompiledEKF(ecoli_model, ecoli_config)
+    assert cekf.backend == "vm" and cekf.compile_s == 0.0  # cc takes seconds: still building
+    seen = set()
+    for _ in range(2):  # during the build (VM), then after join (C)
+        for z, P, u, y, mask in cases:
+            for a, b in zip(
+                cekf.step(z, P, u, DT_H, y, mask)[:2] + cekf.update_arrays(z, P, u, y, mask)[:2],
+                compiled.step(z, P, u, DT_H, y, mask)[:2]
+                + compiled.update_arrays(z, P, u, y, mask)[:2],
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(
+                cekf.predict_arrays(z, P, u, DT_H)[1], blocking.predict_arrays(z, P, u, DT_H)[1]
+            )
+        seen.add(cekf.backend)
+        assert cekf.join() == "c" and cekf.compile_s > 0.0
+    assert "c" in seen
+    again = CompiledEKF(ecoli_model, ecoli_config)  # from the cache, loaded at once
+    assert again.backend == "c" and again.compile_s == 0.0
+    waited = CompiledEKF(ecoli_model, ecoli_config, background=False)
+    assert waited.backend == "c" and waited.compile_s == 0.0
 
 
 def test_bad_shapes_raise_clear_errors(compiled: CompiledEKF, ecoli_model: Model) -> None:
