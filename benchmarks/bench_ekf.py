@@ -403,7 +403,7 @@ def build_compiled(model: Model, config: EKFConfig) -> tuple[CompiledEKF, float,
         os.environ["BPCONTROL_JIT_CACHE"] = cache
         try:
             t0 = time.perf_counter()
-            cekf = CompiledEKF(model, config)
+            cekf = CompiledEKF(model, config, background=False)
             wall = time.perf_counter() - t0
         finally:
             if old is None:

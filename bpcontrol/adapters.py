@@ -36,6 +36,12 @@ class NMPCController:
         plan, self._state = self.nmpc.step(self._state, estimate, t_h, u_applied=u_applied)
         return plan
 
+    def warm_up(self, x0: np.ndarray, p: np.ndarray, u0: np.ndarray, t0_h: float = 0.0) -> Plan:
+        """One solve from the charged state before the clock starts: the first solve of a
+        fresh NMPC is cold (seconds on a loaded machine, past a real-time deadline); the
+        loop's first solve then starts warm from this one."""
+        return self.plan(StateEstimate(np.asarray(x0, float), np.asarray(p, float)), t0_h, u0)
+
 
 def plan_record(model: Model, plan: Plan) -> PlanRecord:
     """The historian record of a plan (predicted states and planned inputs by name)."""

@@ -96,7 +96,8 @@ def assemble(
 
     The estimator starts from the recipe's charged state and is compiled before the clock
     starts (a live loop must not spend its first periods compiling); the NMPC (none:
-    recipe only) warm-starts from the recipe; the supervisor keeps the recipe's limits
+    recipe only) solves once from the charged state before the clock starts, so its first
+    real-time solve is warm; the supervisor keeps the recipe's limits
     inside the model's input bounds. ``wrap_controller`` injects faults (HIL tests).
     """
     x0 = recipe.initial_state(model)
@@ -110,7 +111,9 @@ def assemble(
     loop_estimator.warm_up(u0)
     controller: Controller | None = None
     if nmpc_config is not None:
-        controller = NMPCController(NMPC(model, nmpc_config), x0, u0)
+        nmpc = NMPCController(NMPC(model, nmpc_config), x0, u0)
+        nmpc.warm_up(x0, model.p0, u0, t0_h)
+        controller = nmpc
         if wrap_controller is not None:
             controller = wrap_controller(controller)
     lo_u, hi_u = model.bounds("inputs")

@@ -27,13 +27,8 @@ LAYERS = ("models", "estimators", "bpcontrol", "services", "hil")
 """Lowest first: a package may import itself and the packages before it."""
 RANK = {name: k for k, name in enumerate(LAYERS)}
 
-ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        # Known violations in files being edited by others, to be fixed there; each entry
-        # is (file relative to the repository root, imported module). Empty this list.
-        ("bpcontrol/nmpc/_rti.py", "models._jit.compile_functions"),  # use models.compile_functions
-    }
-)
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
+"""Known violations, (file relative to the repository root, imported module): none."""
 
 
 @dataclass(frozen=True)

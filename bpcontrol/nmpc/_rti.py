@@ -39,7 +39,7 @@ import casadi as ca
 import numpy as np
 
 from bpcontrol.nmpc._ocp import OCP
-from models._jit import compile_functions
+from models import compile_functions
 
 
 @dataclass(frozen=True)
