@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +39,13 @@ from _machine import cpu_model
 
 def default_runs(repeats: int, root: Path) -> list[dict[str, Any]]:
     """The default run ``repeats`` times: wall times and KPIs."""
-    from hil.runner import Scenario, run_scenario
+    from bpcontrol.runspec import spec_for
+    from hil.runner import run_batch
 
     out = []
     for k in range(repeats):
         t0 = time.perf_counter()
-        res = run_scenario(Scenario(), run_dir=root / f"default-{k}")
+        res = run_batch(spec_for("ecoli_fedbatch"), run_dir=root / f"default-{k}")
         total = time.perf_counter() - t0
         out.append({"total_s": total, "loop_s": res.summary.wall_s, **res.kpis})
         print(f"run {k + 1}: total {total:.1f} s, loop {res.summary.wall_s:.1f} s", flush=True)
@@ -54,20 +54,21 @@ def default_runs(repeats: int, root: Path) -> list[dict[str, Any]]:
 
 def live_run(period_s: float, seconds: float, root: Path) -> dict[str, Any]:
     """The loop at 1x with NMPC on a recipe scaled to ``period_s`` measurements."""
-    from bpcontrol.recipe import default_recipe_path, parse_recipe
-    from hil.runner import Scenario, run_scenario
-    from models import load_model
+    from dataclasses import replace
 
-    model = load_model("ecoli_fedbatch")
-    doc = tomllib.loads(default_recipe_path(model.name).read_text(encoding="utf-8"))
+    from bpcontrol.runspec import spec_for
+    from hil.runner import run_batch
+
+    spec = spec_for("ecoli_fedbatch")
+    doc = dict(spec.pack.recipe)
     doc.update(
         measurement_period_min=period_s / 60,
         control_period_min=10 * period_s / 60,
         duration_h=seconds / 3600,
     )
     doc["phases"] = doc["phases"][:1]
-    recipe = parse_recipe(doc, model)
-    res = run_scenario(Scenario(), run_dir=root / "live", recipe=recipe, speed_up=1.0)
+    spec = replace(spec, pack=replace(spec.pack, recipe=doc))
+    res = run_batch(spec, run_dir=root / "live", speed_up=1.0)
     late = res.summary.lateness_s
     return {
         "ticks": res.summary.ticks,
@@ -141,24 +142,21 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(cold, indent=2, default=float) + "\n")
         return
-    from bpcontrol.recipe import default_recipe_path, load_recipe
-    from hil.plant import ecoli_plant
-    from hil.runner import Scenario, oracle_product, run_scenario
-    from models import load_model
+    from bpcontrol.runspec import resolve, spec_for
+    from hil.runner import oracle_product, pack_scenario, run_batch, simulated_plant
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = default_runs(args.repeats, root)
-        model = load_model("ecoli_fedbatch")
         t0 = time.perf_counter()
-        recipe_only = run_scenario(
-            Scenario(controller="recipe"), run_dir=root / "recipe", report=False
+        recipe_only = run_batch(
+            spec_for("ecoli_fedbatch", controller="recipe"), run_dir=root / "recipe", report=False
         )
         recipe_s = time.perf_counter() - t0
-        plant = ecoli_plant(model, seed=1)
-        recipe = load_recipe(default_recipe_path(model.name), model)
+        run = resolve(spec_for("ecoli_fedbatch"))
+        plant = simulated_plant(run, pack_scenario(run), seed=1)
         t0 = time.perf_counter()
-        oracle = oracle_product(model, recipe, plant.p_true, plant.x)
+        oracle, _slack = oracle_product(run, plant.p_true, plant.x)
         oracle_s = time.perf_counter() - t0
         live = live_run(args.live_period, args.live_seconds, root)
     product = runs[0]["final_product_g"]
