@@ -87,7 +87,7 @@ class LoopEstimator:
 
     def step(self, t_h: float, u: np.ndarray, readings: Iterable[Reading]) -> EstimatorOutput:
         """Advance to ``t_h`` (h) with ``u`` held since the last step and fuse ``readings``."""
-        self._state, report = self.online.step(self._state, t_h, u, readings)
+        report, self._state = self.online.step(self._state, t_h, u, readings)
         model = self.model
         nx = model.nx
         x, sigma = np.asarray(report.x), np.asarray(report.sigma)

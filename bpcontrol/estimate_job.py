@@ -289,7 +289,7 @@ def run_estimation(
     def advance(t: float, readings: list[Reading]) -> None:
         nonlocal state, t_last
         u = prepared.inputs.value_at(t_last)  # held over (t_last, t]
-        state, report = est.step(state, t, u, readings)
+        report, state = est.step(state, t, u, readings)
         rows_t.append(t)
         rows_x.append(report.x)
         rows_theta.append(report.p[tracked_idx])

@@ -36,9 +36,7 @@ One convention for state (STYLE.md, after diffrax/equinox):
     ``step(state, t_h, plan_u=, ...) -> (SupervisorOutput, SupervisorState)`` and, for the
     operator writes, ``command(state, command, t_h=) -> (CommandOutcome, SupervisorState)``;
   - :class:`estimators.OnlineEstimator`: ``init(x0, t0=) -> EstimatorState`` and
-    ``step(state, t_h, u, readings)``, which (the one exception, kept by its owners)
-    returns ``(EstimatorState, report)``; :class:`bpcontrol.adapters.LoopEstimator` hides
-    the order from the loop.
+    ``step(state, t_h, u, readings) -> (StepReport, EstimatorState)``.
 
 - The loop-facing ports (:class:`Estimator`, :class:`Controller`) are stateful objects:
   the adapters in :mod:`bpcontrol.adapters` hold the pure piece's state between calls

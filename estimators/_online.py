@@ -1,6 +1,6 @@
 """Online estimation around the EKF: reading checks, late samples, events and health.
 
-``OnlineEstimator.step(state, t, u, readings) -> (state, report)`` is pure: the
+``OnlineEstimator.step(state, t, u, readings) -> (report, state)`` is pure: the
 :class:`EstimatorState` carries a short history (a fixed lag, ``config.lag_h``) so that
 an offline assay arriving hours after its sample time is fused *at its sample time* by
 re-filtering the stored steps, giving the very estimate it would have given on time.
@@ -138,8 +138,9 @@ class OnlineEstimator:
     # --- one step -------------------------------------------------------------------
     def step(
         self, state: EstimatorState, t: float, u: np.ndarray, readings: Iterable[Reading] = ()
-    ) -> tuple[EstimatorState, StepReport]:
-        """Advance to ``t`` (h) with ``u`` held since the last step, fuse ``readings``.
+    ) -> tuple[StepReport, EstimatorState]:
+        """Advance to ``t`` (h) with ``u`` held since the last step, fuse ``readings``;
+        return ``(report, new state)`` (the convention of every pure piece: out, state).
 
         Readings whose sample time lies before ``t`` are fused at their sample time.
         """
@@ -213,7 +214,7 @@ class OnlineEstimator:
             dof=int(last.dof) if last else 0,
             events=tuple(events),
         )
-        return new_state, report
+        return report, new_state
 
     def _replay(
         self, history: list[_Entry], start: int

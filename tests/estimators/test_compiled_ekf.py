@@ -220,8 +220,8 @@ def test_online_estimator_on_compiled_filter_equals_jax(
             for r in records
         ]
         u = data.u[max(k - 1, 0)]
-        sj, rj = est_j.step(sj, tk, u, readings)
-        sc, rc = est_c.step(sc, tk, u, readings)
+        rj, sj = est_j.step(sj, tk, u, readings)
+        rc, sc = est_c.step(sc, tk, u, readings)
         assert [e.kind for e in rc.events] == [e.kind for e in rj.events]
         assert rc.dof == rj.dof
         kinds.extend(e.kind for e in rc.events)

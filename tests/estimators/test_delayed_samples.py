@@ -58,8 +58,8 @@ def test_late_assays_give_the_on_time_estimate(
         u = data.u[max(k - 1, 0)]
         now = [r for r in data.records if r.t_h == tk]
         online = [r for r in now if r.t_sample_h == r.t_h]
-        late, rep = est.step(late, tk, u, _readings(now, on_time=False))
-        twin, _ = est.step(twin, tk, u, _readings(online + on_time_at.get(k, []), on_time=True))
+        rep, late = est.step(late, tk, u, _readings(now, on_time=False))
+        _, twin = est.step(twin, tk, u, _readings(online + on_time_at.get(k, []), on_time=True))
         late_events += sum(e.kind == "late_fused" for e in rep.events)
         assert not any(e.kind in ("rejected", "too_late", "reset") for e in rep.events)
         pending = any(r.t_sample_h <= tk < r.t_h for r in offline)
@@ -84,7 +84,7 @@ def test_sample_older_than_the_lag_is_too_late_and_changes_nothing(
     k_end = len(data.t) - 1
     for k in range(k_end):
         records = [r for r in data.records if r.t_h == data.t[k] and r.t_sample_h == r.t_h]
-        state, _ = est.step(
+        _, state = est.step(
             state, data.t[k], data.u[max(k - 1, 0)], _readings(records, on_time=True)
         )
     t = float(data.t[k_end])
@@ -93,8 +93,8 @@ def test_sample_older_than_the_lag_is_too_late_and_changes_nothing(
     )
     assert t - ecoli_ekf.config.lag_h > 1.0
     old = Reading("X_off", 0.5, t_sample=0.5)  # 7.5 h old, the lag window is 6 h
-    with_old, rep = est.step(state, t, data.u[k_end - 1], [*online, old])
-    without, ref = est.step(state, t, data.u[k_end - 1], online)
+    rep, with_old = est.step(state, t, data.u[k_end - 1], [*online, old])
+    ref, without = est.step(state, t, data.u[k_end - 1], online)
     (event,) = [e for e in rep.events if e.kind == "too_late"]
     assert event.sensor == "X_off" and event.value == 0.5
     assert "older than" in event.message and "lag" in event.message

@@ -73,7 +73,7 @@ def test_online_estimator_tracks_biomass_and_mu_max(
             Reading(r.sensor, r.value, None if r.t_sample_h == r.t_h else r.t_sample_h)
             for r in records
         ]
-        state, rep = est.step(state, tk, data.u[max(k - 1, 0)], readings)
+        rep, state = est.step(state, tk, data.u[max(k - 1, 0)], readings)
         t.append(tk)
         X_hat.append(rep.x[ecoli_model.index("X")])
         mu_hat.append(rep.p[ecoli_model.index("mu_max")])

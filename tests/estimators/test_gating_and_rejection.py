@@ -41,7 +41,7 @@ def warm(ecoli_model: Model, ecoli_ekf: ExtendedKalmanFilter) -> Warm:
     state = est.init(ecoli_model.x0)
     groups = list(data.arrivals())
     for k, (t, records) in enumerate(groups[:-1]):
-        state, _ = est.step(
+        _, state = est.step(
             state, t, data.u[max(k - 1, 0)], [Reading(r.sensor, r.value) for r in records]
         )
     t, records = groups[-1]
@@ -70,8 +70,8 @@ def test_unphysical_reading_is_rejected_and_changes_nothing(
 ) -> None:
     est, state, t, u, readings = warm
     others = [r for r in readings if r.sensor != bad.sensor]
-    with_bad, rep = est.step(state, t, u, [*others, bad])
-    without, ref = est.step(state, t, u, others)
+    rep, with_bad = est.step(state, t, u, [*others, bad])
+    ref, without = est.step(state, t, u, others)
     (event,) = rep.events
     assert event.kind == "rejected" and event.sensor == bad.sensor
     assert reason in event.message and bad.sensor in event.message
@@ -88,15 +88,15 @@ def test_gross_outlier_is_gated_reported_and_not_fused(warm: Warm) -> None:
     others = [r for r in readings if r.sensor != "DO_probe"]
     outlier = Reading("DO_probe", do.value - 40.0)  # 40 % off, still a possible reading
     assert 0.0 <= outlier.value <= 200.0
-    with_outlier, rep = est.step(state, t, u, [*others, outlier])
-    without, ref = est.step(state, t, u, others)
+    rep, with_outlier = est.step(state, t, u, [*others, outlier])
+    ref, without = est.step(state, t, u, others)
     (event,) = rep.events
     assert event.kind == "gated" and event.sensor == "DO_probe"
     assert event.value == pytest.approx(outlier.value) and "innovation gate" in event.message
     _same(with_outlier, without)
     assert rep.dof == ref.dof == len(others)
     # the same reading, in range, is fused normally
-    _, ok = est.step(state, t, u, [*others, do])
+    ok, _ = est.step(state, t, u, [*others, do])
     assert not ok.events and ok.dof == len(others) + 1
 
 
@@ -155,7 +155,7 @@ def test_degenerate_covariance_is_reset_with_an_event(warm: Warm, corrupt: str) 
     else:
         P[0, 1] = P[1, 0] = 10.0 * math.sqrt(P[0, 0] * P[1, 1])  # not positive definite
     bad = _with_covariance(state, P)
-    new, rep = est.step(bad, t, u, readings)
+    rep, new = est.step(bad, t, u, readings)
     resets = [e for e in rep.events if e.kind == "reset"]
     assert len(resets) == 1 and "reset" in resets[0].message
     P_new = np.asarray(new.filter.P)
@@ -164,5 +164,5 @@ def test_degenerate_covariance_is_reset_with_an_event(warm: Warm, corrupt: str) 
     assert np.linalg.eigvalsh(P_new).min() > 0.0
     np.testing.assert_allclose(np.diag(P_new), est.ekf.P0_diag)  # back to the prior
     # the filter carries on normally from the reset
-    _, nxt = est.step(new, t + DT_H, u, readings)
+    nxt, _ = est.step(new, t + DT_H, u, readings)
     assert not any(e.kind == "reset" for e in nxt.events)
