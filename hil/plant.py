@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from estimators import Reading
-from hil.synthetic import ECOLI_ONLINE_NOISE, OfflineAssays, true_parameters
+from hil.synthetic import OfflineAssays, true_parameters
 from models import Model, SimulationError
 
 __all__ = [
@@ -531,36 +531,27 @@ def ecoli_plant(
     drift: Mapping[str, float] | None = None,
     delay_h: Mapping[str, float] | None = None,
 ) -> SimulatedPlant:
-    """The default E. coli fed-batch plant for the closed loop.
+    """The default E. coli fed-batch plant for the closed loop, from the E. coli pack.
 
-    Starts from :func:`bpcontrol.nmpc.presets.ecoli_initial_state` holding the fallback
-    recipe's inputs at 0 h; online DO, off-gas O2/CO2 and volume every minute with the
-    noise of :data:`hil.synthetic.ECOLI_ONLINE_NOISE` (DO 1 %, off-gas 0.02 %, V 0.01 L);
-    offline X, S, A, P every 2-4 h with 5 % error (plus the absolute floors of
-    :data:`estimators.presets.ECOLI_OFFLINE_SIGMA`), known 1-3 h late; parameters
-    :data:`ECOLI_PLANT_FACTORS` unless ``parameter_factors`` is given (``{}``: nominal).
+    Starts from the recipe's charge holding the recipe's inputs at 0 h; reads the pack's
+    instruments (online DO, off-gas O2/CO2 and volume every minute; offline X, S, A, P
+    every 2-4 h with 5 % error, known 1-3 h late); parameters :data:`ECOLI_PLANT_FACTORS`
+    (the pack's ``plant.toml``) unless ``parameter_factors`` is given (``{}``: nominal).
     """
-    from bpcontrol.nmpc.presets import ecoli_initial_state, ecoli_recipe
-    from estimators.presets import ECOLI_OFFLINE_RELATIVE, ECOLI_OFFLINE_SIGMA
+    from bpcontrol.runspec import resolve, spec_for
+    from hil.runner import Scenario, simulated_plant
 
     if model.name != "ecoli_fedbatch":
         raise ValueError(f"ecoli_plant needs the 'ecoli_fedbatch' model, got {model.name!r}")
+    run = resolve(spec_for("ecoli_fedbatch", controller="recipe"))
     factors = ECOLI_PLANT_FACTORS if parameter_factors is None else parameter_factors
-    return SimulatedPlant(
-        model,
-        seed=seed,
-        x0=ecoli_initial_state(model),
-        u0=ecoli_recipe(model)(0.0),
+    scenario = Scenario(
+        name="ecoli",
         parameter_factors=dict(factors),
-        online=dict(ECOLI_ONLINE_NOISE),
-        offline=OfflineAssays(
-            outputs=tuple(ECOLI_OFFLINE_SIGMA),
-            relative_sigma=ECOLI_OFFLINE_RELATIVE,
-            absolute_sigma=dict(ECOLI_OFFLINE_SIGMA),
-        ),
-        drift=drift,
-        delay_h=delay_h,
+        drift=dict(drift or {}),
+        delay_h=dict(delay_h or {}),
     )
+    return simulated_plant(run, scenario, seed=seed)
 
 
 # --- helpers -----------------------------------------------------------------------------

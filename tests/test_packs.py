@@ -335,3 +335,11 @@ def test_loaded_pack_keeps_where_each_part_came_from() -> None:
     pack = load_pack(ECOLI)
     assert pack.source("control").endswith("control.toml")
     assert pack.plant is not None and math.isclose(pack.plant["parameter_factors"]["mu_max"], 0.8)
+
+
+def test_ecoli_plant_is_the_packs_plant() -> None:
+    from hil.plant import ECOLI_PLANT_FACTORS
+
+    pack = load_pack(ECOLI)
+    assert pack.plant is not None
+    assert dict(pack.plant["parameter_factors"]) == dict(ECOLI_PLANT_FACTORS)
