@@ -334,16 +334,32 @@ def _state_bounds(spec: ControlSpec, model: Model) -> dict[str, tuple[float, flo
     return bounds
 
 
-def oracle_config(config: NMPCConfig, duration_h: float, *, intervals: int = 60) -> NMPCConfig:
-    """The whole-batch open-loop problem of ``config``: ``intervals`` equal steps to the end,
-    full IPOPT, no real-time limit (the oracle the closed loop is measured against)."""
-    return replace(
+ORACLE_SMOOTHING = (0.002, 0.005, 0.01)
+"""Wider smoothing widths the oracle also tries when the controller smooths kinks (IPOPT
+converges more easily there; each solution is judged on the exact model)."""
+
+
+def oracle_configs(
+    config: NMPCConfig, duration_h: float, *, intervals: int = 60
+) -> list[NMPCConfig]:
+    """The whole-batch open-loop problems of ``config`` (the oracle the closed loop is
+    measured against): ``intervals`` equal steps to the end, full IPOPT from the recipe,
+    no real-time limit, collocation of degree >= 3 (an oracle interval is long: degree 2
+    is exploited there, its prediction missing the true product), one problem per
+    smoothing width (the controller's and, when it smooths at all, wider ones)."""
+    base = replace(
         config,
         horizon=intervals,
         dt_h=duration_h / intervals,
         horizon_mode="batch_end",
+        move_blocks=None,
         solver="ipopt",
         max_iter=3000,
         time_limit_s=1800.0,
         ipopt_options={},
+        collocation_degree=max(3, config.collocation_degree),
     )
+    widths = [base.smoothing]
+    if base.smoothing > 0:
+        widths += [w for w in ORACLE_SMOOTHING if w > base.smoothing]
+    return [replace(base, smoothing=w) for w in widths]

@@ -42,7 +42,7 @@ import numpy as np
 
 from bpcontrol.assembly import build_loop
 from bpcontrol.clock import PacedClock
-from bpcontrol.control_spec import oracle_config
+from bpcontrol.control_spec import oracle_configs
 from bpcontrol.interfaces import Controller, Plant
 from bpcontrol.kpis import run_kpis
 from bpcontrol.loop import LoopSnapshot, RunSummary
@@ -403,20 +403,29 @@ def oracle_product(
     """Product of the whole-batch open-loop optimum computed with the plant's parameters,
     and the largest soft-bound slack that optimum needed (0: no bound softened).
 
-    One IPOPT solve of the pack's economic problem over the whole batch (``intervals``
-    equal intervals, the controller's discretisation), applied open loop to the true
-    model (CVODES). No real-time limit.
+    IPOPT solves of the pack's economic problem over the whole batch (``intervals`` equal
+    intervals; see :func:`bpcontrol.control_spec.oracle_configs`), each applied open loop
+    to the true model (CVODES); the best true product wins. No real-time limit.
     """
     if run.nmpc is None:
         raise ScenarioError(f"{run.spec.pack.source('pack')}: the oracle needs a control.toml")
     model, recipe = run.model, run.recipe
-    cfg = oracle_config(run.nmpc, recipe.duration_h, intervals=intervals)
-    solver = NMPC(model, cfg)
-    plan, _ = solver.step(solver.init(x0, recipe.fallback(0.0)), StateEstimate(x0, p_true), 0.0)
-    if not plan.status.usable:
-        raise RuntimeError(f"oracle solve failed: {plan.message}")
-    step = model.to_casadi().integrator(cfg.dt_h)
-    x = np.asarray(x0, dtype=float)
-    for k in range(intervals):
-        x = np.asarray(step(x, plan.U[k], p_true)).ravel()
-    return product_value(run, x, plan.U[-1], p_true), float(plan.slack_max)
+    best: tuple[float, float] | None = None
+    message = ""
+    for cfg in oracle_configs(run.nmpc, recipe.duration_h, intervals=intervals):
+        solver = NMPC(model, cfg)
+        init = solver.init(x0, recipe.fallback(0.0))
+        plan, _ = solver.step(init, StateEstimate(x0, p_true), 0.0)
+        if not plan.status.usable:
+            message = plan.message
+            continue
+        step = model.to_casadi().integrator(cfg.dt_h)
+        x = np.asarray(x0, dtype=float)
+        for k in range(intervals):
+            x = np.asarray(step(x, plan.U[k], p_true)).ravel()
+        value = product_value(run, x, plan.U[-1], p_true)
+        if best is None or value > best[0]:
+            best = (value, float(plan.slack_max))
+    if best is None:
+        raise RuntimeError(f"oracle solve failed: {message}")
+    return best
