@@ -245,4 +245,4 @@ def test_unreadable_files_are_clear(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(bad, MODEL)
     with pytest.raises(RecipeError, match="no recipe ships"):
-        default_recipe_path("penicillin_fedbatch")
+        default_recipe_path("no_such_model")
