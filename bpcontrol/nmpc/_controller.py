@@ -89,7 +89,9 @@ class Plan:
 
 @dataclass(frozen=True)
 class NMPCState:
-    """Warm start and memory between steps."""
+    """Memory between steps: the last solution (scaled solver variables ``w`` and the
+    multipliers ``lam_x``, ``lam_g``; the next step shifts them one interval ahead as
+    its warm start), the last plan and the last applied input."""
 
     w: np.ndarray | None
     lam_x: np.ndarray | None
@@ -100,6 +102,19 @@ class NMPCState:
 
 
 _QUIET = {"print_time": False}
+_Shifted = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+_WARM_ONLY = frozenset(
+    f"ipopt.{k}"
+    for k in (
+        "warm_start_init_point",
+        "warm_start_bound_push",
+        "warm_start_bound_frac",
+        "warm_start_mult_bound_push",
+        "warm_start_slack_bound_push",
+        "warm_start_slack_bound_frac",
+        "mu_init",
+    )
+)
 
 
 class NMPC:
@@ -111,6 +126,7 @@ class NMPC:
         self.config = config
         self.ocp: OCP = build_ocp(model, config)
         self._integrators: dict[float, ca.Function] = {}
+        self._shift_src = self._shift_sources()
         manip = self.ocp.layout.manip
         self._u_lo = self.ocp.lbw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
         self._u_hi = self.ocp.ubw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
@@ -127,6 +143,15 @@ class NMPC:
             **{f"ipopt.{k}": v for k, v in cfg.ipopt_options.items()},
         }
         self._ipopt = ca.nlpsol("nmpc_ipopt", "ipopt", self.ocp.nlp, ipopt_opts)
+        # without multipliers to start from (the first solve, after a failure) the
+        # warm-start options (a tiny initial barrier, bound pushes of 1e-9) cost hundreds
+        # of iterations: a second instance solves those from IPOPT's own defaults
+        cold_opts = {k: v for k, v in ipopt_opts.items() if k not in _WARM_ONLY}
+        self._ipopt_cold = (
+            ca.nlpsol("nmpc_ipopt_cold", "ipopt", self.ocp.nlp, cold_opts)
+            if cold_opts != ipopt_opts
+            else self._ipopt
+        )
         self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
             qps = [cfg.qp_solver]
@@ -259,14 +284,15 @@ class NMPC:
             sched = self.scheduled_inputs(t, h)  # the recipe ahead, at the interval starts
             par = self.parameters(x, u_prev, p, h, sched)
             scale = self.ocp.w_scale
-            w0 = state.w  # solver (scaled) variables
-            if w0 is None:
+            lam_x0: np.ndarray | None = None
+            lam_g0: np.ndarray | None = None
+            if state.w is None:
                 w0 = self.initial_guess(x, u_prev, h, p, t, scheduled=sched) / scale
             else:
-                w0 = w0.copy()
+                w0, lam_x0, lam_g0 = self._shift(state.w, state.lam_x, state.lam_g)
                 w0[self.ocp.layout.X[0]] = x / scale[self.ocp.layout.X[0]]
-            if self._rti is not None and state.lam_x is not None and state.lam_g is not None:
-                rti = self._rti(w0, par, state.lam_x, state.lam_g)
+            if self._rti is not None and lam_x0 is not None and lam_g0 is not None:
+                rti = self._rti(w0, par, lam_x0, lam_g0)
                 w, lam_x, lam_g = rti.w, rti.lam_x, rti.lam_g
                 stats: dict[str, Any] = {
                     "success": rti.success,
@@ -284,10 +310,12 @@ class NMPC:
                     lbg=self.ocp.lbg,
                     ubg=self.ocp.ubg,
                 )
-                if state.lam_x is not None:
-                    args.update(lam_x0=state.lam_x, lam_g0=state.lam_g)
-                sol = self._ipopt(**args)
-                stats = self._ipopt.stats()
+                solver = self._ipopt_cold
+                if lam_x0 is not None and lam_g0 is not None:
+                    args.update(lam_x0=lam_x0, lam_g0=lam_g0)
+                    solver = self._ipopt
+                sol = solver(**args)
+                stats = solver.stats()
                 w = np.asarray(sol["x"]).ravel()
                 lam_x = np.asarray(sol["lam_x"]).ravel()
                 lam_g = np.asarray(sol["lam_g"]).ravel()
@@ -300,7 +328,7 @@ class NMPC:
                 raise RuntimeError(msg)
             plan = self._plan(t, w, par, h, status, iters, elapsed, msg)
             new_state = NMPCState(
-                w=self._shift(w),
+                w=w,
                 lam_x=lam_x,
                 lam_g=lam_g,
                 plan=plan,
@@ -398,14 +426,35 @@ class NMPC:
             message=msg,
         )
 
-    def _shift(self, w: np.ndarray) -> np.ndarray:
-        """Warm start for the next period: nodes and moves moved one interval ahead."""
+    def _shift(
+        self, w: np.ndarray, lam_x: np.ndarray | None, lam_g: np.ndarray | None
+    ) -> _Shifted:
+        """Warm start for the next period: the last solution and its multipliers one
+        interval ahead (nodes, moves, collocation states, slacks and every interval's
+        constraint rows), so the next solve starts nearly feasible and nearly optimal.
+        The last interval repeats itself. Returns copies."""
+        w_src, g_src = self._shift_src
+        return (
+            w[w_src],
+            None if lam_x is None else lam_x[w_src],
+            None if lam_g is None else lam_g[g_src],
+        )
+
+    def _shift_sources(self) -> tuple[np.ndarray, np.ndarray]:
+        """Index maps (into w and g) of the shift; identity where no shift applies."""
         lay = self.ocp.layout
-        w2 = w.copy()
-        if self.config.horizon_mode == "receding" and self.config.move_blocks is None:
-            w2[lay.X[:-1].ravel()] = w[lay.X[1:].ravel()]
-            w2[lay.U[:-1].ravel()] = w[lay.U[1:].ravel()]
-        return w2
+        w_src, g_src = np.arange(lay.n_w), np.arange(lay.n_g)
+        if self.config.horizon_mode != "receding" or self.config.move_blocks is not None:
+            return w_src, g_src
+        w_src[lay.X[:-1].ravel()] = lay.X[1:].ravel()
+        w_src[lay.U[:-1].ravel()] = lay.U[1:].ravel()
+        w_len = np.diff(lay.w_spans, axis=1).ravel()
+        g_len = np.diff(lay.g_spans, axis=1).ravel()
+        if np.all(w_len == w_len[0]) and np.all(g_len == g_len[0]):
+            for k in range(len(w_len) - 1):
+                w_src[slice(*lay.w_spans[k])] = np.arange(*lay.w_spans[k + 1])
+                g_src[slice(*lay.g_spans[k])] = np.arange(*lay.g_spans[k + 1])
+        return w_src, g_src
 
     def _fallback_plan(self, state: NMPCState, t: float, elapsed: float, msg: str) -> Plan:
         prev = state.plan

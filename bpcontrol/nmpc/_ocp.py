@@ -40,6 +40,8 @@ class Layout:
     n_par: int
     scheduled: np.ndarray  # model input indices taken from the schedule (a subset of fixed)
     P_sched: np.ndarray  # (N, len(scheduled)) indices into the parameter vector
+    w_spans: np.ndarray  # (N, 2) [start, stop) of interval k's variables in w (Xc, X_k+1, s)
+    g_spans: np.ndarray  # (N, 2) [start, stop) of interval k's rows in g
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,10 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     slacks: list[Any] = []
     C, D = _radau(cfg.collocation_degree)
     d = cfg.collocation_degree
+    w_spans = np.zeros((N, 2), dtype=int)
+    g_spans = np.zeros((N, 2), dtype=int)
     for k in range(N):
+        w_spans[k, 0], g_spans[k, 0] = counter[0], len(lbg)
         uk = full_input(k)
         hk = h[k]
         # stage cost at the interval start, per hour
@@ -274,6 +279,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
                 g.append(sb.upper - vk[sb.name] + s)
                 lbg.append(0.0)
                 ubg.append(np.inf)
+        w_spans[k, 1], g_spans[k, 1] = counter[0], len(lbg)
     vN = values(Xk, full_input(N - 1))
     for name, wt in obj.terminal.items():
         J += wt * vN[name]
@@ -295,6 +301,8 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         n_par=int(par.shape[0]),
         scheduled=scheduled,
         P_sched=P_sched,
+        w_spans=w_spans,
+        g_spans=g_spans,
     )
     sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
     return OCP(
