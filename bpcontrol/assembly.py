@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bpcontrol.adapters import LoopEstimator, NMPCController
 from bpcontrol.interfaces import Clock, Controller, Historian, Plant
@@ -20,8 +20,11 @@ from bpcontrol.recipe import Recipe
 from bpcontrol.records import RunIdentity
 from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
 from bpcontrol.supervisor import Supervisor, SupervisorConfig
-from estimators import CompiledEKF, EKFConfig, ExtendedKalmanFilter, OnlineEstimator
+from estimators import CompiledEKF, EKFConfig, OnlineEstimator
 from models import Model
+
+if TYPE_CHECKING:
+    from estimators import ExtendedKalmanFilter
 
 __all__ = ["AssembledLoop", "assemble", "build_loop"]
 
@@ -106,6 +109,8 @@ def assemble(
     if estimator == "compiled":
         ekf = CompiledEKF(model, ekf_config)
     else:
+        from estimators import ExtendedKalmanFilter  # JAX, imported only when chosen
+
         ekf = ExtendedKalmanFilter(model, ekf_config)
     loop_estimator = LoopEstimator(OnlineEstimator(ekf), x0, t0_h=t0_h)
     loop_estimator.warm_up(u0)

@@ -7,9 +7,11 @@ reactor at a time (online use, long records); ``ExtendedKalmanFilter`` also runs
 >>> from estimators import default_ekf_config, load_ekf_config
 """
 
+from typing import TYPE_CHECKING, Any
+
 from estimators._config import EKFConfig, EstimatorConfigError, Sensor, TrackedParameter
-from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
 from estimators._ekf_compiled import CompiledEKF
+from estimators._filter_base import FilterState, UpdateResult
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
 from estimators.presets import (
     default_ekf_config,
@@ -17,6 +19,19 @@ from estimators.presets import (
     load_ekf_config,
     parse_ekf_config,
 )
+
+if TYPE_CHECKING:
+    from estimators._ekf import ExtendedKalmanFilter
+
+
+def __getattr__(name: str) -> Any:
+    """The JAX filter on first use: importing JAX costs 1-2 s the compiled filter avoids."""
+    if name == "ExtendedKalmanFilter":
+        from estimators._ekf import ExtendedKalmanFilter
+
+        return ExtendedKalmanFilter
+    raise AttributeError(f"module 'estimators' has no attribute {name!r}")
+
 
 __all__ = [
     "CompiledEKF",

@@ -13,44 +13,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import chdtri  # inverse chi-square survival; scipy.stats costs ~1-4 s to import
 
-from estimators._config import EKFConfig, default_scale
+from estimators._config import EKFConfig
+from estimators._filter_base import (  # noqa: F401 (filter_covariance_ok: re-exported)
+    FilterSetup,
+    FilterState,
+    UpdateResult,
+    filter_covariance_ok,
+)
 from models import JaxModel, Model
 
 Array = jax.Array
-# what filter states and results hold: JAX arrays from ExtendedKalmanFilter, NumPy arrays
-# from CompiledEKF (both work with NumPy and jax.numpy functions alike)
-StateArray = jax.Array | np.ndarray
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 
 
-class FilterState(NamedTuple):
-    """Filter state: time (h), augmented mean z = [x; tracked parameters], covariance."""
-
-    t: StateArray
-    z: StateArray
-    P: StateArray
-
-
-class UpdateResult(NamedTuple):
-    """Per-sensor outcome of one update (arrays ordered as the configured sensors)."""
-
-    accepted: StateArray  # bool: fused
-    gated: StateArray  # bool: present but rejected by the chi-square gate
-    innovation: StateArray  # y - h(z) (0 where absent)
-    innovation_var: StateArray  # diagonal of S
-    nis: StateArray  # normalised innovation squared over accepted sensors
-    dof: StateArray  # number of accepted sensors
-    healthy: StateArray  # bool: covariance finite and positive definite after the update
-
-
-class ExtendedKalmanFilter:
+class ExtendedKalmanFilter(FilterSetup):
     """An EKF compiled for one model and configuration; holds no mutable state.
 
     ``init`` -> :class:`FilterState`; ``predict(state, u, t)``; ``update(state, u, y, mask)``.
@@ -58,36 +39,8 @@ class ExtendedKalmanFilter:
     """
 
     def __init__(self, model: Model, config: EKFConfig, *, p: np.ndarray | None = None) -> None:
-        config.validate(model)
-        self.model = model
-        self.config = config
+        super().__init__(model, config, p=p)
         self.jax_model: JaxModel = model.to_jax()
-        self.p_nominal = np.asarray(model.p0 if p is None else p, dtype=float)
-        if self.p_nominal.shape != (model.n_p,):
-            raise ValueError(f"parameter vector must have shape ({model.n_p},)")
-        self.sensor_names = tuple(s.output for s in config.sensors)
-        self.tracked_names = tuple(tp.name for tp in config.tracked)
-        self.nx = model.nx
-        self.nz = model.nx + len(config.tracked)
-        self._out_idx = np.array([model.index(n) for n in self.sensor_names], dtype=int)
-        self._par_idx = np.array([model.index(n) for n in self.tracked_names], dtype=int)
-        self.R = np.array([s.sigma**2 for s in config.sensors])
-        self.R_rel = np.array([s.relative_sigma**2 for s in config.sensors])
-        scale = default_scale(model)
-        q_state = [
-            config.process_sigma.get(s.name, 1e-3 * sc) ** 2
-            for s, sc in zip(model.states, scale, strict=True)
-        ]
-        q_par = [tp.drift_per_sqrt_h**2 for tp in config.tracked]
-        self.Q = np.array(q_state + q_par)  # variance per hour
-        p0_state = [
-            config.state_sigma0.get(s.name, 0.1 * sc) ** 2
-            for s, sc in zip(model.states, scale, strict=True)
-        ]
-        self.P0_diag = np.array(p0_state + [tp.sigma0**2 for tp in config.tracked])
-        self.gate = float(chdtri(1, 1.0 - config.gate_probability))  # chi2(1) quantile
-        lo, hi = model.bounds("outputs")
-        self.y_lower, self.y_upper = lo[self._out_idx], hi[self._out_idx]
         self._predict_jit = jax.jit(self._predict_core)
         self._update_jit = jax.jit(self._update_core)
         self.predict_batch = jax.jit(jax.vmap(self._predict_core, in_axes=(0, 0, 0, None, 0)))
@@ -239,18 +192,7 @@ class ExtendedKalmanFilter:
         P0_diag: np.ndarray | None = None,
     ) -> FilterState:
         """Initial state: x0, tracked parameters at ``theta0`` (default: the base values)."""
-        x0 = np.asarray(x0, dtype=float)
-        if x0.shape != (self.nx,) or not np.all(np.isfinite(x0)):
-            raise ValueError(
-                f"x0 must be {self.nx} finite values (states {self.model.state_names})"
-            )
-        theta = dict(theta0 or {})
-        unknown = set(theta) - set(self.tracked_names)
-        if unknown:
-            raise ValueError(f"theta0 names untracked parameters: {sorted(unknown)}")
-        th = [theta.get(n, self.p_nominal[self.model.index(n)]) for n in self.tracked_names]
-        z0 = np.concatenate([x0, np.asarray(th, dtype=float)])
-        P0 = np.diag(self.P0_diag if P0_diag is None else np.asarray(P0_diag, dtype=float))
+        z0, P0 = self.initial_arrays(x0, theta0=theta0, P0_diag=P0_diag)
         return FilterState(t=jnp.asarray(float(t0)), z=jnp.asarray(z0), P=jnp.asarray(P0))
 
     def predict(self, state: FilterState, u: np.ndarray, t: float) -> FilterState:
@@ -313,37 +255,7 @@ class ExtendedKalmanFilter:
         t_end = float(state.t) + float(DT.sum())
         return FilterState(t=jnp.asarray(t_end), z=z, P=P), np.asarray(Zs), np.asarray(Ps), res
 
-    def estimate(self, state: FilterState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(states, full parameter vector, std of the augmented mean) as NumPy arrays."""
-        z = np.asarray(state.z)
-        p = self.p_nominal.copy()
-        p[self._par_idx] = z[self.nx :]
-        return z[: self.nx], p, np.sqrt(np.clip(np.diag(np.asarray(state.P)), 0.0, None))
-
     def reset_covariance(self, state: FilterState, fallback: FilterState) -> FilterState:
         """Reinitialise a degenerate covariance to its prior; keep the mean if it is finite."""
         z = state.z if bool(jnp.all(jnp.isfinite(state.z))) else fallback.z
         return FilterState(t=state.t, z=z, P=jnp.diag(jnp.asarray(self.P0_diag)))
-
-    def to_arrays(self, readings: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        """Reading dict (sensor name -> value) to (y, mask) ordered as the sensors."""
-        y = np.zeros(len(self.sensor_names))
-        mask = np.zeros(len(self.sensor_names), dtype=bool)
-        for i, name in enumerate(self.sensor_names):
-            if name in readings:
-                y[i], mask[i] = float(readings[name]), True
-        return y, mask
-
-
-def filter_covariance_ok(P: Any, limit: np.ndarray) -> bool:
-    """True when P is finite, symmetric positive definite and no variance exceeds ``limit``."""
-    P = np.asarray(P)
-    if not np.all(np.isfinite(P)):
-        return False
-    if np.any(np.diag(P) > limit):
-        return False
-    try:
-        np.linalg.cholesky(P)
-    except np.linalg.LinAlgError:
-        return False
-    return True

@@ -43,15 +43,19 @@ import contextlib
 import math
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import casadi as ca
 import numpy as np
 
 from estimators._config import EKFConfig
-from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult
+from estimators._filter_base import FilterSetup, FilterState, UpdateResult
 from models import BackgroundBuild, Model, compile_functions, compile_in_background
+
+if TYPE_CHECKING:
+    from estimators._ekf import ExtendedKalmanFilter
 
 _ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")  # no FMA: bitwise like the VM
@@ -114,7 +118,7 @@ class _MappedBuffers:
         self._eval()
 
 
-class CompiledEKF:
+class CompiledEKF(FilterSetup):
     """:class:`ExtendedKalmanFilter` for one reactor, compiled to C (or CasADi's VM).
 
     Same public single-reactor API (``init``, ``predict``, ``update``,
@@ -143,18 +147,10 @@ class CompiledEKF:
         jit: bool = True,
         background: bool = True,
     ) -> None:
-        ref = ExtendedKalmanFilter(model, config, p=p)
-        self.reference = ref
-        self.model, self.config = model, config
-        self.p_nominal = ref.p_nominal
-        self.sensor_names, self.tracked_names = ref.sensor_names, ref.tracked_names
-        self.nx, self.nz, self.ns = ref.nx, ref.nz, len(ref.sensor_names)
-        self.R, self.R_rel, self.Q, self.P0_diag = ref.R, ref.R_rel, ref.Q, ref.P0_diag
-        self.gate = ref.gate
-        self.y_lower, self.y_upper = ref.y_lower, ref.y_upper
-        self._par_idx = ref._par_idx
+        super().__init__(model, config, p=p)
+        self.ns = len(self.sensor_names)
         self._dt_max = config.max_step_h * (1 + 1e-9)
-        fns = _build_functions(ref)
+        fns = _build_functions(self)
         self.compile_s = 0.0
         self.backend = "vm"
         self._building: BackgroundBuild | None = None
@@ -378,8 +374,8 @@ class CompiledEKF:
         P0_diag: np.ndarray | None = None,
     ) -> FilterState:
         """Initial state, as :meth:`ExtendedKalmanFilter.init` (NumPy arrays)."""
-        fs = self.reference.init(x0, t0=t0, theta0=theta0, P0_diag=P0_diag)
-        return FilterState(t=np.asarray(float(t0)), z=np.asarray(fs.z), P=np.asarray(fs.P))
+        z0, P0 = self.initial_arrays(x0, theta0=theta0, P0_diag=P0_diag)
+        return FilterState(t=np.asarray(float(t0)), z=z0, P=P0)
 
     def predict(self, state: FilterState, u: np.ndarray, t: float) -> FilterState:
         """Propagate to time ``t`` (h) with inputs ``u`` held constant."""
@@ -473,19 +469,19 @@ class CompiledEKF:
         final = FilterState(t=np.asarray(t_end), z=z.copy(), P=P.copy())
         return final, Zs, Ps, res
 
-    def estimate(self, state: FilterState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(states, full parameter vector, std of the augmented mean) as NumPy arrays."""
-        return self.reference.estimate(state)
-
     def reset_covariance(self, state: FilterState, fallback: FilterState) -> FilterState:
         """Reinitialise a degenerate covariance to its prior; keep the mean if it is finite."""
         z = np.asarray(state.z)
         z = z if bool(np.all(np.isfinite(z))) else np.asarray(fallback.z)
         return FilterState(t=state.t, z=z, P=np.diag(self.P0_diag))
 
-    def to_arrays(self, readings: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        """Reading dict (sensor name -> value) to (y, mask) ordered as the sensors."""
-        return self.reference.to_arrays(readings)
+    @cached_property
+    def reference(self) -> ExtendedKalmanFilter:
+        """The JAX filter with the same constants (batched work, cross-checks); built, and
+        JAX imported, on first use."""
+        from estimators._ekf import ExtendedKalmanFilter
+
+        return ExtendedKalmanFilter(self.model, self.config, p=self.p_nominal)
 
 
 # --- the symbolic filter ------------------------------------------------------------------
@@ -568,7 +564,7 @@ def _swap(
     return out
 
 
-def _build_functions(ekf: ExtendedKalmanFilter) -> list[ca.Function]:
+def _build_functions(ekf: FilterSetup) -> list[ca.Function]:
     """[predict, update, step, step chained CHUNKS times...] as SX Functions."""
     model, config = ekf.model, ekf.config
     cm = model.to_casadi()

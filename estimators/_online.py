@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from estimators._ekf import ExtendedKalmanFilter, FilterState, UpdateResult, filter_covariance_ok
 from estimators._ekf_compiled import CompiledEKF
+from estimators._filter_base import FilterState, UpdateResult, filter_covariance_ok
+
+if TYPE_CHECKING:
+    from estimators._ekf import ExtendedKalmanFilter
 
 _T_EPS = 1e-9  # h: readings closer than this in time belong to the same step
 

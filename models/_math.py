@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import casadi as ca
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -81,6 +80,15 @@ class SmoothCasadiMath(_CasadiMath):
         return 0.5 * (a + b + ca.sqrt((a - b) ** 2 + self.eps**2))
 
 
+def _jnp() -> Any:
+    """jax.numpy, imported when a model is first traced in JAX (models._jax sets float64)."""
+    import jax.numpy as jnp
+
+    import models._jax  # noqa: F401 (enables float64 before any JAX array exists)
+
+    return jnp
+
+
 class _JaxMath:
     """jax.numpy operations (traceable under jit, vmap and jacfwd)."""
 
@@ -88,28 +96,28 @@ class _JaxMath:
     pi = float(np.pi)
 
     def exp(self, a: Any) -> Any:
-        return jnp.exp(a)
+        return _jnp().exp(a)
 
     def log(self, a: Any) -> Any:
-        return jnp.log(a)
+        return _jnp().log(a)
 
     def sqrt(self, a: Any) -> Any:
-        return jnp.sqrt(a)
+        return _jnp().sqrt(a)
 
     def tanh(self, a: Any) -> Any:
-        return jnp.tanh(a)
+        return _jnp().tanh(a)
 
     def fabs(self, a: Any) -> Any:
-        return jnp.abs(a)
+        return _jnp().abs(a)
 
     def fmin(self, a: Any, b: Any) -> Any:
-        return jnp.minimum(a, b)
+        return _jnp().minimum(a, b)
 
     def fmax(self, a: Any, b: Any) -> Any:
-        return jnp.maximum(a, b)
+        return _jnp().maximum(a, b)
 
     def if_else(self, cond: Any, if_true: Any, if_false: Any) -> Any:
-        return jnp.where(cond, if_true, if_false)
+        return _jnp().where(cond, if_true, if_false)
 
 
 class _NumpyMath:
