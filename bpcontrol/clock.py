@@ -9,12 +9,14 @@ on all of them, which is what lets an accelerated HIL run prove the live loop.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
 __all__ = ["PacedClock"]
 
 _S_PER_H = 3600.0
+_MAX_SLEEP_S = 0.25  # a wait is sliced so that an interrupt ends it within this (wall s)
 
 
 class PacedClock:
@@ -46,12 +48,19 @@ class PacedClock:
         self._t0_h = float(t0_h)
         self._wall0 = wall()
         self._t_sim = float(t0_h)  # used when speed_up is inf
+        self._interrupted = threading.Event()
 
     def restart(self) -> None:
         """Start process time ``t0_h`` now (call after set-up, before the loop runs, so that
         compiling and warming up do not eat into the first periods)."""
         self._wall0 = self._wall()
         self._t_sim = self._t0_h
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        """Cut the current and every later wait short (a stop was requested; safe from any
+        thread and from a signal handler). :meth:`restart` clears it."""
+        self._interrupted.set()
 
     @property
     def simulated(self) -> bool:
@@ -83,4 +92,6 @@ class PacedClock:
             remaining = due - self._wall()
             if remaining <= 0:
                 return -remaining
-            self._sleep(remaining)
+            if self._interrupted.is_set():
+                return 0.0
+            self._sleep(min(remaining, _MAX_SLEEP_S))

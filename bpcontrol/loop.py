@@ -107,6 +107,9 @@ class RunSummary:
     mode_steps: dict[str, int] = field(default_factory=dict)
     lateness_s: list[float] = field(default_factory=list)
     controller_time_s: list[float] = field(default_factory=list)
+    plant_reads_failed: int = 0
+    readings: int = 0
+    stopped: str | None = None  # why the run ended before the batch end (None: it did not)
 
     def jitter(self) -> dict[str, float]:
         """Median, 99th percentile and maximum of the wake-up lateness (ms of wall time)."""
@@ -209,6 +212,8 @@ class ControlLoop:
         self._commands: queue.SimpleQueue[tuple[object, Future[AuditRecord]]]
         self._commands = queue.SimpleQueue()
         self._call: _Call | None = None
+        self._stop_reason: str | None = None
+        self._notes: queue.SimpleQueue[tuple[EventKind, str, str]] = queue.SimpleQueue()
         mode = Mode.AUTO if controller is not None else Mode.FALLBACK
         self._sup: SupervisorState = self.supervisor.init(recipe.fallback(t0_h), t0_h, mode)
         self._applied = self._sup.u  # what the plant holds (confirmed)
@@ -253,6 +258,28 @@ class ControlLoop:
         """:meth:`submit` a :class:`SetLimits`."""
         return self.submit(SetLimits(name, lower, upper, rate_per_h, who, why))
 
+    def request_stop(self, reason: str) -> None:
+        """Stop the run before its next tick (safe from any thread and from a signal
+        handler); the first reason wins. A paced clock's wait is cut short."""
+        if self._stop_reason is None:
+            self._stop_reason = str(reason)
+        interrupt = getattr(self.clock, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
+
+    def note(self, kind: EventKind, message: str, source: str) -> None:
+        """Record an event from outside the loop (safe from any thread): it is written at
+        the next tick, stamped with that tick's time and the run's identity."""
+        self._notes.put((EventKind(kind), str(message), str(source)))
+
+    def _write_notes(self, t: float) -> None:
+        while True:
+            try:
+                kind, message, source = self._notes.get_nowait()
+            except queue.Empty:
+                return
+            self._write(EventRecord(t, kind, message, source))
+
     def snapshot(self) -> LoopSnapshot:
         """The latest state (an immutable value; safe from any thread)."""
         return self._snapshot
@@ -272,18 +299,30 @@ class ControlLoop:
         try:
             for k in range(n + 1):
                 t = self.t0_h + k * recipe.measurement_period_h
-                if k > 0:
+                if k > 0 and self._stop_reason is None:
                     self.summary.lateness_s.append(self.clock.sleep_until(t))
+                if self._stop_reason is not None:
+                    self._stopped(k)
+                    break
                 self._tick(t, control=(k % spc == 0 and k < n), last=(k == n))
         finally:
+            self._write_notes(self.summary.t_end_h)
             self.summary.wall_s = time.perf_counter() - wall0
             self._snapshot = replace(self._snapshot, done=True)
         return self.summary
+
+    def _stopped(self, k: int) -> None:
+        """Record why the run ends early (after tick ``k - 1``, at ``summary.t_end_h``)."""
+        reason = self._stop_reason or "stopped"
+        self.summary.stopped = reason
+        t = self.summary.t_end_h if k > 0 else self.t0_h
+        self._write(EventRecord(t, EventKind.STOPPED, f"run stopped at {t:.3f} h: {reason}", _LOOP))
 
     def _tick(self, t: float, *, control: bool, last: bool) -> None:
         s = self.summary
         s.ticks += 1
         s.t_end_h = t
+        self._write_notes(t)
         readings = self._read(t)
         try:
             out = self.estimator.step(t, self._applied, readings)
@@ -330,6 +369,7 @@ class ControlLoop:
         try:
             readings = list(self.plant.read(t))
         except Exception as exc:  # a device fault must not stop the batch
+            self.summary.plant_reads_failed += 1
             self._write(
                 EventRecord(
                     t,
@@ -340,6 +380,7 @@ class ControlLoop:
                 )
             )
             return []
+        self.summary.readings += len(readings)
         for r in readings:
             ts = t if r.t_sample is None else float(r.t_sample)
             value = float(r.value) if isinstance(r.value, (int, float)) else math.nan

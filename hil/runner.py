@@ -29,8 +29,10 @@ optional::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,10 +49,13 @@ from bpcontrol.interfaces import Controller, Plant
 from bpcontrol.kpis import run_kpis
 from bpcontrol.loop import LoopSnapshot, RunSummary
 from bpcontrol.nmpc import NMPC, StateEstimate
+from bpcontrol.records import EventKind
+from bpcontrol.run_status import RunState, StopOnSignals, signal_exit_code, write_status
 from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
+from bpcontrol.stderr_capture import StderrToEvents
 from hil.plant import SimulatedPlant
 from hil.synthetic import OfflineAssays
-from services.historian import EmbeddedHistorian, read_records
+from services.historian import EmbeddedHistorian, HistorianError, read_records
 
 __all__ = [
     "RunResult",
@@ -229,7 +234,8 @@ def pack_scenario(run: ResolvedRun) -> Scenario:
 
 @dataclass
 class RunResult:
-    """What a run produced: its folder, KPIs, loop summary and the plant's truth."""
+    """What a run produced: its folder, KPIs, loop summary and the plant's truth; how it
+    ended (``state`` as in ``status.json``, the ``reason``, the process ``exit_code``)."""
 
     run_dir: Path
     kpis: dict[str, Any]
@@ -237,6 +243,9 @@ class RunResult:
     truth_t: np.ndarray
     truth_x: np.ndarray
     report: Path | None
+    state: RunState = "completed"
+    reason: str = ""
+    exit_code: int = 0
 
 
 def new_run_dir(root: str | Path, label: str, seed: int) -> Path:
@@ -269,6 +278,13 @@ def product_value(
     return float(y[model.index(name)])
 
 
+STDERR_LOG = "stderr.log"
+"""What solvers and integrators printed during the loop (also kept as events)."""
+STORE_TIMEOUT_S = 10.0
+"""How long (wall s) the historian may fail to store anything before the run ends, and
+the longest wait for it at the end of a run."""
+
+
 def run_batch(
     spec: RunSpec | ResolvedRun,
     *,
@@ -281,11 +297,20 @@ def run_batch(
     wrap_plant: Callable[[Plant], Plant] | None = None,
     oracle: bool = False,
     report: bool = True,
+    store_timeout_s: float = STORE_TIMEOUT_S,
+    checkpoint_interval_s: float = 1.0,
 ) -> RunResult:
     """Run one batch (see the module docstring); ``scenario`` defaults to the pack's plant.
 
     ``wrap_controller`` and ``wrap_plant`` inject faults (:mod:`hil.faults`); ``progress``
-    is called with the loop's snapshot after every tick.
+    is called with the loop's snapshot after every tick. The folder's ``status.json``
+    (:mod:`bpcontrol.run_status`) says ``running`` from the start and how the run ended:
+    SIGINT or SIGTERM stop the loop at its next tick (``interrupted``); a historian that
+    stores nothing for ``store_timeout_s`` (a full disk) ends the run (``failed``), and
+    so does a plant from which no measurement ever arrived. Either way the records that
+    were stored, the KPIs and the report of what ran are kept, and the result says what
+    happened (:attr:`RunResult.state`, ``reason``, ``exit_code``). The historian
+    checkpoints its WAL every ``checkpoint_interval_s`` (wall s).
     """
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
     scenario = scenario if scenario is not None else pack_scenario(run)
@@ -297,21 +322,165 @@ def run_batch(
     (run_dir / "scenario.json").write_text(
         json.dumps(asdict(scenario), indent=2, default=dict) + "\n", encoding="utf-8"
     )
-    historian = EmbeddedHistorian(run_dir / "records.sqlite")
+    write_status(run_dir, "running", run_id=run.spec.identity.run_id, pid=os.getpid())
+    historian = EmbeddedHistorian(
+        run_dir / "records.sqlite", checkpoint_interval_s=checkpoint_interval_s
+    )
     clock = PacedClock(speed_up)
+    stop = _StopRequest()
+
+    def watch(snapshot: LoopSnapshot) -> None:
+        if historian.failing_for_s() > store_timeout_s:
+            stop(
+                f"the historian stored nothing for {store_timeout_s:g} s "
+                f"({historian.last_error}); {historian.stored} records stored"
+            )
+        if progress is not None:
+            progress(snapshot)
+
+    with StopOnSignals(stop) as signals:
+        try:
+            assembled = build_loop(
+                run,
+                plant=plant,
+                historian=historian,
+                clock=clock,
+                progress=watch,
+                wrap_controller=wrap_controller,
+            )
+            clock.restart()  # the warm-up compile is not process time
+            loop = assembled.loop
+            stop.attach(loop)
+            with StderrToEvents(
+                lambda line: loop.note(EventKind.SOLVER_OUTPUT, line, "stderr"),
+                run_dir / STDERR_LOG,
+            ):
+                summary = loop.run(duration_h)
+        except BaseException as exc:
+            ended: RunState = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            _close_within(historian, store_timeout_s)
+            with contextlib.suppress(OSError):
+                write_status(run_dir, ended, f"{type(exc).__name__}: {exc}")
+            raise
+        store_error = _close_within(historian, store_timeout_s)
+        state, why = _outcome(summary, signals.signum, store_error)
+        try:
+            result = _finish_run(
+                run, scenario, sim, summary, run_dir, speed_up=speed_up, report=report
+            )
+        except OSError as exc:  # a full disk: the records are what there is
+            if state == "completed":
+                state, why = "failed", f"writing the run folder failed: {exc}"
+            truth = sim.truth()
+            result = RunResult(run_dir, {}, summary, truth.t, truth.x, None)
+        if oracle and state == "completed":
+            why = _add_oracle(result, run, sim) or why
+        stored_to = _stored_up_to_h(run_dir / "records.sqlite")
+        if state == "failed" and store_error is not None:
+            why = f"{why}, up to {stored_to:.3f} h of {summary.t_end_h:.3f} h"
+        with contextlib.suppress(OSError):
+            write_status(
+                run_dir,
+                state,
+                why,
+                t_end_h=summary.t_end_h,
+                records_stored=historian.stored,
+                records_up_to_h=stored_to,
+            )
+    result.state, result.reason = state, why
+    result.exit_code = _exit_code(
+        state, signals.signum, oracle_failed="oracle_error" in result.kpis
+    )
+    return result
+
+
+class _StopRequest:
+    """Stop requests before the loop exists (a signal during set-up) and after."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._loop: Any = None
+
+    def __call__(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self._loop is not None:
+            self._loop.request_stop(reason)
+
+    def attach(self, loop: Any) -> None:
+        self._loop = loop
+        if self.reason is not None:
+            loop.request_stop(self.reason)
+
+
+def _close_within(historian: EmbeddedHistorian, timeout_s: float) -> str | None:
+    """Close ``historian`` waiting at most ``timeout_s``; what went wrong, or None."""
     try:
-        assembled = build_loop(
-            run,
-            plant=plant,
-            historian=historian,
-            clock=clock,
-            progress=progress,
-            wrap_controller=wrap_controller,
+        historian.close(timeout_s=timeout_s)
+    except HistorianError:
+        error, stored = historian.last_error, historian.stored
+        lost = historian.abandon()
+        return (
+            f"the historian could not store {lost} records within {timeout_s:g} s "
+            f"({error}); {stored} records stored"
         )
-        clock.restart()  # the warm-up compile is not process time
-        summary = assembled.loop.run(duration_h)
+    return None
+
+
+def _stored_up_to_h(path: Path) -> float:
+    """The latest process time (h) of any record stored in the historian file at ``path``."""
+    try:
+        records = read_records(path)
+    except Exception:  # an unreadable file stored nothing usable
+        return 0.0
+    return max((r.t_h for r in records), default=0.0)
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` to ``path`` atomically (a full disk leaves no half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
     finally:
-        historian.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _outcome(
+    summary: RunSummary, signum: int | None, store_error: str | None
+) -> tuple[RunState, str]:
+    """The run's end state and its reason, from what the loop and the historian said."""
+    if store_error is not None:
+        return "failed", store_error
+    if summary.stopped is not None:
+        return ("interrupted" if signum is not None else "failed"), summary.stopped
+    if summary.readings == 0 and summary.ticks > 0:
+        return "failed", (
+            f"no measurement ever arrived from the plant ({summary.plant_reads_failed} of "
+            f"{summary.ticks} reads failed)"
+        )
+    return "completed", ""
+
+
+def _exit_code(state: RunState, signum: int | None, *, oracle_failed: bool) -> int:
+    if state == "interrupted" and signum is not None:
+        return signal_exit_code(signum)
+    if state != "completed" or oracle_failed:
+        return 1
+    return 0
+
+
+def _finish_run(
+    run: ResolvedRun,
+    scenario: Scenario,
+    sim: SimulatedPlant,
+    summary: RunSummary,
+    run_dir: Path,
+    *,
+    speed_up: float,
+    report: bool,
+) -> RunResult:
+    """KPIs and report of what ran (read back from the records stored)."""
     model, recipe = run.model, run.recipe
     truth = sim.truth()
     p_true = sim.p_true
@@ -328,6 +497,10 @@ def run_batch(
         "duration_h": summary.t_end_h,
         "wall_time_s": summary.wall_s,
         "speed_up_achieved": summary.t_end_h * 3600.0 / max(summary.wall_s, 1e-9),
+        "records_stored": len(records),
+        "records_up_to_h": max((r.t_h for r in records), default=0.0),
+        "plant_reads_failed": summary.plant_reads_failed,
+        "plant_reads_failed_percent": 100.0 * summary.plant_reads_failed / max(summary.ticks, 1),
     }
     kpis.update(
         run_kpis(
@@ -342,16 +515,27 @@ def run_batch(
     _product_kpis(kpis, run, truth.x[-1], truth.u[-1], p_true)
     if math.isfinite(speed_up):
         kpis.update({f"jitter_{k}": v for k, v in summary.jitter().items()})
-    if oracle:
-        value, slack = oracle_product(run, p_true, truth.x[0])
-        kpis["oracle_product"] = value
-        kpis["oracle_slack_max"] = slack
-        kpis["product_vs_oracle"] = kpis["final_product"] / value
-    (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
+    _write_json(run_dir / "kpis.json", kpis)
     report_path = None
     if report:
         report_path = _write_report(run_dir, records, run, kpis, truth, tracked, scenario)
     return RunResult(run_dir, kpis, summary, truth.t, truth.x, report_path)
+
+
+def _add_oracle(result: RunResult, run: ResolvedRun, sim: SimulatedPlant) -> str:
+    """Add the oracle's KPIs (rewriting ``kpis.json``); a failed oracle is noted in the
+    KPIs as ``oracle_error`` and keeps the batch's. Returns the failure, or ""."""
+    kpis = result.kpis
+    try:
+        value, slack = oracle_product(run, sim.p_true, sim.truth().x[0])
+    except Exception as exc:  # the batch's KPIs are worth keeping whatever the oracle does
+        kpis["oracle_error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        kpis["oracle_product"] = value
+        kpis["oracle_slack_max"] = slack
+        kpis["product_vs_oracle"] = kpis["final_product"] / value
+    _write_json(result.run_dir / "kpis.json", kpis)
+    return str(kpis.get("oracle_error", ""))
 
 
 def _product_kpis(

@@ -37,7 +37,11 @@ on an in-memory queue and returns (about a microsecond). A daemon thread takes r
 the queue and inserts them in batches, one transaction per batch. When a batch fails (disk
 full, database locked by another process, file removed) the thread keeps the batch, waits
 (exponential backoff) and tries again; nothing accepted is dropped, and each record is
-stored once (a batch is one transaction: it is stored whole or not at all).
+stored once (a batch is one transaction: it is stored whole or not at all). Every second
+(``checkpoint_interval_s``) the committed batches are checkpointed into the main file, so
+that the file alone is never far behind its ``-wal`` side file (after SIGKILL, say); a
+store that keeps failing shows in :meth:`EmbeddedHistorian.failing_for_s`, and
+:meth:`EmbeddedHistorian.abandon` gives up on it after a bounded :meth:`close`.
 :attr:`EmbeddedHistorian.pending` and :attr:`EmbeddedHistorian.last_error` show the state
 to a health check.
 
@@ -497,6 +501,10 @@ class EmbeddedHistorian:
         synchronous: SQLite ``synchronous`` pragma. ``"NORMAL"`` (WAL): a committed batch
             survives a crash of the process but the last ones may be lost on power loss;
             ``"FULL"``: also on power loss, at an fsync per batch.
+        checkpoint_interval_s: at most this long (s of wall time) between WAL checkpoints
+            (committed batches copied into the main file), so that the main file alone,
+            without its ``-wal`` side file (copied away after a crash, say), is never more
+            than about this far behind; 0 checkpoints after every batch.
 
     Raises:
         HistorianError: when the file cannot be opened or is not a historian file.
@@ -512,11 +520,13 @@ class EmbeddedHistorian:
         busy_timeout_s: float = 1.0,
         max_backoff_s: float = 2.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        checkpoint_interval_s: float = 1.0,
     ) -> None:
         for name, value in (
             ("batch_interval_s", batch_interval_s),
             ("busy_timeout_s", busy_timeout_s),
             ("max_backoff_s", max_backoff_s),
+            ("checkpoint_interval_s", checkpoint_interval_s),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (s), got {value!r}")
@@ -530,6 +540,10 @@ class EmbeddedHistorian:
         self._busy_timeout = float(busy_timeout_s)
         self._max_backoff = float(max_backoff_s)
         self._synchronous = synchronous
+        self._checkpoint_interval = float(checkpoint_interval_s)
+        self._last_checkpoint = time.monotonic()
+        self._failing_since: float | None = None
+        self._abandoned = False
         self._run_key: dict[RunIdentity, int] = {}  # run table keys (writer thread only)
 
         try:
@@ -622,6 +636,18 @@ class EmbeddedHistorian:
             )
         atexit.unregister(self._close_at_exit)
 
+    def abandon(self) -> int:
+        """Give up on the records not yet stored (after a :meth:`close` that timed out on a
+        store that keeps failing, such as a full disk): the writer stops retrying and
+        exits, and interpreter exit does not wait for it. Returns how many were dropped."""
+        with self._lock:
+            self._closed = True
+            self._abandoned = True
+            self._queue.put(_STOP)
+        self._thread.join(self._max_backoff + self._busy_timeout + 1.0)
+        atexit.unregister(self._close_at_exit)
+        return self.pending
+
     @property
     def pending(self) -> int:
         """Records accepted but not yet stored (queued, being written, or being retried)."""
@@ -636,6 +662,11 @@ class EmbeddedHistorian:
     def last_error(self) -> BaseException | None:
         """The most recent error of a failed batch (kept after later batches succeed)."""
         return self._last_error
+
+    def failing_for_s(self) -> float:
+        """How long (s) storing has failed without a success in between; 0 when healthy."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def closed(self) -> bool:
@@ -747,21 +778,37 @@ class EmbeddedHistorian:
                     self._store(conn, batch)
                 except Exception as exc:  # disk full, locked, file gone: keep and retry
                     self._last_error = exc
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
                     if conn is not None:
                         with contextlib.suppress(sqlite3.Error):
                             conn.close()
                         conn = None
+                    if self._abandoned:
+                        break
                     backoff = min(max(2 * backoff, 0.05), self._max_backoff)
                     time.sleep(backoff)  # records keep queueing meanwhile
                     continue
                 backoff = 0.0
+                self._failing_since = None
                 with self._done:
                     self._stored += len(batch)
                     self._done.notify_all()
                 batch = []
+                self._checkpoint(conn)
             if stop and not batch:
                 break
         self._finish(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy committed WAL pages into the main file when the interval has passed
+        (PASSIVE: never waits for readers; what a reader still needs is copied later)."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < self._checkpoint_interval:
+            return
+        self._last_checkpoint = now
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _finish(self, conn: sqlite3.Connection | None) -> None:
         """Leave a self-contained file: back to a rollback journal (no -wal/-shm files).

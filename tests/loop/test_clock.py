@@ -39,18 +39,38 @@ def test_accelerated_clock_sleeps_the_scaled_period() -> None:
     wall = FakeWall()
     clock = PacedClock(1800.0, wall=wall, sleep=wall.sleep)
     late = clock.sleep_until(0.5)  # 0.5 h at 1800x = 1 s of wall time
-    assert wall.slept == [pytest.approx(1.0)]
+    # in slices of at most 0.25 s, so that an interrupt ends a wait soon
+    assert sum(wall.slept) == pytest.approx(1.0) and max(wall.slept) <= 0.25
     assert late == pytest.approx(0.0)
     assert clock.now() == pytest.approx(0.5)
+
+
+def test_an_interrupt_cuts_the_wait_short_until_restart() -> None:
+    wall = FakeWall()
+    clock = PacedClock(1.0, wall=wall, sleep=wall.sleep)
+
+    def sleep_then_interrupt(s: float) -> None:
+        wall.sleep(s)
+        clock.interrupt()  # as a signal handler would, during the first slice
+
+    clock._sleep = sleep_then_interrupt
+    assert clock.sleep_until(1.0) == 0.0  # a 3600 s wait
+    assert sum(wall.slept) == pytest.approx(0.25)
+    assert clock.sleep_until(2.0) == 0.0 and len(wall.slept) == 1  # later waits: none
+    clock._sleep = wall.sleep
+    clock.restart()
+    clock.sleep_until(1 / 3600)  # one wall second, waited in full again
+    assert sum(wall.slept[1:]) == pytest.approx(1.0)
 
 
 def test_lateness_is_the_overshoot_of_the_wake_up() -> None:
     wall = FakeWall(lag_s=0.003)
     clock = PacedClock(1.0, wall=wall, sleep=wall.sleep)
     assert clock.sleep_until(10 / 3600) == pytest.approx(0.003)
+    slices = len(wall.slept)
     wall.now += 2.0  # the work overran by 2 s past the next due time
     assert clock.sleep_until(11 / 3600) == pytest.approx(1.003)
-    assert len(wall.slept) == 1  # no sleep when already late
+    assert len(wall.slept) == slices  # no sleep when already late
 
 
 def test_live_clock_keeps_real_time() -> None:
