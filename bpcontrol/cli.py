@@ -2,8 +2,9 @@
 
 Each command is a small function on :data:`app` that builds a request, calls a job
 module (``bpcontrol.simulate_job`` ...) and prints. Bad user input (a model file, a
-profile, a number) is reported as one line ``error: <message>`` on stderr with exit
-status 2; an integration that fails on valid input exits with status 1.
+profile, a number, an output path) is reported as one line ``error: <message>`` naming
+the option or the file and key, on stderr with exit status 2, and is found before
+anything is created; an integration that fails on valid input exits with status 1.
 
 Start-up stays fast (``bpcontrol --version`` and ``--help`` in well under a second): this
 module imports only typer, rich and the standard library at the top; NumPy, JAX, CasADi,
@@ -30,7 +31,18 @@ if TYPE_CHECKING:
     from bpcontrol.estimate_job import RecordedData
     from models import Model
 
-from bpcontrol.cli_common import PROGRESS_MIN_STEPS, progress_bar, user_errors
+from bpcontrol.cli_common import (
+    PROGRESS_MIN_STEPS,
+    check_hours,
+    check_output_file,
+    check_output_folder,
+    check_positive,
+    progress_bar,
+    user_errors,
+)
+
+RUNS = Path("runs")
+"""Where ``simulate`` and ``estimate`` put their folder unless given ``--out``."""
 
 app = typer.Typer(
     name="bpcontrol",
@@ -124,6 +136,7 @@ def simulate_command(
     ] = 0,
 ) -> None:
     """Simulate a model open-loop; write trajectories, plot.png and run.json."""
+    from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
     from bpcontrol.simulate_job import (
         SimulationRequest,
         output_steps,
@@ -131,6 +144,17 @@ def simulate_command(
         summary_table,
     )
 
+    with user_errors():
+        check_output_folder(out if out is not None else RUNS, "--out")
+        check_positive(dt, "--dt", "h")
+        check_hours(
+            hours,
+            "--hours",
+            step_h=dt,
+            steps="output steps of --dt",
+            max_hours=MAX_DURATION_H,
+            max_steps=MAX_TICKS,
+        )
     request = SimulationRequest(
         model=model,
         hours=hours,
@@ -238,6 +262,7 @@ def estimate_command(
     )
     progress_console = Console(stderr=True)
     with user_errors():
+        check_output_folder(out if out is not None else RUNS, "--out")
         prepared = prepare_estimation(request, _read_run)
         if progress_console.is_terminal and len(prepared.groups) > PROGRESS_MIN_STEPS:
             with progress_bar("estimating", progress_console) as bar:
@@ -288,10 +313,24 @@ def synth_command(
     The plant is the E. coli fed-batch with mu_max x 0.8 and Y_xs x 1.2 against the
     literature model, online sensors every minute and offline assays 1-3 h late.
     """
+    from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
     from hil.demo_run import write_demo_run
+    from hil.synthetic import DEFAULT_PERIOD_H
     from models import load_model
 
     with user_errors():
+        check_output_file(out, "--out")
+        check_hours(
+            hours,
+            "--hours",
+            step_h=DEFAULT_PERIOD_H,
+            steps="sensor periods",
+            max_hours=MAX_DURATION_H,
+            max_steps=MAX_TICKS,
+        )
+        periods = hours / DEFAULT_PERIOD_H
+        if abs(periods - round(periods)) > 1e-6:
+            raise ValueError(f"--hours must be a whole number of minutes, got {hours:g}")
         plant = load_model(model)
         paths = write_demo_run(plant, hours=hours, seed=seed, path=out, overwrite=force)
     for path in paths:

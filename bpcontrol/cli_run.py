@@ -3,7 +3,9 @@
 Part of the composition root (it may import ``hil`` and ``services``). The process comes
 from a pack folder (``--pack``), a built-in model's pack (``--model NAME``), single files
 (``--model FILE --recipe FILE --control FILE``) or a run spec of an earlier run
-(``--spec runs/<id>/run.toml``). Everything is checked before the run folder exists.
+(``--spec runs/<id>/run.toml``). Everything is checked before the run folder exists
+(bad input: one ``error:`` line, exit 2, nothing created). A failed ``--oracle`` after
+the batch keeps the batch's KPIs and report, says so in one line and exits 1.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bpcontrol.cli_common import parse_speed_up, progress_bar, user_errors
+from bpcontrol.cli_common import (
+    EXIT_FAILURE,
+    check_output_folder,
+    fail,
+    parse_speed_up,
+    progress_bar,
+    user_errors,
+)
 
 if TYPE_CHECKING:
+    from bpcontrol.interfaces import Plant
     from bpcontrol.loop import LoopSnapshot
     from bpcontrol.pack import ProcessPack
-    from bpcontrol.runspec import RunSpec
+    from bpcontrol.runspec import ResolvedRun, RunSpec
+    from hil.runner import RunResult
 
 __all__ = ["run_command"]
 
@@ -108,6 +119,22 @@ def _kpi_table(kpis: dict[str, Any], title: str) -> Table:
     return table
 
 
+def _oracle_kpis(run: ResolvedRun, result: RunResult, plant: Plant | None) -> dict[str, float]:
+    """The whole-batch optimum's KPIs with the plant's true parameters (``--oracle``);
+    raises what the oracle's solve raises (``RuntimeError`` when no solve is usable)."""
+    from hil.plant import SimulatedPlant
+    from hil.runner import oracle_product
+
+    if not isinstance(plant, SimulatedPlant):
+        raise RuntimeError("the oracle needs the simulated plant's true parameters")
+    value, slack = oracle_product(run, plant.p_true, result.truth_x[0])
+    return {
+        "oracle_product": value,
+        "oracle_slack_max": slack,
+        "product_vs_oracle": result.kpis["final_product"] / value,
+    }
+
+
 def run_command(
     pack: Annotated[
         Path | None, typer.Option(help="Process pack folder (pack.toml, recipe.toml, ...).")
@@ -172,6 +199,7 @@ def run_command(
     )
 
     with user_errors():
+        check_output_folder(out, "--out")
         if spec is not None:
             if any(v is not None for v in (pack, model, recipe, control, ekf)):
                 raise ValueError("--spec holds the whole process; drop --pack/--model/--recipe")
@@ -205,19 +233,30 @@ def run_command(
                 f"--duration {hours:g} h is shorter than one measurement period "
                 f"({run.recipe.measurement_period_h * 60:g} min)"
             )
+        if oracle and run.nmpc is None:
+            raise ValueError(
+                f"--oracle: {run.spec.pack.source('pack')} has no control.toml, whose "
+                "economic problem the oracle solves over the whole batch"
+            )
         run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
         ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
         if spec is not None and batch is None:
             ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
         run = replace(run, spec=replace(run.spec, identity=ident))
         console = Console(stderr=True)
+        plants: list[Plant] = []
+
+        def keep_plant(plant: Plant) -> Plant:
+            plants.append(plant)  # the oracle needs its true parameters
+            return plant
+
         kwargs: dict[str, Any] = {
             "run_dir": run_dir,
             "scenario": sc,
             "speed_up": speed,
             "duration_h": duration,
-            "oracle": oracle,
-        }
+            "wrap_plant": keep_plant,
+        }  # no oracle in run_batch: its failure there would lose the batch's KPIs
         if console.is_terminal and not as_json:
             label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
             with progress_bar(label, console) as bar:
@@ -244,11 +283,21 @@ def run_command(
                 "time_do_below_min_percent", math.nan
             )
             kpis["product_vs_recipe"] = kpis["final_product"] / base_result.kpis["final_product"]
+        oracle_error: Exception | None = None
+        if oracle:
+            try:
+                kpis.update(_oracle_kpis(run, result, plants[0] if plants else None))
+            except (RuntimeError, ValueError, ArithmeticError) as exc:
+                oracle_error = exc  # reported after the batch's KPIs, which are kept
+        if compare_recipe or oracle:
             (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(kpis, indent=2))
-        return
-    Console().print(_kpi_table(kpis, f"run {result.run_dir.name}"))
-    typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
-    if result.report is not None:
-        typer.echo(f"wrote {result.report}")
+    else:
+        Console().print(_kpi_table(kpis, f"run {result.run_dir.name}"))
+        typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
+        if result.report is not None:
+            typer.echo(f"wrote {result.report}")
+    if oracle_error is not None:
+        where = f"the batch's KPIs and report are in {result.run_dir}"
+        fail(RuntimeError(f"--oracle failed ({where}): {oracle_error}"), EXIT_FAILURE)

@@ -13,7 +13,7 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
     max_iter = 500
     # manipulated = ["F", "T_set"] # default: every input; the others follow the recipe
     # control_period_min = 10      # default: the recipe's
-    # deadline_s = 2.0             # wall time per solve; default from the problem size
+    # deadline_s = 2.0             # wall s per solve, in (0, 86400]; default: problem size
     auto_resume_after = 3          # good shadow plans before AUTO returns (0: never)
 
     [objective]                    # minimised; a negative weight rewards
@@ -60,7 +60,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bpcontrol.nmpc import NMPCConfig, NMPCConfigError, Objective, SoftBound, Tracking
-from bpcontrol.recipe import Recipe
+from bpcontrol.recipe import MAX_DURATION_H, Recipe
 from models import Model
 
 __all__ = [
@@ -121,7 +121,7 @@ class ControlSpec(_Strict):
 
     horizon: int = Field(default=20, ge=1, le=2000)
     horizon_mode: Literal["receding", "batch_end"] = "receding"
-    control_period_min: float | None = Field(default=None, gt=0)
+    control_period_min: float | None = Field(default=None, gt=0, le=MAX_DURATION_H * 60.0)
     manipulated: list[str] | None = None
     solver: Literal["ipopt", "rti"] = "ipopt"
     qp_solver: str = "qrqp"

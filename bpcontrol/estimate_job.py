@@ -20,7 +20,9 @@ Readings and the filter
 
 Everything that can be wrong with the request (model, data, inputs, configuration,
 initial state, output folder) is checked before anything is written, so a refused run
-leaves no files. A run folder holds:
+leaves no files. Readings arriving after :data:`bpcontrol.recipe.MAX_DURATION_H`, or
+needing more than :data:`bpcontrol.recipe.MAX_TICKS` filter steps to reach, are refused.
+A run folder holds:
 
 - ``estimates.csv``: ``t_h`` then, for every state and tracked parameter, its estimate
   and ``<name>_sigma`` (one standard deviation), then ``nis`` and ``dof`` (normalised
@@ -53,6 +55,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from bpcontrol import __version__
+from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
 from estimators import (
     EKFConfig,
     ExtendedKalmanFilter,
@@ -222,6 +225,7 @@ def prepare_estimation(request: EstimationRequest, read_run: RunReader) -> Prepa
             f"{request.data}: the first reading ({first.sensor} at t_h = {first.t_h:g} h) "
             "is before the start of the run at 0 h"
         )
+    check_span(records, config, request.data)
     sensors = {s.output for s in config.sensors}
     used = tuple(r for r in records if r.sensor in sensors)
     ignored = Counter(r.sensor for r in records if r.sensor not in sensors)
@@ -240,6 +244,23 @@ def prepare_estimation(request: EstimationRequest, read_run: RunReader) -> Prepa
         n_readings=len(used),
         ignored=dict(sorted(ignored.items())),
     )
+
+
+def check_span(records: Sequence[RecordedReading], config: EKFConfig, data: Path) -> None:
+    """Refuse readings that arrive later than a sane run lasts: after
+    :data:`~bpcontrol.recipe.MAX_DURATION_H`, or so late that predicting up to them
+    takes more than :data:`~bpcontrol.recipe.MAX_TICKS` filter steps of the
+    configuration's ``max_step_h`` (a reading 1e308 h after the one before)."""
+    last = max(records, key=lambda r: r.t_h)
+    at = f"{data}: the last reading ({last.sensor}) arrives at t_h = {last.t_h:g} h"
+    if last.t_h > MAX_DURATION_H:
+        raise ValueError(f"{at}; a run lasts at most {MAX_DURATION_H:g} h")
+    steps = last.t_h / config.max_step_h
+    if steps > MAX_TICKS:
+        raise ValueError(
+            f"{at}: {steps:.3g} filter steps of max_step_h = {config.max_step_h:g} h, "
+            f"at most {MAX_TICKS:,} are allowed"
+        )
 
 
 def group_arrivals(

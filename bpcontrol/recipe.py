@@ -56,6 +56,12 @@ third phase for the example above::
     fallback = { F = { steps = [[0.0, 0.06], [2.0, 0.04], [6.0, 0.03]] } }
 
 The batch ends at ``duration_h`` (the "end" phase).
+
+Sane sizes: a batch lasts at most :data:`MAX_DURATION_H` hours and has at most
+:data:`MAX_TICKS` measurement periods (``duration_h`` over the measurement period), so a
+number that passes the finiteness checks but would overflow (``duration_h = 1e308``) or
+need days of ticks (``measurement_period_min = 0.0001`` over 30 h) is refused with the
+reason when the recipe is read, before anything runs.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ from bpcontrol.supervisor import SetpointLimits
 from models import Model
 
 __all__ = [
+    "MAX_DURATION_H",
+    "MAX_TICKS",
     "ExponentialProfile",
     "Phase",
     "Profile",
@@ -87,6 +95,17 @@ __all__ = [
     "load_recipe",
     "parse_recipe",
 ]
+
+
+MAX_DURATION_H = 100_000.0
+"""Longest batch a recipe may state (h, about 11 years): longer ones are typing errors,
+and their times in seconds would overflow."""
+
+MAX_TICKS = 1_000_000
+"""Most measurement periods a batch may have (``duration_h`` over the measurement
+period): a million ticks already take hours of estimator and controller steps."""
+
+_MAX_EXPONENT = 700.0  # e^700 ~ 1e304: an exponential feed past it is at its max anyway
 
 
 class RecipeError(ValueError):
@@ -103,7 +122,8 @@ class ExponentialProfile:
 
     def at(self, dt_h: float) -> float:
         """Value ``dt_h`` hours after the phase started."""
-        return min(self.initial * math.exp(self.growth_per_h * dt_h), self.max)
+        exponent = min(self.growth_per_h * dt_h, _MAX_EXPONENT)  # no OverflowError
+        return min(self.initial * math.exp(exponent), self.max)
 
     def range(self) -> tuple[float, float]:
         """Smallest and largest value the profile can take (for any time after the start)."""
@@ -276,14 +296,25 @@ def parse_recipe(doc: Mapping[str, Any], model: Model, *, source: str = "recipe"
     duration = _positive(doc, "duration_h", fail)
     meas = _positive(doc, "measurement_period_min", fail) / 60.0
     ctrl = _positive(doc, "control_period_min", fail) / 60.0
+    if duration > MAX_DURATION_H:
+        raise fail(f"duration_h must be at most {MAX_DURATION_H:g} h, got {duration:g}")
+    ticks = duration / meas
+    if ticks > MAX_TICKS:
+        raise fail(
+            f"measurement_period_min = {meas * 60:g} gives {ticks:.3g} measurement periods "
+            f"over the {duration:g} h batch, at most {MAX_TICKS:,} are allowed"
+        )
+    if ctrl > duration:  # before the ratio: ctrl <= duration keeps it <= MAX_TICKS
+        raise fail(
+            f"control_period_min = {ctrl * 60:g} is longer than the batch "
+            f"(duration_h = {duration:g})"
+        )
     ratio = ctrl / meas
     if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
         raise fail(
             "control_period_min must be a whole multiple of measurement_period_min, "
             f"got {ctrl * 60:g} and {meas * 60:g}"
         )
-    if ctrl > duration:
-        raise fail(f"control period {ctrl:g} h is longer than the batch ({duration:g} h)")
 
     initial = _table(doc, "initial", fail)
     x_lo, x_hi = model.bounds("states")

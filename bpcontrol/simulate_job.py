@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,10 +60,14 @@ class SimulationResult:
 
 
 def output_steps(hours: float, dt_h: float) -> int:
-    """Number of output steps of a run (for deciding whether to show progress)."""
+    """Number of output steps of a run (for deciding whether to show progress); 0 for
+    invalid numbers, ``sys.maxsize`` for a count too large for an integer."""
     if not (math.isfinite(hours) and math.isfinite(dt_h)) or hours <= 0 or dt_h <= 0:
         return 0
-    return math.ceil(hours / dt_h - 1e-9)
+    ratio = hours / dt_h
+    if not ratio < sys.maxsize:  # 1e308 h / 0.1 h is inf: no OverflowError
+        return sys.maxsize
+    return math.ceil(ratio - 1e-9)
 
 
 def default_out_dir(model_name: str, now: datetime, root: Path = Path("runs")) -> Path:

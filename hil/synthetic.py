@@ -67,7 +67,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
 from models import InputProfile, Model, load_model
+
+DEFAULT_PERIOD_H = 1.0 / 60.0
+"""Measurement period of a synthetic run unless it states its own (h): 1 min."""
 
 InputRecipe = Callable[[float], np.ndarray]
 """A recipe ``u(t_h)``: the inputs (model order) to apply from time ``t_h`` on."""
@@ -143,7 +147,7 @@ class SyntheticRun:
 
     hours: float
     inputs: InputRecipe | InputProfile
-    period_h: float = 1.0 / 60.0
+    period_h: float = DEFAULT_PERIOD_H
     parameters: Mapping[str, float] = field(default_factory=dict)
     parameter_factors: Mapping[str, float] = field(default_factory=dict)
     x0: Mapping[str, float] = field(default_factory=dict)
@@ -158,7 +162,14 @@ class SyntheticRun:
             raise ValueError(f"hours must be > 0, got {self.hours}")
         if not (math.isfinite(self.period_h) and self.period_h > 0):
             raise ValueError(f"period_h must be > 0, got {self.period_h}")
+        if self.hours > MAX_DURATION_H:
+            raise ValueError(f"hours must be at most {MAX_DURATION_H:g}, got {self.hours:g}")
         n = self.hours / self.period_h
+        if n > MAX_TICKS:
+            raise ValueError(
+                f"hours ({self.hours:g}) at a period of {self.period_h:g} h gives {n:.3g} "
+                f"measurement periods, at most {MAX_TICKS:,} are allowed"
+            )
         if abs(n - round(n)) > 1e-6:
             raise ValueError(
                 f"hours ({self.hours}) must be a whole number of periods ({self.period_h} h)"

@@ -149,10 +149,10 @@ def test_bound_violation_is_reported_not_clipped(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--hours", "0"], ["hours must be a positive finite number"]),
-        (["--hours", "-3"], ["hours must be a positive finite number"]),
-        (["--hours", "1", "--dt", "0"], ["dt_out_h must be a positive finite number"]),
-        (["--hours", "1", "--dt", "1e-9"], ["output steps"]),
+        (["--hours", "0"], ["--hours must be > 0"]),
+        (["--hours", "-3"], ["--hours must be > 0"]),
+        (["--hours", "1", "--dt", "0"], ["--dt must be a finite number > 0"]),
+        (["--hours", "1", "--dt", "1e-9"], ["--hours", "output steps of --dt"]),
     ],
 )
 def test_bad_numbers_give_one_line(tmp_path: Path, args: list[str], fragments: list[str]) -> None:

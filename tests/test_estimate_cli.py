@@ -314,7 +314,7 @@ def test_synth_refuses_other_models_bad_hours_and_overwriting(tmp_path: Path) ->
     result = invoke("synth", "--model", "yeast_fedbatch", "--out", str(out))
     assert_one_line_error(result, "ecoli_fedbatch only", "'yeast_fedbatch'")
     result = invoke("synth", "--hours", "0.005", "--out", str(out))
-    assert_one_line_error(result, "whole number of periods")
+    assert_one_line_error(result, "--hours", "whole number of minutes")
     assert not list(tmp_path.iterdir())
     (tmp_path / "run_truth.csv").write_text("keep me")
     result = invoke("synth", "--hours", "0.5", "--out", str(out))
