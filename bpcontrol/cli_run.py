@@ -4,8 +4,10 @@ Part of the composition root (it may import ``hil`` and ``services``). The proce
 from a pack folder (``--pack``), a built-in model's pack (``--model NAME``), single files
 (``--model FILE --recipe FILE --control FILE``) or a run spec of an earlier run
 (``--spec runs/<id>/run.toml``). Everything is checked before the run folder exists
-(bad input: one ``error:`` line, exit 2, nothing created). A failed ``--oracle`` after
-the batch keeps the batch's KPIs and report, says so in one line and exits 1.
+(bad input: one ``error:`` line, exit 2, nothing created). A run that did not end well
+prints its KPIs, then one ``error:`` line, and exits with the run's status
+(:attr:`hil.runner.RunResult.exit_code`): 1 for a failed batch or a failed ``--oracle``
+after it (the batch's KPIs and report are kept), 128 + the signal for an interrupted one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 from bpcontrol.cli_common import (
-    EXIT_FAILURE,
     check_output_folder,
     fail,
     parse_speed_up,
@@ -30,10 +31,9 @@ from bpcontrol.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from bpcontrol.interfaces import Plant
     from bpcontrol.loop import LoopSnapshot
     from bpcontrol.pack import ProcessPack
-    from bpcontrol.runspec import ResolvedRun, RunSpec
+    from bpcontrol.runspec import RunSpec
     from hil.runner import RunResult
 
 __all__ = ["run_command"]
@@ -119,20 +119,15 @@ def _kpi_table(kpis: dict[str, Any], title: str) -> Table:
     return table
 
 
-def _oracle_kpis(run: ResolvedRun, result: RunResult, plant: Plant | None) -> dict[str, float]:
-    """The whole-batch optimum's KPIs with the plant's true parameters (``--oracle``);
-    raises what the oracle's solve raises (``RuntimeError`` when no solve is usable)."""
-    from hil.plant import SimulatedPlant
-    from hil.runner import oracle_product
-
-    if not isinstance(plant, SimulatedPlant):
-        raise RuntimeError("the oracle needs the simulated plant's true parameters")
-    value, slack = oracle_product(run, plant.p_true, result.truth_x[0])
-    return {
-        "oracle_product": value,
-        "oracle_slack_max": slack,
-        "product_vs_oracle": result.kpis["final_product"] / value,
-    }
+def _ending(result: RunResult) -> str:
+    """The one line of a run that did not end well: a failed ``--oracle`` after a
+    completed batch, or the batch's own end (interrupted, failed) and its reason."""
+    if result.state == "completed" and "oracle_error" in result.kpis:
+        return (
+            f"--oracle failed: {result.kpis['oracle_error']} "
+            f"(the batch's KPIs and report are in {result.run_dir})"
+        )
+    return f"run {result.state}: {result.reason} (what ran is kept in {result.run_dir})"
 
 
 def run_command(
@@ -244,19 +239,13 @@ def run_command(
             ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
         run = replace(run, spec=replace(run.spec, identity=ident))
         console = Console(stderr=True)
-        plants: list[Plant] = []
-
-        def keep_plant(plant: Plant) -> Plant:
-            plants.append(plant)  # the oracle needs its true parameters
-            return plant
-
         kwargs: dict[str, Any] = {
             "run_dir": run_dir,
             "scenario": sc,
             "speed_up": speed,
             "duration_h": duration,
-            "wrap_plant": keep_plant,
-        }  # no oracle in run_batch: its failure there would lose the batch's KPIs
+            "oracle": oracle,  # a failed oracle is an ``oracle_error`` KPI, the rest kept
+        }
         if console.is_terminal and not as_json:
             label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
             with progress_bar(label, console) as bar:
@@ -269,7 +258,8 @@ def run_command(
         else:
             result = run_batch(run, **kwargs)
         kpis = dict(result.kpis)
-        if compare_recipe and run.spec.controller == "nmpc":
+        ending = result  # the run whose end decides the exit status
+        if compare_recipe and run.spec.controller == "nmpc" and result.state == "completed":
             recipe_run = replace(run, spec=replace(run.spec, controller="recipe"))
             base_result = run_batch(
                 recipe_run,
@@ -278,19 +268,18 @@ def run_command(
                 duration_h=duration,
                 report=False,
             )
-            kpis["recipe_only_product"] = base_result.kpis["final_product"]
-            kpis["recipe_only_time_do_below_min_percent"] = base_result.kpis.get(
-                "time_do_below_min_percent", math.nan
-            )
-            kpis["product_vs_recipe"] = kpis["final_product"] / base_result.kpis["final_product"]
-        oracle_error: Exception | None = None
-        if oracle:
-            try:
-                kpis.update(_oracle_kpis(run, result, plants[0] if plants else None))
-            except (RuntimeError, ValueError, ArithmeticError) as exc:
-                oracle_error = exc  # reported after the batch's KPIs, which are kept
-        if compare_recipe or oracle:
-            (run_dir / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
+            if base_result.state == "completed":
+                alone = base_result.kpis
+                kpis["recipe_only_product"] = alone["final_product"]
+                kpis["recipe_only_time_do_below_min_percent"] = alone.get(
+                    "time_do_below_min_percent", math.nan
+                )
+                kpis["product_vs_recipe"] = kpis["final_product"] / alone["final_product"]
+                (run_dir / "kpis.json").write_text(
+                    json.dumps(kpis, indent=2) + "\n", encoding="utf-8"
+                )
+            else:
+                ending = base_result
     if as_json:
         typer.echo(json.dumps(kpis, indent=2))
     else:
@@ -298,6 +287,5 @@ def run_command(
         typer.echo(f"wrote {result.run_dir / 'records.sqlite'}")
         if result.report is not None:
             typer.echo(f"wrote {result.report}")
-    if oracle_error is not None:
-        where = f"the batch's KPIs and report are in {result.run_dir}"
-        fail(RuntimeError(f"--oracle failed ({where}): {oracle_error}"), EXIT_FAILURE)
+    if ending.exit_code != 0:
+        fail(RuntimeError(_ending(ending)), ending.exit_code)

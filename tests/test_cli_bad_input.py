@@ -285,6 +285,7 @@ def test_a_failed_oracle_keeps_the_batch_kpis_and_report(tmp_path: Path) -> None
     stored = json.loads((run_dir / "kpis.json").read_text(encoding="utf-8"))
     assert printed == stored
     assert stored["final_product"] > 0 and "oracle_product" not in stored
+    assert "Infeasible" in stored["oracle_error"]
     assert (run_dir / "report.html").is_file()
     assert (run_dir / "records.sqlite").is_file()
 
