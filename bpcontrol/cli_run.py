@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -238,7 +239,7 @@ def run_command(
         if spec is not None and batch is None:
             ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
         run = replace(run, spec=replace(run.spec, identity=ident))
-        console = Console(stderr=True)
+        console = Console(file=sys.stderr)  # the real stream: the run captures sys.stderr
         kwargs: dict[str, Any] = {
             "run_dir": run_dir,
             "scenario": sc,

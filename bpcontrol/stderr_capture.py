@@ -13,6 +13,7 @@ straight to file descriptor 2 by native code, and streams that hold the real std
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import threading
@@ -91,7 +92,8 @@ class StderrToEvents:
             writer.flush()
         self._flush_repeats()
         if self._log is not None:
-            self._log.close()
+            with contextlib.suppress(OSError):  # a full disk: the events are what there is
+                self._log.close()
             self._log = None
 
     def _line(self, line: str) -> None:

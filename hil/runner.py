@@ -333,7 +333,7 @@ def run_batch(
         if historian.failing_for_s() > store_timeout_s:
             stop(
                 f"the historian stored nothing for {store_timeout_s:g} s "
-                f"({historian.last_error}); {historian.stored} records stored"
+                f"({historian.failure_cause}); {historian.stored} records stored"
             )
         if progress is not None:
             progress(snapshot)
@@ -366,15 +366,21 @@ def run_batch(
         state, why = _outcome(summary, signals.signum, store_error)
         try:
             result = _finish_run(
-                run, scenario, sim, summary, run_dir, speed_up=speed_up, report=report
+                run,
+                scenario,
+                sim,
+                summary,
+                run_dir,
+                speed_up=speed_up,
+                report=report,
+                oracle=oracle and state == "completed",
             )
         except OSError as exc:  # a full disk: the records are what there is
             if state == "completed":
                 state, why = "failed", f"writing the run folder failed: {exc}"
             truth = sim.truth()
             result = RunResult(run_dir, {}, summary, truth.t, truth.x, None)
-        if oracle and state == "completed":
-            why = _add_oracle(result, run, sim) or why
+        why = result.kpis.get("oracle_error", "") or why
         stored_to = _stored_up_to_h(run_dir / "records.sqlite")
         if state == "failed" and store_error is not None:
             why = f"{why}, up to {stored_to:.3f} h of {summary.t_end_h:.3f} h"
@@ -418,7 +424,7 @@ def _close_within(historian: EmbeddedHistorian, timeout_s: float) -> str | None:
     try:
         historian.close(timeout_s=timeout_s)
     except HistorianError:
-        error, stored = historian.last_error, historian.stored
+        error, stored = historian.failure_cause or historian.last_error, historian.stored
         lost = historian.abandon()
         return (
             f"the historian could not store {lost} records within {timeout_s:g} s "
@@ -479,8 +485,10 @@ def _finish_run(
     *,
     speed_up: float,
     report: bool,
+    oracle: bool,
 ) -> RunResult:
-    """KPIs and report of what ran (read back from the records stored)."""
+    """KPIs (with the oracle's, when asked) and report of what ran (read back from the
+    records stored)."""
     model, recipe = run.model, run.recipe
     truth = sim.truth()
     p_true = sim.p_true
@@ -515,17 +523,18 @@ def _finish_run(
     _product_kpis(kpis, run, truth.x[-1], truth.u[-1], p_true)
     if math.isfinite(speed_up):
         kpis.update({f"jitter_{k}": v for k, v in summary.jitter().items()})
-    _write_json(run_dir / "kpis.json", kpis)
+    _write_json(run_dir / "kpis.json", kpis)  # the batch's, whatever the oracle does
+    if oracle:
+        _add_oracle(kpis, run, sim, run_dir / "kpis.json")
     report_path = None
     if report:
         report_path = _write_report(run_dir, records, run, kpis, truth, tracked, scenario)
     return RunResult(run_dir, kpis, summary, truth.t, truth.x, report_path)
 
 
-def _add_oracle(result: RunResult, run: ResolvedRun, sim: SimulatedPlant) -> str:
-    """Add the oracle's KPIs (rewriting ``kpis.json``); a failed oracle is noted in the
-    KPIs as ``oracle_error`` and keeps the batch's. Returns the failure, or ""."""
-    kpis = result.kpis
+def _add_oracle(kpis: dict[str, Any], run: ResolvedRun, sim: SimulatedPlant, path: Path) -> None:
+    """Add the oracle's KPIs and rewrite ``path``; a failed oracle is noted in the KPIs as
+    ``oracle_error`` and keeps the batch's."""
     try:
         value, slack = oracle_product(run, sim.p_true, sim.truth().x[0])
     except Exception as exc:  # the batch's KPIs are worth keeping whatever the oracle does
@@ -534,8 +543,7 @@ def _add_oracle(result: RunResult, run: ResolvedRun, sim: SimulatedPlant) -> str
         kpis["oracle_product"] = value
         kpis["oracle_slack_max"] = slack
         kpis["product_vs_oracle"] = kpis["final_product"] / value
-    _write_json(result.run_dir / "kpis.json", kpis)
-    return str(kpis.get("oracle_error", ""))
+    _write_json(path, kpis)
 
 
 def _product_kpis(

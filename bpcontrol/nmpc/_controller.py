@@ -147,11 +147,20 @@ class NMPC:
         # warm-start options (a tiny initial barrier, bound pushes of 1e-9) cost hundreds
         # of iterations: a second instance solves those from IPOPT's own defaults
         cold_opts = {k: v for k, v in ipopt_opts.items() if k not in _WARM_ONLY}
-        self._ipopt_cold = (
-            ca.nlpsol("nmpc_ipopt_cold", "ipopt", self.ocp.nlp, cold_opts)
-            if cold_opts != ipopt_opts
-            else self._ipopt
-        )
+        self._ipopt_cold = self._ipopt
+        if cold_opts != ipopt_opts:
+            # the same NLP: share the derivative functions (0.1 s instead of 0.45 s here)
+            shared = {
+                opt: self._ipopt.get_function(name)
+                for opt, name in (
+                    ("hess_lag", "nlp_hess_l"),
+                    ("jac_g", "nlp_jac_g"),
+                    ("grad_f", "nlp_grad_f"),
+                )
+            }
+            self._ipopt_cold = ca.nlpsol(
+                "nmpc_ipopt_cold", "ipopt", self.ocp.nlp, {**cold_opts, **shared}
+            )
         self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
             qps = [cfg.qp_solver]
@@ -426,9 +435,7 @@ class NMPC:
             message=msg,
         )
 
-    def _shift(
-        self, w: np.ndarray, lam_x: np.ndarray | None, lam_g: np.ndarray | None
-    ) -> _Shifted:
+    def _shift(self, w: np.ndarray, lam_x: np.ndarray | None, lam_g: np.ndarray | None) -> _Shifted:
         """Warm start for the next period: the last solution and its multipliers one
         interval ahead (nodes, moves, collocation states, slacks and every interval's
         constraint rows), so the next solve starts nearly feasible and nearly optimal.

@@ -544,6 +544,7 @@ class EmbeddedHistorian:
         self._last_checkpoint = time.monotonic()
         self._failing_since: float | None = None
         self._abandoned = False
+        self._failure_cause: BaseException | None = None
         self._run_key: dict[RunIdentity, int] = {}  # run table keys (writer thread only)
 
         try:
@@ -669,6 +670,12 @@ class EmbeddedHistorian:
         return 0.0 if since is None else time.monotonic() - since
 
     @property
+    def failure_cause(self) -> BaseException | None:
+        """The error that began the current run of failed batches (a full disk, say; later
+        retries may fail differently), or None while storing works."""
+        return self._failure_cause if self._failing_since is not None else None
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called (writes are refused)."""
         return self._closed
@@ -757,8 +764,10 @@ class EmbeddedHistorian:
                 conn.executemany(table.insert_sql, table_rows)
             conn.execute("COMMIT")
         except BaseException:
+            # SQLite may have rolled back itself (a full disk): keep the original error
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         known.update(new)  # only keys of a committed transaction are remembered
 
@@ -780,6 +789,7 @@ class EmbeddedHistorian:
                     self._last_error = exc
                     if self._failing_since is None:
                         self._failing_since = time.monotonic()
+                        self._failure_cause = exc
                     if conn is not None:
                         with contextlib.suppress(sqlite3.Error):
                             conn.close()
