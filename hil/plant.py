@@ -25,11 +25,20 @@ simulated instruments:
   1-3 h later (rounded up to the grid); it is returned by the first ``read`` at or after
   its arrival, with ``t_sample`` = the sample time;
 - ``apply`` checks every input (all required, finite), clips to the model's input
-  bounds (the device range) and returns the values it holds (the confirmation).
+  bounds (the device range) and returns the values it holds (the confirmation);
+- process noise (``process_noise``: state -> std per sqrt(h), state units; off by
+  default): an unmodelled disturbance of the true states, a random walk. At every online
+  sampling instant ``t_k`` the integrated state jumps by ``sigma sqrt(t_k - t_{k-1}) e``,
+  ``e ~ N(0, I)`` (``t_{k-1}``: the previous instant, or ``t0_h``), and is clipped to the
+  states' declared bounds; the outputs there, readings and assays included, see the
+  disturbed state. Over a time ``T`` a state thus wanders by ``sigma sqrt(T)`` (std), the
+  discrete form of the continuous-time white noise an EKF's ``process_sigma`` models.
+  Only the instants carry it, so the trajectory still depends on the setpoints alone.
 
 A run is a pure function of the configuration, the seed and the sequence of ``apply``
-calls: online noise and offline draws come from two seeded streams consumed in time
-order, whatever the read pattern.
+calls: online noise, offline draws and process noise come from three seeded streams
+consumed in time order, whatever the read pattern. Without process noise its stream is
+never drawn from, and a run is the same as before the option existed.
 
 >>> from models import load_model
 >>> from hil.plant import ecoli_plant
@@ -106,7 +115,10 @@ class SimulatedPlant:
         offline: offline assay schedule and error, or None for no assays.
         drift: ``{online sensor: bias growth}`` (output units per h, from ``t0_h``).
         delay_h: ``{online sensor: lag}`` (h): the reading shows the output that long ago.
-        seed: seeds the noise and the offline schedule.
+        process_noise: ``{state: std per sqrt(h)}`` (state units) of a random-walk
+            disturbance of the true states at every sampling instant (module docstring);
+            None or all zeros: the noise-free plant.
+        seed: seeds the noise, the offline schedule and the process noise.
         t0_h: process time of the initial state (h).
         clip_to_range: clip readings to the outputs' physical ranges.
         rtol, atol: CVODES tolerances.
@@ -129,6 +141,7 @@ class SimulatedPlant:
         offline: OfflineAssays | None = None,
         drift: Mapping[str, float] | None = None,
         delay_h: Mapping[str, float] | None = None,
+        process_noise: Mapping[str, float] | None = None,
         t0_h: float = 0.0,
         clip_to_range: bool = True,
         rtol: float = 1e-12,
@@ -159,10 +172,13 @@ class SimulatedPlant:
         self._y_lo, self._y_hi = model.bounds("outputs")
         self._clip = bool(clip_to_range)
         self._sensors = self._online_sensors(online or {}, drift or {}, delay_h or {})
+        self._x_lo, self._x_hi = lo_x, hi_x
+        self._q_sigma = self._process_sigma(process_noise)
         if offline is not None:
             offline.validate(model, (s.name for s in self._sensors))
         self._offline = offline
         self._seed = int(seed)
+        self._tolerances = (float(rtol), float(atol))
 
         cas = model.to_casadi()
         self._h = cas.h
@@ -209,9 +225,11 @@ class SimulatedPlant:
             self._grid_y.append(self._output(self._x, self._u_init))
             self._k_next += 1
 
-        online_seq, offline_seq = np.random.SeedSequence(self._seed).spawn(2)
+        # the first two children are those of spawn(2): adding a stream changed no draw
+        online_seq, offline_seq, process_seq = np.random.SeedSequence(self._seed).spawn(3)
         self._rng_online = np.random.default_rng(online_seq)
         self._rng_offline = np.random.default_rng(offline_seq)
+        self._rng_process = np.random.default_rng(process_seq)
         self._k_read = self._k0  # first instant whose readings were not returned yet
         self._pending: list[tuple[int, int, Reading]] = []  # (k_arrive, order, reading)
         self._n_assays = 0
@@ -278,6 +296,34 @@ class SimulatedPlant:
         self._u = u
         return {name: float(v) for name, v in zip(self.input_names, u, strict=True)}
 
+    def restarted(self, **changes: Any) -> SimulatedPlant:
+        """A new plant at the start of this one's run, with this one's configuration except
+        for ``changes`` (keyword arguments of :class:`SimulatedPlant`, e.g. ``seed`` or
+        ``process_noise``); this plant is left as it is.
+
+        Unchanged, it is the same run again: the same truth and readings for the same calls.
+        """
+        config: dict[str, Any] = {
+            "seed": self._seed,
+            "x0": self._x0.copy(),
+            "u0": self._u_init.copy(),
+            "p_true": self._p.copy(),
+            "online": {s.name: s.sigma for s in self._sensors},
+            "period_h": self._period,
+            "offline": self._offline,
+            "drift": {s.name: s.drift for s in self._sensors if s.drift != 0.0},
+            "delay_h": {s.name: s.delay_h for s in self._sensors if s.delay_h != 0.0},
+            "process_noise": self.process_noise,
+            "t0_h": self._t0,
+            "clip_to_range": self._clip,
+            "rtol": self._tolerances[0],
+            "atol": self._tolerances[1],
+        }
+        if "parameter_factors" in changes:
+            del config["p_true"]
+        config.update(changes)
+        return SimulatedPlant(self._model, **config)
+
     # --- truth and introspection ---------------------------------------------------------
     @property
     def model(self) -> Model:
@@ -312,6 +358,12 @@ class SimulatedPlant:
     @property
     def online_sensors(self) -> tuple[str, ...]:
         return tuple(s.name for s in self._sensors)
+
+    @property
+    def process_noise(self) -> dict[str, float]:
+        """``{state: std per sqrt(h)}`` of the process noise, the states that have it."""
+        names = self._model.state_names
+        return {names[i]: float(s) for i, s in enumerate(self._q_sigma) if s > 0.0}
 
     def truth(self) -> PlantTruth:
         """True states and held inputs at every sampling instant passed so far."""
@@ -380,6 +432,37 @@ class SimulatedPlant:
             for name, sigma in online.items()
         )
 
+    def _process_sigma(self, process_noise: Mapping[str, float] | None) -> np.ndarray:
+        """The std per sqrt(h) of every state's process noise (model order, zeros: none)."""
+        model = self._model
+        sigma = np.zeros(model.nx)
+        if process_noise is None:
+            return sigma
+        if not isinstance(process_noise, Mapping):
+            raise ValueError(
+                f"process_noise must be a mapping {{state: std per sqrt(h)}}, got {process_noise!r}"
+            )
+        for name, value in process_noise.items():
+            if name not in model.state_names:
+                raise ValueError(
+                    f"process_noise: {name!r} is not a state of model {model.name!r} "
+                    f"(states: {', '.join(model.state_names)})"
+                )
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"process_noise[{name!r}] must be a finite std >= 0 (state units per "
+                    f"sqrt(h)), got {value!r}"
+                )
+            sigma[model.index(name)] = float(value)
+        return sigma
+
+    def _disturb(self, x: np.ndarray, u: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` after the process noise of an interval ``dt_h`` (h), clipped to the state
+        bounds, and the outputs there under ``u``."""
+        e = self._rng_process.standard_normal(self._model.nx)
+        x = np.clip(x + self._q_sigma * math.sqrt(dt_h) * e, self._x_lo, self._x_hi)
+        return x, self._output(x, u)
+
     def _snap(self, t: float) -> float:
         """``t`` moved onto the nearest sampling instant when within round-off of it."""
         k = round(t / self._period)
@@ -444,12 +527,21 @@ class SimulatedPlant:
         k, t_state, x, u = self._k_next, self._t_state, self._x, self._u
         new_x: list[np.ndarray] = []
         new_y: list[np.ndarray] = []
-        while k * self._period <= t + _EPS_H:
-            tk = k * self._period
-            x, y = self._step(x, u, t_state, tk)
-            new_x.append(x)
-            new_y.append(y)
-            t_state, k = tk, k + 1
+        noisy = bool(np.any(self._q_sigma > 0.0))
+        rng_state = self._rng_process.bit_generator.state if noisy else None
+        try:
+            while k * self._period <= t + _EPS_H:
+                tk = k * self._period
+                x, y = self._step(x, u, t_state, tk)
+                if noisy:  # the random walk's increment since the previous instant
+                    x, y = self._disturb(x, u, tk - max((k - 1) * self._period, self._t0))
+                new_x.append(x)
+                new_y.append(y)
+                t_state, k = tk, k + 1
+        except SimulationError:
+            if rng_state is not None:  # nothing committed: the next try draws the same
+                self._rng_process.bit_generator.state = rng_state
+            raise
         if not new_x:
             return
         self._grid_x.extend(new_x)
@@ -530,13 +622,15 @@ def ecoli_plant(
     parameter_factors: Mapping[str, float] | None = None,
     drift: Mapping[str, float] | None = None,
     delay_h: Mapping[str, float] | None = None,
+    process_noise: Mapping[str, float] | None = None,
 ) -> SimulatedPlant:
     """The default E. coli fed-batch plant for the closed loop, from the E. coli pack.
 
     Starts from the recipe's charge holding the recipe's inputs at 0 h; reads the pack's
     instruments (online DO, off-gas O2/CO2 and volume every minute; offline X, S, A, P
     every 2-4 h with 5 % error, known 1-3 h late); parameters :data:`ECOLI_PLANT_FACTORS`
-    (the pack's ``plant.toml``) unless ``parameter_factors`` is given (``{}``: nominal).
+    (the pack's ``plant.toml``) unless ``parameter_factors`` is given (``{}``: nominal);
+    no process noise unless ``process_noise`` (:class:`SimulatedPlant`) is given.
     """
     from bpcontrol.runspec import resolve, spec_for
     from hil.runner import Scenario, simulated_plant
@@ -551,7 +645,10 @@ def ecoli_plant(
         drift=dict(drift or {}),
         delay_h=dict(delay_h or {}),
     )
-    return simulated_plant(run, scenario, seed=seed)
+    plant = simulated_plant(run, scenario, seed=seed)
+    if process_noise is None:
+        return plant
+    return plant.restarted(process_noise=process_noise)
 
 
 # --- helpers -----------------------------------------------------------------------------

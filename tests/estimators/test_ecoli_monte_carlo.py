@@ -17,14 +17,17 @@ The true inoculum deviates from the recipe by 10 % (biomass) and 2 % (glucose), 
 filter's prior says.
 
 1. One run through the online estimator (late assays fused at their sample time):
-   biomass RMSE over the last 20 h <= 5 % of the final biomass, and the mu_max estimate
-   within 5 % of the truth at *every* one-minute step from 8 h on.
+   biomass RMSE over the last 20 h and the mu_max error at *every* one-minute step from
+   8 h on, each within 1.6 x what this run achieves (below).
 2. 50 Monte Carlo runs through the batched filter (assays fused at their sample time,
    which ``test_delayed_samples`` proves is what the online estimator computes): the
    time-averaged NIS. Over N runs, sum_i sum_k NIS_ik is chi-square with sum of the
    degrees of freedom (Bar-Shalom, Li, Kirubarajan 2001, Estimation with Applications
    to Tracking and Navigation, sec. 5.4.2); the average per degree of freedom must lie
    in that distribution's two-sided 95 % band.
+
+Both directions of mismatch, with process noise in the plant and over 10 seeds, are the
+subject of ``test_tracking_mismatch.py``.
 """
 
 from __future__ import annotations
@@ -93,8 +96,11 @@ def test_online_estimator_tracks_biomass_and_mu_max(
         f"mu_max error after 8 h: max {100 * mu_err.max():.2f} %, "
         f"final {100 * mu_err[-1]:.2f} %; {n_late} late assays"
     )
-    assert rmse <= 0.05 * X_true[-1]
-    assert mu_err.max() <= 0.05
+    # Measured (this seed; the run is deterministic): RMSE 0.042 % of the final biomass,
+    # mu_max error after 8 h at most 0.13 %. Limits 1.6 x that, room for rounding and small
+    # changes of the numerics (the former 5 % limits were 120 and 38 times looser).
+    assert rmse <= 1.6 * 0.00042 * X_true[-1]
+    assert mu_err.max() <= 1.6 * 0.0013
     assert kinds.count("late_fused") == n_late > 0
     assert not {"rejected", "too_late", "reset"} & set(kinds)
 

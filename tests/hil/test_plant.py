@@ -134,12 +134,12 @@ def test_drift_is_a_linear_bias_from_the_start() -> None:
     a, b = drifting.read(6.0), clean.read(6.0)
     assert len(a) == len(b) == 2 * 241
     bias = []
-    for r, q in zip(a, b, strict=True):
-        assert (r.sensor, r.t_sample) == (q.sensor, q.t_sample)
+    for r, c in zip(a, b, strict=True):
+        assert (r.sensor, r.t_sample) == (c.sensor, c.t_sample)
         if r.sensor == "DO_probe":
-            bias.append((r.t_sample, r.value - q.value))
+            bias.append((r.t_sample, r.value - c.value))
         else:
-            assert r.value == q.value
+            assert r.value == c.value
     tb, db = np.array(bias).T
     slope, intercept = np.polyfit(tb - 2.0, db, 1)
     assert slope == pytest.approx(-0.5, rel=1e-9)
@@ -323,3 +323,110 @@ def test_readings_are_clipped_to_the_physical_range() -> None:
     p.apply(0.0, setpoints(0.0))
     values = [r.value for r in p.read(2.0)]
     assert min(values) == 0.0 and max(values) == 200.0
+
+
+# --- process noise ---------------------------------------------------------------------
+
+
+def test_process_noise_is_a_random_walk_with_the_configured_std() -> None:
+    # V's rate is the feed alone (test_volume_rises_by_the_integral_of_the_feed), so the
+    # noisy minus the noise-free volume is the walk itself: increments N(0, sigma^2 dt).
+    sigma = 0.05  # L per sqrt(h)
+    noisy = plant(process_noise={"V": sigma}, seed=5)
+    clean = plant(seed=5)
+    drive(noisy, 20.0, read_every=13)
+    drive(clean, 20.0, read_every=13)
+    iv = MODEL.index("V")
+    walk = noisy.truth().x[:, iv] - clean.truth().x[:, iv]
+    assert walk[0] == 0.0  # the initial state is the configured one
+    steps = np.diff(walk) / math.sqrt(PERIOD)
+    assert steps.size == 1200
+    assert abs(steps.mean()) < 4 * sigma / math.sqrt(steps.size)
+    assert steps.std() == pytest.approx(sigma, rel=0.08)  # std of the std ~ 2 %
+    assert abs(np.corrcoef(steps[:-1], steps[1:])[0, 1]) < 4 / math.sqrt(steps.size)
+    assert noisy.process_noise == {"V": sigma}
+    assert clean.process_noise == {}
+
+
+def test_process_noise_depends_on_the_seed_not_on_when_the_loop_reads() -> None:
+    noise = {"X": 0.02, "S": 0.01, "DO": 1.0}
+    runs = []
+    for read_every in (1, 7, 100000):
+        p = ecoli_plant(MODEL, seed=4, process_noise=noise, delay_h={"DO_probe": 0.05})
+        got = drive(p, 6.0, read_every=read_every)
+        runs.append((sorted((r.sensor, r.t_sample, r.value) for r in got), p.truth().x))
+    for key, x in runs[1:]:
+        assert key == runs[0][0]
+        np.testing.assert_array_equal(x, runs[0][1])
+    other = ecoli_plant(MODEL, seed=5, process_noise=noise)
+    drive(other, 6.0)
+    assert not np.array_equal(other.truth().x, runs[0][1])
+
+
+def test_no_process_noise_is_the_noise_free_plant_bit_for_bit() -> None:
+    ref = ecoli_plant(MODEL, seed=3)
+    a = drive(ref, 8.0)
+    for noise in (None, {}, {"X": 0.0, "DO": 0.0}):
+        p = ecoli_plant(MODEL, seed=3, process_noise=noise)
+        assert drive(p, 8.0) == a
+        np.testing.assert_array_equal(p.truth().x, ref.truth().x)
+    # with process noise on, the online and offline noise streams are unchanged: the
+    # readings' errors about the (now disturbed) truth are the same draws
+    q = ecoli_plant(MODEL, seed=3, process_noise={"V": 0.01})
+    b = drive(q, 8.0)
+    assert [(r.sensor, r.t_sample) for r in b] == [(r.sensor, r.t_sample) for r in a]
+    ka = {(r.sensor, r.t_sample): r.value for r in a}
+    iv = MODEL.index("V")
+    dv = q.truth().x[:, iv] - ref.truth().x[:, iv]
+    assert np.abs(dv).max() > 0.01
+    for r in b:
+        assert r.t_sample is not None
+        k = round(r.t_sample / PERIOD)
+        if r.sensor == "V_meas":  # V_meas = V + noise: the same noise about the new V
+            assert r.value == pytest.approx(ka[(r.sensor, r.t_sample)] + dv[k], abs=1e-9)
+
+
+def test_process_noise_keeps_the_states_within_their_bounds() -> None:
+    p = plant(process_noise={"X": 5.0, "S": 50.0, "A": 1.0, "DO": 50.0}, seed=9)
+    drive(p, 3.0)
+    lo, hi = MODEL.bounds("states")
+    x = p.truth().x
+    assert np.all(x >= lo) and np.all(x <= hi)
+    assert np.any(x[:, MODEL.index("A")] == 0.0)  # clipped at the bound, not below
+
+
+def test_restarted_is_the_same_run_unless_told_otherwise() -> None:
+    p = ecoli_plant(MODEL, seed=6, process_noise={"X": 0.02}, drift={"V_meas": 0.01})
+    first = drive(p, 4.0)
+    again = p.restarted()
+    assert again.t_h == 0.0
+    assert drive(again, 4.0) == first
+    np.testing.assert_array_equal(again.truth().x, p.truth().x)
+    quiet = p.restarted(process_noise=None)
+    assert quiet.process_noise == {}
+    drive(quiet, 4.0)
+    ref = ecoli_plant(MODEL, seed=6, drift={"V_meas": 0.01})
+    drive(ref, 4.0)
+    np.testing.assert_array_equal(quiet.truth().x, ref.truth().x)
+    nominal = p.restarted(parameter_factors={})
+    np.testing.assert_array_equal(nominal.p_true, MODEL.p0)
+
+
+@pytest.mark.parametrize(
+    ("noise", "match"),
+    [
+        ({"Q": 0.1}, "process_noise: 'Q' is not a state"),
+        ({"y_O2_out": 0.1}, "'y_O2_out' is not a state"),
+        ({"X": -0.1}, r"process_noise\['X'\] must be a finite std >= 0"),
+        ({"X": float("nan")}, r"process_noise\['X'\] must be a finite"),
+        ({"S": float("inf")}, r"process_noise\['S'\] must be a finite"),
+        ({"S": "0.1"}, r"process_noise\['S'\] must be a finite"),
+        ({"S": True}, r"process_noise\['S'\] must be a finite"),
+        ([0.1], "process_noise must be a mapping"),
+    ],
+)
+def test_bad_process_noise_is_refused(noise: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        plant(process_noise=noise)
+    with pytest.raises(ValueError, match=match):
+        ecoli_plant(MODEL, seed=0, process_noise=noise)  # type: ignore[arg-type]
