@@ -239,3 +239,25 @@ def test_solver_messages_become_events_not_terminal_noise(
     assert len(noise) <= 2 * 61
     log = (tmp_path / "run" / "stderr.log").read_text().splitlines()
     assert len([ln for ln in log if "NaN detected" in ln]) == 61
+
+
+def test_concurrent_starts_into_one_folder_get_distinct_run_folders(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hil.runner import new_run_dir
+
+    with ThreadPoolExecutor(8) as pool:  # the same second, label and seed: names collide
+        dirs = list(pool.map(lambda _: new_run_dir(tmp_path, "ecoli_fedbatch", 1), range(16)))
+    assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in dirs)
+
+
+def test_two_runs_started_together_into_one_out_both_complete(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    extra = ("--controller", "recipe", "--duration", "1")
+    procs = [_start(out, *extra) for _ in range(2)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    assert all(read_status(r)["state"] == "completed" for r in runs)
