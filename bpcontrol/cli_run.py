@@ -30,6 +30,7 @@ from bpcontrol.cli_common import (
     progress_bar,
     user_errors,
 )
+from bpcontrol.tomlfile import read_toml
 
 if TYPE_CHECKING:
     from bpcontrol.loop import LoopSnapshot
@@ -40,19 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["run_command"]
 
 DEFAULT_MODEL = "ecoli_fedbatch"
-
-
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    import tomllib
-
-    from bpcontrol.pack import PackError
-
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackError(f"{path}: cannot read {what} ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PackError(f"{path}: not valid TOML ({exc})") from None
 
 
 def choose_pack(
@@ -96,7 +84,7 @@ def choose_pack(
     parts: dict[str, Any] = {}
     for part, path in (("recipe", recipe), ("control", control), ("ekf", ekf)):
         if path is not None:
-            parts[part] = _read_toml(path, f"{part} file")
+            parts[part] = read_toml(path, f"{part} file", PackError)
             sources[part] = str(path)
     if not parts:
         return chosen

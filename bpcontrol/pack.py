@@ -50,7 +50,6 @@ packs live in ``bpcontrol/data/packs/<model>/``; ``bpcontrol pack init`` writes 
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -58,6 +57,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from bpcontrol.tomlfile import read_toml
 from models import Model, ModelError, available_models, load_model
 
 __all__ = [
@@ -180,19 +180,6 @@ def builtin_pack_dir(model_name: str) -> Path:
     return path
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise PackError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise PackError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PackError(f"{path}: not valid TOML ({exc})") from None
-
-
 def load_pack(directory: str | Path) -> ProcessPack:
     """Read a pack folder's files (see the module docstring); structure checked here,
     meaning (names, units, ranges) by :func:`bpcontrol.runspec.resolve`."""
@@ -209,7 +196,7 @@ def load_pack(directory: str | Path) -> ProcessPack:
         if child.suffix == ".toml" and child.name not in known:
             raise PackError(f"{child}: unknown pack file (a pack has {', '.join(PACK_FILES)})")
     pack_path = root / "pack.toml"
-    doc = _read_toml(pack_path)
+    doc = read_toml(pack_path, "pack file", PackError)
     src = str(pack_path)
     unknown = sorted(set(doc) - set(_PACK_KEYS))
     if unknown:
@@ -230,7 +217,7 @@ def load_pack(directory: str | Path) -> ProcessPack:
     for part in ("recipe", "ekf", "control", "plant"):
         path = root / f"{part}.toml"
         if path.is_file():
-            parts[part] = _read_toml(path)
+            parts[part] = read_toml(path, f"{part} file", PackError)
             sources[part] = str(path)
     for key in ("name", "description"):
         if key in doc and not isinstance(doc[key], str):

@@ -69,7 +69,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -80,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from bpcontrol.supervisor import SetpointLimits
+from bpcontrol.tomlfile import read_toml
 from models import Model
 
 __all__ = [
@@ -258,14 +258,7 @@ def default_recipe_path(model_name: str) -> Path:
 def load_recipe(path: str | Path, model: Model) -> Recipe:
     """Read and validate a recipe TOML file for ``model`` (raises :class:`RecipeError`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "recipe", RecipeError)
     return parse_recipe(doc, model, source=str(path))
 
 

@@ -13,7 +13,6 @@ naming the file and the key.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from bpcontrol.pack import (
 )
 from bpcontrol.recipe import Recipe, parse_recipe
 from bpcontrol.records import RunIdentity
+from bpcontrol.tomlfile import read_toml
 from estimators import EKFConfig, EstimatorConfigError, Sensor, parse_ekf_config
 from models import Model
 
@@ -126,12 +126,7 @@ def spec_for(
 def load_run_spec(path: str | Path) -> RunSpec:
     """Read a run spec TOML file (raises :class:`RunSpecError` naming the key)."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunSpecError(f"{path}: cannot read run spec ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RunSpecError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "run spec", RunSpecError)
     src = str(path)
     allowed = ("seed", "controller", "estimator", "identity", "pack")
     unknown = sorted(set(doc) - set(allowed))

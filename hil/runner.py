@@ -34,7 +34,6 @@ import json
 import math
 import os
 import threading
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +53,7 @@ from bpcontrol.records import EventKind
 from bpcontrol.run_status import RunState, StopOnSignals, signal_exit_code, write_status
 from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
 from bpcontrol.stderr_capture import StderrToEvents
+from bpcontrol.tomlfile import read_toml
 from hil.plant import SimulatedPlant
 from hil.synthetic import OfflineAssays
 from services.historian import EmbeddedHistorian, HistorianError, read_records
@@ -103,12 +103,7 @@ _MOVED = {
 def load_scenario(path: str | Path) -> Scenario:
     """Read a scenario TOML file (raises :class:`ScenarioError` naming the key)."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read scenario ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "scenario", ScenarioError)
     return parse_scenario(doc, source=str(path))
 
 
