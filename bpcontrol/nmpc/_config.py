@@ -102,6 +102,10 @@ class NMPCConfig:
     ``{"warm_start_init_point": "yes"}``); they override the defaults.
     ``initial_inputs(t_h)`` gives all model inputs of a recipe, used to build the first
     guess (a feasible recipe makes the first full solve far more reliable).
+    ``slack_tolerance``: a plan is reported ``infeasible-softened`` only when a soft
+    bound's slack exceeds this fraction of the bound's scale (its largest finite value,
+    or a state's typical magnitude if larger; ``_ocp.soft_scale``), so the barrier's
+    residual slack of ~1e-6 on a 30 % DO bound is no infeasibility.
     """
 
     horizon: int = 20

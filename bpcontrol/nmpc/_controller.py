@@ -364,7 +364,9 @@ class NMPC:
     ) -> tuple[SolveStatus, int, str]:
         ret = str(stats.get("return_status", ""))
         iters = int(stats.get("iter_count", 1 if rti else 0))
-        slack = float(self.ocp.slack_fn(w)) if self.ocp.layout.S.size else 0.0
+        has_slack = bool(self.ocp.layout.S.size)
+        slack = float(self.ocp.slack_fn(w)) if has_slack else 0.0
+        slack_rel = float(self.ocp.slack_rel_fn(w)) if has_slack else 0.0
         if rti:
             ok = bool(stats.get("success"))
             status = SolveStatus.SOLVED if ok else SolveStatus.FAILED
@@ -390,12 +392,13 @@ class NMPC:
             return SolveStatus.FAILED, iters, msg
         if (
             status in (SolveStatus.SOLVED, SolveStatus.SOLVED_INACCURATE)
-            and slack > self.config.slack_tolerance
+            and slack_rel > self.config.slack_tolerance
         ):
             return (
                 SolveStatus.INFEASIBLE_SOFTENED,
                 iters,
-                f"soft bounds violated by up to {slack:.3g}",
+                f"soft bounds violated by up to {slack:.3g} (bound units; "
+                f"{slack_rel:.3g} of the bound's scale)",
             )
         return status, iters, msg
 

@@ -56,7 +56,8 @@ class OCP:
     lbg: np.ndarray
     ubg: np.ndarray
     cost_fn: ca.Function
-    slack_fn: ca.Function
+    slack_fn: ca.Function  # the largest slack, in the bound's units
+    slack_rel_fn: ca.Function  # the largest slack over its bound's scale (see soft_scale)
 
 
 def state_scale(model: Model) -> np.ndarray:
@@ -66,6 +67,17 @@ def state_scale(model: Model) -> np.ndarray:
         np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0))
     )
     return np.maximum(np.maximum(np.abs(model.x0), big), 1e-6)
+
+
+def soft_scale(model: Model, name: str, bounds: tuple[float, float]) -> float:
+    """The scale a soft bound's slack is judged against: the largest finite bound value,
+    or for a state the typical magnitude if that is larger (a bound at 0 has no scale of
+    its own); at least 1e-6."""
+    finite = [abs(b) for b in bounds if np.isfinite(b)]
+    scale = max(finite, default=0.0)
+    if name in model.state_names:
+        scale = max(scale, float(state_scale(model)[model.index(name)]))
+    return max(scale, 1e-6) if scale > 0 else 1.0
 
 
 def _rk4(f: ca.Function, x: Any, u: Any, p: Any, h: Any, n: int) -> Any:
@@ -199,6 +211,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     obj = cfg.objective
     J: Any = 0
     slacks: list[Any] = []
+    slack_scales: list[float] = []
     C, D = _radau(cfg.collocation_degree)
     d = cfg.collocation_degree
     w_spans = np.zeros((N, 2), dtype=int)
@@ -270,6 +283,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         for sb in cfg.soft_bounds:
             s, _ = new_var(f"s_{sb.name}_{k}", 1, 0.0, np.inf)
             slacks.append(s)
+            slack_scales.append(soft_scale(model, sb.name, (sb.lower, sb.upper)))
             J += sb.weight_l1 * s + sb.weight_l2 * s**2
             if np.isfinite(sb.lower):
                 g.append(vk[sb.name] + s - sb.lower)
@@ -305,6 +319,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         g_spans=g_spans,
     )
     sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
+    sv_rel = sv / ca.DM(slack_scales) if slacks else sv
     return OCP(
         nlp={"x": wv, "f": J, "g": gv, "p": par},
         layout=layout,
@@ -315,4 +330,5 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         ubg=np.array(ubg, dtype=float),
         cost_fn=ca.Function("cost", [wv, par], [J]),
         slack_fn=ca.Function("slack_max", [wv], [ca.mmax(sv)]),
+        slack_rel_fn=ca.Function("slack_rel_max", [wv], [ca.mmax(sv_rel)]),
     )

@@ -95,3 +95,24 @@ def test_shrinking_horizon_ends_at_the_batch_end(t: float) -> None:
 def test_usable_plan_statuses_in_records_match_the_solver() -> None:
     """The historian's text statuses that count as usable are SolveStatus.usable's."""
     assert {s.value for s in SolveStatus if s.usable} == USABLE_PLAN_STATUSES
+
+
+def test_softened_is_judged_relative_to_the_bounds_scale() -> None:
+    """The same problem, the bound 0.5 g/L violated at the start: a tolerance above the
+    violation relative to the bound's scale reports it solved, one below softened."""
+    from bpcontrol.nmpc._ocp import soft_scale
+
+    bound = SoftBound(name="X_s", upper=0.5)
+    scale = soft_scale(MODEL, "X_s", (bound.lower, bound.upper))
+    assert scale >= 0.5
+    statuses = {}
+    for tol in (1e-9, 1e3):
+        ctl = NMPC(
+            MODEL,
+            NMPCConfig(**{**BASE, "soft_bounds": (bound,), "slack_tolerance": tol}),  # type: ignore[arg-type]
+        )
+        plan, _ = ctl.step(ctl.init(X0), StateEstimate(X0, MODEL.p0), 0.0)
+        statuses[tol] = plan.status.value
+        assert plan.slack_max > 0.0
+        assert plan.slack_max / scale < 1e3  # the violation is finite, well below 1e3 scales
+    assert statuses == {1e-9: "infeasible-softened", 1e3: "solved"}
