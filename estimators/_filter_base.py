@@ -125,6 +125,31 @@ class FilterSetup:
         return y, mask
 
 
+def covariance_problem(P: Any, limit: np.ndarray, names: tuple[str, ...]) -> str:
+    """What is wrong with covariance ``P`` ("" when nothing), naming the augmented states
+    (``names``: the states, then the tracked parameters): non-finite entries, variances
+    above ``limit``, or no positive definiteness."""
+    P = np.asarray(P)
+    bad = [names[i] for i in range(len(names)) if not np.all(np.isfinite(P[i]))]
+    if bad:
+        return f"covariance not finite for {', '.join(bad)}"
+    var = np.diag(P)
+    over = [
+        f"{names[i]} (variance {var[i]:.3g} > limit {limit[i]:.3g})"
+        for i in range(len(names))
+        if var[i] > limit[i]
+    ]
+    if over:
+        return f"variance above its limit: {', '.join(over)}"
+    try:
+        np.linalg.cholesky(P)
+    except np.linalg.LinAlgError:
+        low = [names[i] for i in range(len(names)) if var[i] <= 0]
+        where = f" (variance <= 0: {', '.join(low)})" if low else ""
+        return f"covariance not positive definite{where}"
+    return ""
+
+
 def filter_covariance_ok(P: Any, limit: np.ndarray) -> bool:
     """True when P is finite, symmetric positive definite and no variance exceeds ``limit``."""
     P = np.asarray(P)

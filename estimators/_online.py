@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from estimators._ekf_compiled import CompiledEKF
-from estimators._filter_base import FilterState, UpdateResult, filter_covariance_ok
+from estimators._filter_base import (
+    FilterState,
+    UpdateResult,
+    covariance_problem,
+    filter_covariance_ok,
+)
 
 if TYPE_CHECKING:
     from estimators._ekf import ExtendedKalmanFilter
@@ -248,12 +253,15 @@ class OnlineEstimator:
                             float(y[i]),
                         )
                     )
-                if not bool(last.healthy) or not filter_covariance_ok(
-                    fs.P, self._prior_var * self.ekf.config.variance_limit
-                ):
+                limit = self._prior_var * self.ekf.config.variance_limit
+                if not bool(last.healthy) or not filter_covariance_ok(fs.P, limit):
+                    names = tuple(self.ekf.model.state_names) + tuple(self.ekf.tracked_names)
+                    why = covariance_problem(fs.P, limit, names) or "update not healthy"
                     fs = self.ekf.reset_covariance(fs, history[k - 1].after)
                     events.append(
-                        FilterEvent(e.t, "reset", "covariance degenerated; reset to its prior")
+                        FilterEvent(
+                            e.t, "reset", f"covariance degenerated ({why}); reset to its prior"
+                        )
                     )
             history[k] = replace(e, after=fs)
         return events, last

@@ -166,3 +166,24 @@ def test_degenerate_covariance_is_reset_with_an_event(warm: Warm, corrupt: str) 
     # the filter carries on normally from the reset
     nxt, _ = est.step(new, t + DT_H, u, readings)
     assert not any(e.kind == "reset" for e in nxt.events)
+
+
+def test_covariance_problem_names_the_state() -> None:
+    """The reason for a covariance reset names the augmented state at fault."""
+    from estimators._filter_base import covariance_problem
+
+    names = ("X", "S", "mu_max")
+    limit = np.array([10.0, 10.0, 1.0])
+    P = np.diag([1.0, 2.0, 0.5])
+    assert covariance_problem(P, limit, names) == ""
+    P_big = np.diag([1.0, 2.0, 4.0])
+    assert covariance_problem(P_big, limit, names) == (
+        "variance above its limit: mu_max (variance 4 > limit 1)"
+    )
+    P_nan = P.copy()
+    P_nan[1, 1] = np.nan
+    assert covariance_problem(P_nan, limit, names) == "covariance not finite for S"
+    P_neg = np.diag([1.0, -1e-3, 0.5])
+    assert covariance_problem(P_neg, limit, names) == (
+        "covariance not positive definite (variance <= 0: S)"
+    )
