@@ -136,7 +136,6 @@ def simulate_command(
     ] = 0,
 ) -> None:
     """Simulate a model open-loop; write trajectories, plot.png and run.json."""
-    from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
     from bpcontrol.simulate_job import (
         SimulationRequest,
         output_steps,
@@ -152,8 +151,6 @@ def simulate_command(
             "--hours",
             step_h=dt,
             steps="output steps of --dt",
-            max_hours=MAX_DURATION_H,
-            max_steps=MAX_TICKS,
         )
     request = SimulationRequest(
         model=model,
@@ -313,7 +310,6 @@ def synth_command(
     The plant is the E. coli fed-batch with mu_max x 0.8 and Y_xs x 1.2 against the
     literature model, online sensors every minute and offline assays 1-3 h late.
     """
-    from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
     from hil.demo_run import write_demo_run
     from hil.synthetic import DEFAULT_PERIOD_H
     from models import load_model
@@ -325,8 +321,6 @@ def synth_command(
             "--hours",
             step_h=DEFAULT_PERIOD_H,
             steps="sensor periods",
-            max_hours=MAX_DURATION_H,
-            max_steps=MAX_TICKS,
         )
         periods = hours / DEFAULT_PERIOD_H
         if abs(periods - round(periods)) > 1e-6:

@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from bpcontrol.run_length import MAX_DURATION_H, check_run_length
+
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
@@ -125,20 +127,13 @@ def check_hours(
     *,
     step_h: float,
     steps: str,
-    max_hours: float,
-    max_steps: int,
 ) -> None:
-    """Refuse (``ValueError`` naming ``option``) a duration that is not finite and > 0,
-    longer than ``max_hours``, or that would take more than ``max_steps`` steps of
-    ``step_h`` hours (``steps`` says what a step is, e.g. "output steps of --dt")."""
-    if not (math.isfinite(hours) and 0 < hours <= max_hours):
-        raise ValueError(f"{option} must be > 0 and at most {max_hours:g} h, got {hours:g}")
-    n = hours / step_h
-    if n > max_steps:
-        raise ValueError(
-            f"{option} {hours:g} h needs {n:.3g} {steps} ({step_h:g} h), "
-            f"at most {max_steps:,} are allowed"
-        )
+    """Refuse (``ValueError`` naming ``option``) a duration that is not finite and > 0, or
+    longer than a run may be (:func:`bpcontrol.run_length.check_run_length`: ``steps``
+    says what a step of ``step_h`` hours is, e.g. "output steps of --dt")."""
+    if not (math.isfinite(hours) and 0 < hours <= MAX_DURATION_H):
+        raise ValueError(f"{option} must be > 0 and at most {MAX_DURATION_H:g} h, got {hours:g}")
+    check_run_length(hours, option, step_h=step_h, steps=steps)
 
 
 def parse_speed_up(text: str) -> float:

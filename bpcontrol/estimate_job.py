@@ -55,7 +55,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from bpcontrol import __version__
-from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
+from bpcontrol.run_length import check_run_length
 from estimators import (
     EKFConfig,
     ExtendedKalmanFilter,
@@ -252,15 +252,12 @@ def check_span(records: Sequence[RecordedReading], config: EKFConfig, data: Path
     takes more than :data:`~bpcontrol.recipe.MAX_TICKS` filter steps of the
     configuration's ``max_step_h`` (a reading 1e308 h after the one before)."""
     last = max(records, key=lambda r: r.t_h)
-    at = f"{data}: the last reading ({last.sensor}) arrives at t_h = {last.t_h:g} h"
-    if last.t_h > MAX_DURATION_H:
-        raise ValueError(f"{at}; a run lasts at most {MAX_DURATION_H:g} h")
-    steps = last.t_h / config.max_step_h
-    if steps > MAX_TICKS:
-        raise ValueError(
-            f"{at}: {steps:.3g} filter steps of max_step_h = {config.max_step_h:g} h, "
-            f"at most {MAX_TICKS:,} are allowed"
-        )
+    check_run_length(
+        last.t_h,
+        f"{data}: the time of the last reading ({last.sensor}), t_h,",
+        step_h=config.max_step_h,
+        steps="filter steps of max_step_h",
+    )
 
 
 def group_arrivals(

@@ -78,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from bpcontrol.run_length import MAX_DURATION_H, MAX_TICKS, check_run_length
 from bpcontrol.supervisor import SetpointLimits
 from bpcontrol.tomlfile import read_toml
 from models import Model
@@ -96,14 +97,6 @@ __all__ = [
     "parse_recipe",
 ]
 
-
-MAX_DURATION_H = 100_000.0
-"""Longest batch a recipe may state (h, about 11 years): longer ones are typing errors,
-and their times in seconds would overflow."""
-
-MAX_TICKS = 1_000_000
-"""Most measurement periods a batch may have (``duration_h`` over the measurement
-period): a million ticks already take hours of estimator and controller steps."""
 
 _MAX_EXPONENT = 700.0  # e^700 ~ 1e304: an exponential feed past it is at its max anyway
 
@@ -289,14 +282,15 @@ def parse_recipe(doc: Mapping[str, Any], model: Model, *, source: str = "recipe"
     duration = _positive(doc, "duration_h", fail)
     meas = _positive(doc, "measurement_period_min", fail) / 60.0
     ctrl = _positive(doc, "control_period_min", fail) / 60.0
-    if duration > MAX_DURATION_H:
-        raise fail(f"duration_h must be at most {MAX_DURATION_H:g} h, got {duration:g}")
-    ticks = duration / meas
-    if ticks > MAX_TICKS:
-        raise fail(
-            f"measurement_period_min = {meas * 60:g} gives {ticks:.3g} measurement periods "
-            f"over the {duration:g} h batch, at most {MAX_TICKS:,} are allowed"
+    try:
+        check_run_length(
+            duration,
+            "duration_h",
+            step_h=meas,
+            steps=f"measurement periods of measurement_period_min = {meas * 60:g} min",
         )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if ctrl > duration:  # before the ratio: ctrl <= duration keeps it <= MAX_TICKS
         raise fail(
             f"control_period_min = {ctrl * 60:g} is longer than the batch "

@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bpcontrol.recipe import MAX_DURATION_H, MAX_TICKS
+from bpcontrol.run_length import check_run_length
 from models import InputProfile, Model, load_model
 
 DEFAULT_PERIOD_H = 1.0 / 60.0
@@ -162,14 +162,8 @@ class SyntheticRun:
             raise ValueError(f"hours must be > 0, got {self.hours}")
         if not (math.isfinite(self.period_h) and self.period_h > 0):
             raise ValueError(f"period_h must be > 0, got {self.period_h}")
-        if self.hours > MAX_DURATION_H:
-            raise ValueError(f"hours must be at most {MAX_DURATION_H:g}, got {self.hours:g}")
+        check_run_length(self.hours, "hours", step_h=self.period_h, steps="measurement periods")
         n = self.hours / self.period_h
-        if n > MAX_TICKS:
-            raise ValueError(
-                f"hours ({self.hours:g}) at a period of {self.period_h:g} h gives {n:.3g} "
-                f"measurement periods, at most {MAX_TICKS:,} are allowed"
-            )
         if abs(n - round(n)) > 1e-6:
             raise ValueError(
                 f"hours ({self.hours}) must be a whole number of periods ({self.period_h} h)"
