@@ -173,6 +173,7 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
+    from bpcontrol.run_status import write_json
     from bpcontrol.runspec import load_run_spec, resolve, spec_for
     from hil.runner import (
         check_scenario,
@@ -264,9 +265,7 @@ def run_command(
                     "time_do_below_min_percent", math.nan
                 )
                 kpis["product_vs_recipe"] = kpis["final_product"] / alone["final_product"]
-                (run_dir / "kpis.json").write_text(
-                    json.dumps(kpis, indent=2) + "\n", encoding="utf-8"
-                )
+                write_json(run_dir / "kpis.json", kpis)
             else:
                 ending = base_result
     if as_json:

@@ -30,6 +30,7 @@ __all__ = [
     "StopOnSignals",
     "read_status",
     "signal_exit_code",
+    "write_json",
     "write_status",
 ]
 
@@ -55,20 +56,27 @@ def write_status(run_dir: str | Path, state: RunState, reason: str = "", **detai
         "updated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         **details,
     }
-    text = json.dumps(doc, indent=2, default=str) + "\n"
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, doc)
     except OSError:
         if not path.exists():
             raise
         with path.open("r+", encoding="utf-8") as f:  # the space of the old file
-            f.write(text)
+            f.write(json.dumps(doc, indent=2, default=str) + "\n")
             f.truncate()
+    return path
+
+
+def write_json(path: str | Path, doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically (a temporary file beside it, then a
+    rename): a reader, or a full disk, never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:

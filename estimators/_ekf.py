@@ -19,16 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from estimators._config import EKFConfig
-from estimators._filter_base import (  # noqa: F401 (filter_covariance_ok: re-exported)
-    FilterSetup,
-    FilterState,
-    UpdateResult,
-    filter_covariance_ok,
-)
+from estimators._filter_base import ROS2_GAMMA, FilterSetup, FilterState, UpdateResult
 from models import JaxModel, Model
 
 Array = jax.Array
-_ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 
 
 class ExtendedKalmanFilter(FilterSetup):
@@ -80,7 +74,7 @@ class ExtendedKalmanFilter(FilterSetup):
         A, f0 = jax.jacfwd(self._f_aug_aux, argnums=0, has_aux=True)(z, u, p_base)
         n = z.shape[0]
         eye = jnp.eye(n)
-        W = eye - _ROS2_GAMMA * h * A
+        W = eye - ROS2_GAMMA * h * A
         lu = jax.scipy.linalg.lu_factor(W)
         # mean: k1 = W^-1 f(z), k2 = W^-1 (f(z + h k1) - 2 k1); transition: the same stages
         # applied to the linearisation f = A dz. Each stage's solves share one call.

@@ -51,13 +51,12 @@ import casadi as ca
 import numpy as np
 
 from estimators._config import EKFConfig
-from estimators._filter_base import FilterSetup, FilterState, UpdateResult
+from estimators._filter_base import ROS2_GAMMA, FilterSetup, FilterState, UpdateResult
 from models import BackgroundBuild, Model, compile_functions, compile_in_background
 
 if TYPE_CHECKING:
     from estimators._ekf import ExtendedKalmanFilter
 
-_ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 JIT_FLAGS = ("-O1", "-ffp-contract=off", "-fPIC", "-shared")  # no FMA: bitwise like the VM
 CHUNKS = (512, 64, 8)  # mapaccum lengths compiled for filter_sequence (plus single steps)
 # outputs of the update and the step: z, P and the statistics packed in one vector,
@@ -595,7 +594,7 @@ def _build_functions(ekf: FilterSetup) -> list[ca.Function]:
         eye = ca.SX.eye(nz)
         # W = I - gamma h A has identity rows for the parameters, and every right-hand
         # side below has zero parameter rows: factorise and solve the state block only
-        lu = _PivotedLU(ca.SX.eye(nx) - _ROS2_GAMMA * h * A[:nx, :nx])
+        lu = _PivotedLU(ca.SX.eye(nx) - ROS2_GAMMA * h * A[:nx, :nx])
 
         def solve(B: ca.SX) -> ca.SX:
             return ca.vertcat(lu.solve(B[:nx, :]), ca.SX(nz - nx, B.shape[1]))

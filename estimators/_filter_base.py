@@ -8,6 +8,7 @@ filter (the one a run uses) start without importing JAX (about 1-2 s).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     StateArray: TypeAlias = jax.Array | np.ndarray
 else:
     StateArray: TypeAlias = Any
+
+
+ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
+"""The stage coefficient of the L-stable ROS2 Rosenbrock method both filters predict with."""
 
 
 class FilterState(NamedTuple):

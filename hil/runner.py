@@ -47,10 +47,16 @@ from bpcontrol.clock import PacedClock
 from bpcontrol.control_spec import oracle_configs
 from bpcontrol.interfaces import Controller, Plant
 from bpcontrol.kpis import run_kpis
-from bpcontrol.loop import LoopSnapshot, RunSummary
+from bpcontrol.loop import ControlLoop, LoopSnapshot, RunSummary
 from bpcontrol.nmpc import NMPC, StateEstimate
 from bpcontrol.records import EventKind
-from bpcontrol.run_status import RunState, StopOnSignals, signal_exit_code, write_status
+from bpcontrol.run_status import (
+    RunState,
+    StopOnSignals,
+    signal_exit_code,
+    write_json,
+    write_status,
+)
 from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
 from bpcontrol.stderr_capture import StderrToEvents
 from bpcontrol.tomlfile import read_toml
@@ -379,7 +385,9 @@ def run_batch(
             truth = sim.truth()
             result = RunResult(run_dir, {}, summary, truth.t, truth.x, None)
         why = result.kpis.get("oracle_error", "") or why
-        stored_to = _stored_up_to_h(run_dir / "records.sqlite")
+        stored_to = result.kpis.get("records_up_to_h")  # read back with the KPIs
+        if stored_to is None:  # no KPIs (a full disk): read the file for it
+            stored_to = _stored_up_to_h(run_dir / "records.sqlite")
         if state == "failed" and store_error is not None:
             why = f"{why}, up to {stored_to:.3f} h of {summary.t_end_h:.3f} h"
         with contextlib.suppress(OSError):
@@ -419,7 +427,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.reason: str | None = None
-        self._loop: Any = None
+        self._loop: ControlLoop | None = None
 
     def __call__(self, reason: str) -> None:
         if self.reason is None:
@@ -427,7 +435,7 @@ class _StopRequest:
         if self._loop is not None:
             self._loop.request_stop(reason)
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: ControlLoop) -> None:
         self._loop = loop
         if self.reason is not None:
             loop.request_stop(self.reason)
@@ -454,16 +462,6 @@ def _stored_up_to_h(path: Path) -> float:
     except Exception:  # an unreadable file stored nothing usable
         return 0.0
     return max((r.t_h for r in records), default=0.0)
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically (a full disk leaves no half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _outcome(
@@ -537,7 +535,7 @@ def _finish_run(
     _product_kpis(kpis, run, truth.x[-1], truth.u[-1], p_true)
     if math.isfinite(speed_up):
         kpis.update({f"jitter_{k}": v for k, v in summary.jitter().items()})
-    _write_json(run_dir / "kpis.json", kpis)  # the batch's, whatever the oracle does
+    write_json(run_dir / "kpis.json", kpis)  # the batch's, whatever the oracle does
     if oracle:
         _add_oracle(kpis, run, sim, run_dir / "kpis.json")
     report_path = None
@@ -557,7 +555,7 @@ def _add_oracle(kpis: dict[str, Any], run: ResolvedRun, sim: SimulatedPlant, pat
         kpis["oracle_product"] = value
         kpis["oracle_slack_max"] = slack
         kpis["product_vs_oracle"] = kpis["final_product"] / value
-    _write_json(path, kpis)
+    write_json(path, kpis)
 
 
 def _product_kpis(

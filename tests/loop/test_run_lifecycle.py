@@ -26,7 +26,7 @@ from bpcontrol.run_status import read_status, write_status
 from bpcontrol.runspec import spec_for
 from estimators import Reading
 from hil.faults import FlakyPlant
-from hil.runner import run_batch
+from hil.runner import RunResult, run_batch
 from services.historian import read_records
 
 SPEED = 3600.0  # process s per wall s: the 30 h batch takes 30 s of wall time
@@ -154,15 +154,20 @@ def test_a_full_disk_ends_the_run_with_one_line_within_bounded_time(full_disk: P
     assert not (run / "kpis.json").exists() or json.loads((run / "kpis.json").read_text())
 
 
-def test_a_plant_that_never_answers_fails_the_run_and_says_so(tmp_path: Path) -> None:
-    spec = spec_for("ecoli_fedbatch", controller="recipe")
-    res = run_batch(
-        spec,
-        run_dir=tmp_path / "run",
+def _recipe_run_with_flaky_reads(run_dir: Path, *, end_h: float, fail_every: int) -> RunResult:
+    """A 2 h recipe-only batch whose plant reads fail every ``fail_every``-th time before
+    ``end_h`` (h)."""
+    return run_batch(
+        spec_for("ecoli_fedbatch", controller="recipe"),
+        run_dir=run_dir,
         duration_h=2.0,
-        wrap_plant=lambda p: FlakyPlant(p, start_h=0.0, end_h=1e9, read_fail_every=1),
+        wrap_plant=lambda p: FlakyPlant(p, start_h=0.0, end_h=end_h, read_fail_every=fail_every),
         report=False,
     )
+
+
+def test_a_plant_that_never_answers_fails_the_run_and_says_so(tmp_path: Path) -> None:
+    res = _recipe_run_with_flaky_reads(tmp_path / "run", end_h=1e9, fail_every=1)
     assert res.state == "failed" and res.exit_code == 1
     assert "no measurement ever arrived" in res.reason
     ticks = res.summary.ticks
@@ -172,14 +177,7 @@ def test_a_plant_that_never_answers_fails_the_run_and_says_so(tmp_path: Path) ->
 
 
 def test_failing_reads_are_counted_in_the_kpis(tmp_path: Path) -> None:
-    spec = spec_for("ecoli_fedbatch", controller="recipe")
-    res = run_batch(
-        spec,
-        run_dir=tmp_path / "run",
-        duration_h=2.0,
-        wrap_plant=lambda p: FlakyPlant(p, start_h=0.0, end_h=1.0, read_fail_every=3),
-        report=False,
-    )
+    res = _recipe_run_with_flaky_reads(tmp_path / "run", end_h=1.0, fail_every=3)
     assert res.state == "completed" and res.exit_code == 0
     # ticks at 0, 1, ..., 59 min of the first hour are in the window: every third fails
     assert res.kpis["plant_reads_failed"] == 20
