@@ -46,6 +46,11 @@ class _LineWriter(io.TextIOBase):
         return len(s)
 
     def flush(self) -> None:
+        """Nothing to do: a line is handed on when it is complete (a writer that flushes
+        mid-line, as ``print(..., end="")`` callers do, must not split it)."""
+
+    def drain(self) -> None:
+        """Hand on an unfinished last line (at the end of the capture)."""
         with self._lock:
             rest, self._buf = self._buf, ""
         if rest:
@@ -89,7 +94,7 @@ class StderrToEvents:
         if self._saved is not None:
             sys.stderr = self._saved
         if isinstance(writer, _LineWriter):
-            writer.flush()
+            writer.drain()
         self._flush_repeats()
         if self._log is not None:
             with contextlib.suppress(OSError):  # a full disk: the events are what there is

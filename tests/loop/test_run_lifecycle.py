@@ -259,3 +259,16 @@ def test_two_runs_started_together_into_one_out_both_complete(tmp_path: Path) ->
     runs = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(runs) == 2
     assert all(read_status(r)["state"] == "completed" for r in runs)
+
+
+def test_a_line_flushed_in_pieces_is_one_event() -> None:
+    import sys
+
+    from bpcontrol.stderr_capture import StderrToEvents
+
+    lines: list[str] = []
+    with StderrToEvents(lines.append):
+        sys.stderr.write("CVODES: step ")
+        sys.stderr.flush()
+        sys.stderr.write("failed\nunfinished")
+    assert lines == ["CVODES: step failed", "unfinished"]
