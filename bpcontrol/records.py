@@ -160,6 +160,10 @@ class EventKind(enum.StrEnum):
     """A sample came too late for the filter's history and was dropped."""
     ESTIMATOR_RESET = "estimator-reset"
     """The filter's covariance degenerated and was reset to its prior."""
+    ESTIMATE_INCONSISTENT = "estimate-inconsistent"
+    """A trusted sensor's readings failed the gate several times in a row: the filter
+    inflated the covariance of the states it observes and fused the reading (the message
+    names the sensor and the states)."""
     ESTIMATOR_OTHER = "estimator-other"
     """A filter event of a kind this enum does not know (the message names it)."""
 
@@ -170,6 +174,8 @@ class EventKind(enum.StrEnum):
         Unknown filter kinds map to :attr:`ESTIMATOR_OTHER` rather than failing, so a new
         filter event never stops the loop.
         """
+        if filter_kind == "inconsistent":
+            return cls.ESTIMATE_INCONSISTENT
         try:
             return cls(f"estimator-{filter_kind}")
         except ValueError:

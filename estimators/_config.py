@@ -54,7 +54,15 @@ class EKFConfig:
     needs no small steps).
     ``gate_probability`` is the per-measurement chi-square acceptance probability
     (1 degree of freedom). ``lag_h`` is how far back a late sample may be fused.
-    ``variance_limit`` (multiple of the initial variance) triggers a covariance reset.
+    ``variance_limit`` triggers a covariance reset: a variance above ``variance_limit``
+    times the larger of the state's initial variance and ``(VARIANCE_SCALE_FRACTION x its
+    typical magnitude)^2`` (``FilterSetup.variance_limits``), so a state given a tiny prior std
+    does not reset the filter as soon as process noise has grown its variance.
+    ``recover_after_gated`` is how many readings in a row from one sensor the gate may
+    reject, once that sensor has had a reading accepted, before the filter declares its
+    estimate inconsistent and recovers (it inflates the covariance of the states that
+    sensor observes and fuses the reading; an ``inconsistent`` event says so; see
+    :class:`~estimators.OnlineEstimator`); 0 turns the recovery off.
     """
 
     sensors: tuple[Sensor, ...]
@@ -66,6 +74,7 @@ class EKFConfig:
     gate_probability: float = 0.9999
     lag_h: float = 6.0
     variance_limit: float = 1e6
+    recover_after_gated: int = 3
 
     def validate(self, model: Model) -> None:
         """Raise :class:`EstimatorConfigError` naming the first entry that does not fit."""
@@ -127,6 +136,21 @@ class EKFConfig:
             raise EstimatorConfigError("gate_probability must be in (0.5, 1)")
         if not self.lag_h >= 0:
             raise EstimatorConfigError("lag_h must be >= 0")
+        if not (math.isfinite(self.variance_limit) and self.variance_limit > 0.0):
+            raise EstimatorConfigError(
+                f"variance_limit must be a finite number > 0, got {self.variance_limit}"
+            )
+        n = self.recover_after_gated
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise EstimatorConfigError(
+                f"recover_after_gated must be a whole number >= 0 (0: no recovery), got {n!r}"
+            )
+
+
+VARIANCE_SCALE_FRACTION = 0.1
+"""The variance limit's floor, as a fraction of a state's typical magnitude: the default
+prior std is this fraction of the scale (see :class:`~estimators._filter_base.FilterSetup`),
+so a state given a much tighter prior gets the limit its default prior would have."""
 
 
 def default_scale(model: Model) -> list[float]:

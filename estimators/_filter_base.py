@@ -4,18 +4,25 @@
 reactor) derive their noise, prior, gate and index constants from one
 :class:`FilterSetup`, so they cannot disagree; keeping it free of JAX lets the compiled
 filter (the one a run uses) start without importing JAX (about 1-2 s).
+
+Also shared, in NumPy, so that both filters use one implementation: the projection of
+the mean onto the declared bounds (:meth:`FilterSetup.project`), the covariance limits
+(:attr:`FilterSetup.variance_limits`) and the covariance inflation that recovers an
+inconsistent estimate (:meth:`FilterSetup.inflate_for`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
+import casadi as ca
 import numpy as np
 from scipy.special import chdtri  # inverse chi-square survival; scipy.stats costs ~1-4 s to import
 
-from estimators._config import EKFConfig, default_scale
+from estimators._config import VARIANCE_SCALE_FRACTION, EKFConfig, default_scale
 from models import Model
 
 if TYPE_CHECKING:
@@ -57,7 +64,9 @@ class FilterSetup:
 
     Sensor and tracked-parameter names and indices, measurement variances ``R`` (absolute)
     and ``R_rel`` (relative, times y_hat^2), process noise ``Q`` (variance per hour),
-    prior ``P0_diag``, the chi-square gate and the outputs' bounds.
+    prior ``P0_diag``, the chi-square gate, the outputs' bounds, the bounds of the
+    augmented mean (``z_lower``, ``z_upper``: the states' declared bounds, then the
+    tracked parameters') and the covariance limits ``variance_limits``.
     """
 
     def __init__(self, model: Model, config: EKFConfig, *, p: np.ndarray | None = None) -> None:
@@ -90,6 +99,22 @@ class FilterSetup:
         self.gate = float(chdtri(1, 1.0 - config.gate_probability))  # chi2(1) quantile
         lo, hi = model.bounds("outputs")
         self.y_lower, self.y_upper = lo[self._out_idx], hi[self._out_idx]
+        x_lo, x_hi = model.bounds("states")
+        p_lo, p_hi = model.bounds("parameters")
+        self.z_lower = np.concatenate([x_lo, p_lo[self._par_idx]])
+        self.z_upper = np.concatenate([x_hi, p_hi[self._par_idx]])
+        self.names = tuple(model.state_names) + self.tracked_names  # of the augmented mean
+        # limits of the variances (a reset above them): variance_limit times the prior
+        # variance, or times (10 % of the typical magnitude)^2 where that is larger, so a
+        # state or parameter given a tiny prior std is judged on its scale, not its prior
+        par_scale = [
+            max(abs(float(self.p_nominal[i])), 0.01 * float(p_hi[i] - p_lo[i]), 1e-12)
+            for i in self._par_idx
+        ]
+        typical = np.array([*scale, *par_scale])
+        self.variance_limits = config.variance_limit * np.maximum(
+            self.P0_diag, (VARIANCE_SCALE_FRACTION * typical) ** 2
+        )
 
     def initial_arrays(
         self,
@@ -119,6 +144,114 @@ class FilterSetup:
         p = self.p_nominal.copy()
         p[self._par_idx] = z[self.nx :]
         return z[: self.nx], p, np.sqrt(np.clip(np.diag(np.asarray(state.P)), 0.0, None))
+
+    def project(self, state: FilterState) -> tuple[FilterState, tuple[str, ...]]:
+        """The state with its mean moved inside the declared bounds, and the names moved.
+
+        Estimate projection (Simon and Chia 2002, IEE Proc. Control Theory Appl.
+        149:223-228; survey: Simon 2010, IET Control Theory Appl. 4:1303-1318): the mean
+        becomes the point of the box ``[z_lower, z_upper]`` nearest in the metric of the
+        inverse covariance, ``argmin (z - z_hat)' P^-1 (z - z_hat)``, the choice of least
+        error covariance among projections. For the active set ``A`` (the entries out of
+        bounds, grown while the correction pushes others out) it is the update by a
+        perfect measurement ``z_A = bound``, ``z -= P[:, A] P[A, A]^-1 (z_hat_A - bound)``,
+        so correlated entries move with the clipped ones (a biomass pushed below zero
+        takes the states it is correlated with along) instead of being left inconsistent
+        with them; a final clip removes rounding. A mean inside its bounds is returned
+        unchanged (the same object).
+
+        The covariance is kept. Conditioning it on the active bounds would make it
+        singular in those directions, so the filter would never again move an entry that
+        touched a bound (and the positive-definiteness check would reset it); keeping it
+        is conservative, as the projected mean is closer to the truth than the unprojected
+        one whenever the truth lies inside the bounds (Simon 2010, sec. 2.3).
+        """
+        z = np.asarray(state.z, dtype=float)
+        lo, hi = self.z_lower, self.z_upper
+        out = (z < lo) | (z > hi)
+        if not np.any(out):
+            return state, ()
+        P = np.asarray(state.P, dtype=float)
+        active: list[int] = []
+        zp = z
+        for _ in range(self.nz):
+            new = [int(i) for i in np.flatnonzero((zp < lo) | (zp > hi)) if i not in active]
+            if not new:
+                break
+            active += new
+            a = np.array(active)
+            target = np.clip(z[a], lo[a], hi[a])
+            try:
+                shift = P[:, a] @ np.linalg.solve(P[np.ix_(a, a)], z[a] - target)
+            except np.linalg.LinAlgError:  # singular block: clip only
+                shift = np.zeros_like(z)
+            zp = z - shift
+            zp[a] = target
+            if not np.all(np.isfinite(zp)):
+                zp = np.clip(z, lo, hi)
+                break
+        zp = np.clip(zp, lo, hi)
+        moved = tuple(self.names[i] for i in sorted(active))
+        return FilterState(t=state.t, z=zp, P=P), moved
+
+    @cached_property
+    def _measurement_jacobian(self) -> ca.Function:
+        """``(z, u, p) -> dh/dz`` of the configured sensors (CasADi's virtual machine; used
+        only when a recovery needs to know which states a sensor observes)."""
+        model, nx = self.model, self.nx
+        cm = model.to_casadi()
+        z = ca.SX.sym("z", self.nz)
+        u = ca.SX.sym("u", model.nu)
+        p = ca.SX.sym("p", model.n_p)
+        entries = [p[i] for i in range(model.n_p)]
+        for j, i in enumerate(self._par_idx):
+            entries[int(i)] = z[nx + j]
+        y = cm.h(z[:nx], u, ca.vertcat(*entries))[[int(i) for i in self._out_idx]]
+        return ca.Function("ekf_H", [z, u, p], [ca.densify(ca.jacobian(y, z))])
+
+    def measurement_jacobian(self, state: FilterState, u: np.ndarray) -> np.ndarray:
+        """``H = dh/dz`` at the state's mean (sensors x augmented states)."""
+        H = self._measurement_jacobian(np.asarray(state.z, dtype=float), u, self.p_nominal)
+        return np.asarray(H, dtype=float).reshape(len(self.sensor_names), self.nz)
+
+    def inflate_for(
+        self,
+        state: FilterState,
+        u: np.ndarray,
+        result: UpdateResult,
+        sensors: Sequence[int],
+    ) -> tuple[FilterState, dict[int, tuple[tuple[str, ...], float]]]:
+        """Inflate the covariance of the states the ``sensors`` observe so that their last
+        (gated) readings become one-sigma innovations.
+
+        ``state`` is the prior the gated update started from and ``result`` that update's
+        outcome. For sensor ``i`` the observed entries ``J`` are those with a nonzero
+        measurement Jacobian ``H[i, J]``; with ``D = diag(sqrt(a))`` on ``J`` (1 elsewhere)
+        ``P <- D P D`` keeps every correlation and multiplies ``H_i P H_i'`` by ``a``,
+        chosen so that ``a H_i P H_i' + R_i = innovation_i^2``: the reading then passes the
+        gate (NIS 1) and an update moves the estimate by ``1 - R_i / innovation_i^2`` (over
+        93 % at the default gate) of the way to it, a re-initialisation from the reading
+        that keeps what the filter learnt about how the states co-vary. ``a >= 1``: a
+        covariance never shrinks here. Returns the new state and, per sensor, the names of
+        the entries inflated and the factor (1 where the sensor observes nothing).
+        """
+        P = np.array(state.P, dtype=float)
+        H = self.measurement_jacobian(state, u)
+        done: dict[int, tuple[tuple[str, ...], float]] = {}
+        for i in sensors:
+            Hi = H[i]
+            J = np.flatnonzero(Hi != 0.0)
+            hph = float(Hi @ P @ Hi)
+            nu = float(np.asarray(result.innovation)[i])
+            R_i = float(np.asarray(result.innovation_var)[i]) - float(Hi @ np.asarray(state.P) @ Hi)
+            factor = 1.0
+            if J.size and hph > 0.0 and math.isfinite(hph):
+                factor = max(1.0, (nu * nu - max(R_i, 0.0)) / hph)
+                d = np.ones(self.nz)
+                d[J] = math.sqrt(factor)
+                P = d[:, None] * P * d[None, :]
+            done[int(i)] = (tuple(self.names[j] for j in J), factor)
+        return FilterState(t=state.t, z=np.asarray(state.z), P=0.5 * (P + P.T)), done
 
     def to_arrays(self, readings: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """Reading dict (sensor name -> value) to (y, mask) ordered as the sensors."""

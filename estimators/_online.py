@@ -4,6 +4,25 @@
 :class:`EstimatorState` carries a short history (a fixed lag, ``config.lag_h``) so that
 an offline assay arriving hours after its sample time is fused *at its sample time* by
 re-filtering the stored steps, giving the very estimate it would have given on time.
+
+Around every prediction and update of either filter (:class:`CompiledEKF` or
+:class:`ExtendedKalmanFilter`, one implementation here for both):
+
+- the mean is projected onto the declared bounds of the states and tracked parameters
+  after the prediction and after the update (:meth:`FilterSetup.project`: estimate
+  projection in the inverse-covariance metric, covariance kept), so no estimate leaves
+  its bounds (no negative concentration or yield);
+- a sensor that has had a reading accepted (trusted) and then has
+  ``config.recover_after_gated`` readings in a row rejected by the chi-square gate marks
+  the estimate inconsistent: the covariance of the states that sensor observes is
+  inflated so that the reading is a one-sigma innovation
+  (:meth:`FilterSetup.inflate_for`), the readings of that step are fused again from the
+  inflated prior, and an ``inconsistent`` event names the sensor and the states. The
+  run counters are stored with every history entry and replayed with it, so a late
+  assay gives the same counts, recoveries and estimates as on-time fusion;
+- a covariance that is not finite, not positive definite or has a variance above its
+  limit (:attr:`FilterSetup.variance_limits`) is reset to the prior (a ``reset`` event
+  naming the entry).
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ import numpy as np
 from estimators._ekf_compiled import CompiledEKF
 from estimators._filter_base import (
     FilterState,
+    StateArray,
     UpdateResult,
     covariance_problem,
     filter_covariance_ok,
@@ -43,7 +63,10 @@ class FilterEvent:
     """Something the operator should see: a rejected or late value, a covariance reset.
 
     ``kind`` is one of ``rejected`` (not physical / unknown sensor), ``gated`` (failed the
-    chi-square innovation gate), ``late_fused``, ``too_late``, ``reset``.
+    chi-square innovation gate), ``late_fused``, ``too_late``, ``reset``, ``inconsistent``
+    (a trusted sensor's readings failed the gate ``recover_after_gated`` times in a row:
+    the covariance of ``states``, the entries that sensor observes, was inflated and the
+    reading fused).
     """
 
     t: float
@@ -51,14 +74,47 @@ class FilterEvent:
     message: str
     sensor: str | None = None
     value: float | None = None
+    states: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SensorRuns:
+    """Per sensor (ordered as configured): whether it ever had a reading accepted
+    (``trusted``) and how many of its readings in a row the gate has rejected since."""
+
+    trusted: tuple[bool, ...]
+    gated_run: tuple[int, ...]
+
+    @classmethod
+    def fresh(cls, n: int) -> SensorRuns:
+        return cls(trusted=(False,) * n, gated_run=(0,) * n)
+
+    def after(self, accepted: StateArray, gated: StateArray) -> SensorRuns:
+        """The counts after one update: an accepted reading trusts its sensor and ends its
+        run, a gated one extends it, an absent one leaves it."""
+        acc, gat = np.asarray(accepted, dtype=bool), np.asarray(gated, dtype=bool)
+        return SensorRuns(
+            trusted=tuple(t or bool(a) for t, a in zip(self.trusted, acc, strict=True)),
+            gated_run=tuple(
+                0 if a else n + 1 if g else n
+                for n, a, g in zip(self.gated_run, acc, gat, strict=True)
+            ),
+        )
 
 
 @dataclass(frozen=True)
 class _Entry:
+    """One step of the history: the inputs held up to ``t`` and the readings taken at
+    ``t``; ``after`` and ``runs`` are the filter state and sensor counts after it, and
+    ``recovered`` the sensors whose recovery it triggered (an event is emitted only the
+    first time an entry recovers, not again when a late sample replays it)."""
+
     t: float
     u: np.ndarray | None
     readings: Mapping[str, float]
     after: FilterState
+    runs: SensorRuns
+    recovered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,14 +147,15 @@ class OnlineEstimator:
 
     def __init__(self, ekf: ExtendedKalmanFilter | CompiledEKF) -> None:
         self.ekf = ekf
-        self._prior_var = np.asarray(ekf.P0_diag)
 
     def init(
         self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
     ) -> EstimatorState:
-        fs = self.ekf.init(x0, t0=t0, theta0=theta0)
+        fs, _ = self.ekf.project(self.ekf.init(x0, t0=t0, theta0=theta0))
+        runs = SensorRuns.fresh(len(self.ekf.sensor_names))
         return EstimatorState(
-            filter=fs, history=(_Entry(t=float(t0), u=None, readings={}, after=fs),)
+            filter=fs,
+            history=(_Entry(t=float(t0), u=None, readings={}, after=fs, runs=runs),),
         )
 
     # --- reading checks -------------------------------------------------------------
@@ -180,7 +237,9 @@ class OnlineEstimator:
             history[-1] = replace(history[-1], readings=merged)
             start = len(history) - 1
         else:
-            history.append(_Entry(t=t, u=u, readings=now, after=state.filter))
+            history.append(
+                _Entry(t=t, u=u, readings=now, after=state.filter, runs=history[-1].runs)
+            )
             start = len(history) - 1
         for r in sorted(late, key=lambda r: float(r.t_sample or 0.0)):
             ts = float(r.t_sample or 0.0)
@@ -230,41 +289,106 @@ class OnlineEstimator:
     ) -> tuple[list[FilterEvent], UpdateResult | None]:
         """Re-filter history[start:] from the state stored before it (in place)."""
         events: list[FilterEvent] = []
-        fs = history[start - 1].after if start > 0 else history[0].after
+        ekf = self.ekf
+        k0 = max(start, 1)
+        fs, runs = history[k0 - 1].after, history[k0 - 1].runs
         last: UpdateResult | None = None
-        for k in range(max(start, 1), len(history)):
+        for k in range(k0, len(history)):
             e = history[k]
             assert e.u is not None
-            fs = self.ekf.predict(fs, e.u, e.t)
+            fs, _ = ekf.project(ekf.predict(fs, e.u, e.t))
+            recovered: tuple[str, ...] = ()
             if e.readings:
-                y, mask = self.ekf.to_arrays(e.readings)
-                fs, last = self.ekf.update(fs, e.u, y, mask)
-                gated = np.asarray(last.gated)
-                for i in np.flatnonzero(gated):
-                    name = self.ekf.sensor_names[i]
-                    nu, sd = float(last.innovation[i]), math.sqrt(float(last.innovation_var[i]))
-                    events.append(
-                        FilterEvent(
-                            e.t,
-                            "gated",
-                            f"{name}: {y[i]:.6g} failed the innovation gate "
-                            f"(innovation {nu:.4g}, std {sd:.4g})",
-                            name,
-                            float(y[i]),
-                        )
+                y, mask = ekf.to_arrays(e.readings)
+                prior = fs
+                fs, last = ekf.update(prior, e.u, y, mask)
+                counted = runs.after(last.accepted, last.gated)
+                n = ekf.config.recover_after_gated
+                due = [
+                    i
+                    for i, (trusted, run) in enumerate(
+                        zip(counted.trusted, counted.gated_run, strict=True)
                     )
-                limit = self._prior_var * self.ekf.config.variance_limit
+                    if n > 0 and trusted and run >= n and bool(last.gated[i])
+                ]
+                if due:
+                    inflated, how = ekf.inflate_for(prior, e.u, last, due)
+                    gated_first = last
+                    fs, last = ekf.update(inflated, e.u, y, mask)
+                    counted = runs.after(last.accepted, last.gated)
+                    recovered = tuple(ekf.sensor_names[i] for i in due)
+                    if not set(recovered) <= set(e.recovered):
+                        events += self._inconsistent_events(
+                            e.t, y, gated_first, last, how, counted, runs
+                        )
+                runs = counted
+                events += self._gated_events(e.t, y, last)
+                fs, _ = ekf.project(fs)
+                limit = ekf.variance_limits
                 if not bool(last.healthy) or not filter_covariance_ok(fs.P, limit):
-                    names = tuple(self.ekf.model.state_names) + tuple(self.ekf.tracked_names)
-                    why = covariance_problem(fs.P, limit, names) or "update not healthy"
-                    fs = self.ekf.reset_covariance(fs, history[k - 1].after)
+                    why = covariance_problem(fs.P, limit, ekf.names) or "update not healthy"
+                    fs = ekf.reset_covariance(fs, history[k - 1].after)
                     events.append(
                         FilterEvent(
                             e.t, "reset", f"covariance degenerated ({why}); reset to its prior"
                         )
                     )
-            history[k] = replace(e, after=fs)
+            history[k] = replace(e, after=fs, runs=runs, recovered=recovered)
         return events, last
+
+    def _gated_events(self, t: float, y: np.ndarray, result: UpdateResult) -> list[FilterEvent]:
+        """A ``gated`` event for every reading the gate rejected in ``result``."""
+        out = []
+        for i in np.flatnonzero(np.asarray(result.gated)):
+            name = self.ekf.sensor_names[i]
+            nu, sd = float(result.innovation[i]), math.sqrt(float(result.innovation_var[i]))
+            out.append(
+                FilterEvent(
+                    t,
+                    "gated",
+                    f"{name}: {y[i]:.6g} failed the innovation gate "
+                    f"(innovation {nu:.4g}, std {sd:.4g})",
+                    name,
+                    float(y[i]),
+                )
+            )
+        return out
+
+    def _inconsistent_events(
+        self,
+        t: float,
+        y: np.ndarray,
+        gated: UpdateResult,
+        fused: UpdateResult,
+        how: Mapping[int, tuple[tuple[str, ...], float]],
+        counted: SensorRuns,
+        before: SensorRuns,
+    ) -> list[FilterEvent]:
+        """One ``inconsistent`` event per recovered sensor: the run, what was inflated."""
+        out = []
+        for i, (states, factor) in how.items():
+            name = self.ekf.sensor_names[i]
+            run = before.gated_run[i] + 1
+            nu, sd = float(gated.innovation[i]), math.sqrt(float(gated.innovation_var[i]))
+            outcome = "fused" if bool(fused.accepted[i]) else "still gated"
+            what = (
+                f"variance of {', '.join(states)} inflated x{factor:.3g}"
+                if states
+                else "it observes no state: nothing inflated"
+            )
+            out.append(
+                FilterEvent(
+                    t,
+                    "inconsistent",
+                    f"{name}: {run} readings in a row failed the innovation gate after it "
+                    f"had been trusted (last {y[i]:.6g}, innovation {nu:.4g}, std {sd:.4g}); "
+                    f"estimate inconsistent: {what}, reading {outcome}",
+                    name,
+                    float(y[i]),
+                    states,
+                )
+            )
+        return out
 
 
 def _insert(history: list[_Entry], ts: float, r: Reading) -> int:
@@ -277,11 +401,17 @@ def _insert(history: list[_Entry], ts: float, r: Reading) -> int:
         if e.t > ts:
             # the input held over (t_{k-1}, t_k] also held at ts
             history.insert(
-                k, _Entry(t=ts, u=e.u, readings={r.sensor: float(r.value)}, after=e.after)
+                k,
+                _Entry(
+                    t=ts, u=e.u, readings={r.sensor: float(r.value)}, after=e.after, runs=e.runs
+                ),
             )
             return k
+    last = history[-1]
     history.append(
-        _Entry(t=ts, u=history[-1].u, readings={r.sensor: float(r.value)}, after=history[-1].after)
+        _Entry(
+            t=ts, u=last.u, readings={r.sensor: float(r.value)}, after=last.after, runs=last.runs
+        )
     )
     return len(history) - 1
 

@@ -42,6 +42,7 @@ TOML format
     max_step_h = 0.016666666666666666
     n_substeps = 1
     variance_limit = 1e6
+    recover_after_gated = 3     # gated readings in a row from a trusted sensor (0: off)
 
     [sensors]                   # required; period_h (1 min), relative_sigma (0) optional
     DO_probe = { sigma = 1.0, period_h = 0.016666666666666666 }
@@ -101,6 +102,7 @@ _SCALARS: dict[str, type] = {
     "max_step_h": float,
     "n_substeps": int,
     "variance_limit": float,
+    "recover_after_gated": int,
 }
 _TABLES = ("sensors", "tracked", "state_sigma0", "process_sigma")
 _SENSOR_KEYS = ("sigma", "period_h", "relative_sigma")
