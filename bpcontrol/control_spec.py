@@ -45,6 +45,12 @@ infeasible (the smoothed kinetics dip below zero between collocation points).
     [ipopt]                        # IPOPT options by name
     warm_start_init_point = "yes"
 
+    [robust]                       # multi-stage robust NMPC (bpcontrol.nmpc.RobustConfig)
+    n_robust = 1                   # intervals the scenario tree branches at (robust horizon)
+    values = { mu_max = [0.7, 0.56, 0.84] }   # first value: the nominal scenario
+    sigma_factors = { Y_xs = 2.0 } # (p, p + 2 sigma, p - 2 sigma) from the estimator
+    weights = [2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # per combination; default equal
+
 Setpoint limits (the inputs' bounds) are the recipe's, so the controller plans inside what
 the supervisor will accept. Every problem is one :class:`ControlSpecError` line naming the
 file and the key.
@@ -59,7 +65,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bpcontrol.nmpc import NMPCConfig, NMPCConfigError, Objective, SoftBound, Tracking
+from bpcontrol.nmpc import (
+    NMPCConfig,
+    NMPCConfigError,
+    Objective,
+    RobustConfig,
+    SoftBound,
+    Tracking,
+)
 from bpcontrol.recipe import MAX_DURATION_H, Recipe
 from models import Model
 
@@ -116,6 +129,16 @@ class HardBoundSpec(_Strict):
     unit: str | None = None
 
 
+class RobustSpec(_Strict):
+    """The ``[robust]`` table: a scenario tree over uncertain parameters (see
+    :class:`bpcontrol.nmpc.RobustConfig`; values in the parameters' units)."""
+
+    n_robust: int = Field(default=1, ge=1)
+    values: dict[str, list[float]] = {}
+    sigma_factors: dict[str, float] = {}
+    weights: list[float] | None = None
+
+
 class ControlSpec(_Strict):
     """A parsed controller file (see the module docstring for every key)."""
 
@@ -139,6 +162,7 @@ class ControlSpec(_Strict):
     model_state_bounds: bool = False
     rate_limits: dict[str, float] = {}
     ipopt: dict[str, str | int | float] = {}
+    robust: RobustSpec | None = None
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -173,9 +197,12 @@ def _allowed(parent: tuple[Any, ...]) -> str:
         cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if cls is None:
             # a table keyed by variable name holds a fixed-key spec
+            # (or an optional table, ``RobustSpec | None``)
             args = getattr(ann, "__args__", ())
-            inner = args[-1] if args else None
-            cls = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+            cls = next(
+                (a for a in reversed(args) if isinstance(a, type) and issubclass(a, BaseModel)),
+                None,
+            )
         if cls is None:
             return ""
     if cls is None or not hasattr(cls, "model_fields"):
@@ -238,8 +265,31 @@ def default_deadline_s(spec: ControlSpec, model: Model, control_period_h: float)
     must arrive long before the next one is due).
     """
     nodes = spec.collocation_degree + 1 if spec.discretization == "collocation" else 1
-    n_vars = spec.horizon * (model.nx * nodes + model.nu)
+    n_vars = spec.horizon * (model.nx * nodes + model.nu) * _n_scenarios(spec)
     return float(min(max(1.0, 3e-3 * n_vars), 0.25 * control_period_h * 3600.0))
+
+
+def _n_scenarios(spec: ControlSpec) -> int:
+    """Scenarios of the robust tree (1 without ``[robust]``); a bad table counts 1 here,
+    :func:`nmpc_config` reports it."""
+    r = spec.robust
+    if r is None:
+        return 1
+    n = 3 ** len(r.sigma_factors)
+    for vals in r.values.values():
+        n *= max(len(vals), 1)
+    return max(1, min(n**r.n_robust, 10**6))
+
+
+def _robust(spec: RobustSpec | None) -> RobustConfig | None:
+    if spec is None:
+        return None
+    return RobustConfig(
+        values={n: tuple(v) for n, v in spec.values.items()},
+        sigma_factors=dict(spec.sigma_factors),
+        n_robust=spec.n_robust,
+        weights=None if spec.weights is None else tuple(spec.weights),
+    )
 
 
 def control_period_h(spec: ControlSpec, recipe: Recipe) -> float:
@@ -311,6 +361,7 @@ def nmpc_config(
         slack_tolerance=spec.slack_tolerance,
         ipopt_options=dict(spec.ipopt),
         input_schedule=schedule,
+        robust=_robust(spec.robust),
     )
     try:
         config.validate(model)
@@ -346,7 +397,8 @@ def oracle_configs(
     measured against): ``intervals`` equal steps to the end, full IPOPT from the recipe,
     no real-time limit, collocation of degree >= 3 (an oracle interval is long: degree 2
     is exploited there, its prediction missing the true product), one problem per
-    smoothing width (the controller's and, when it smooths at all, wider ones)."""
+    smoothing width (the controller's and, when it smooths at all, wider ones). Always
+    nominal (no ``robust`` tree): the oracle knows the plant's true parameters."""
     base = replace(
         config,
         horizon=intervals,
@@ -358,6 +410,7 @@ def oracle_configs(
         time_limit_s=1800.0,
         ipopt_options={},
         collocation_degree=max(3, config.collocation_degree),
+        robust=None,
     )
     widths = [base.smoothing]
     if base.smoothing > 0:

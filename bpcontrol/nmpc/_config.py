@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,206 @@ class Tracking:
     name: str
     target: float
     weight: float
+
+
+MAX_SCENARIOS = 100
+"""Most scenarios (leaves of the tree) a robust problem may have: each one is a copy of
+the whole trajectory, so the NLP and its solve grow linearly with them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobustConfig:
+    """Multi-stage (scenario-tree) robust NMPC over uncertain model parameters.
+
+    Lucia, Finkler, Engell (2013) J. Process Control 23:1306-1319; do-mpc's ``n_robust``.
+    Each uncertain parameter takes a few values; a *combination* is one value of every
+    uncertain parameter (all combinations, in ``itertools.product`` order of the names as
+    given, the first value of each first). The tree branches into every combination at
+    each of the first ``n_robust`` intervals and then holds its branch's values to the
+    horizon end, so it has ``n_combinations ** n_robust`` scenarios (leaves). A move is
+    shared by all scenarios that agree up to its interval (non-anticipativity: the first
+    move is one decision for all of them; from interval ``n_robust`` on each scenario has
+    its own moves). The cost is the weighted sum of the scenarios' costs; every scenario
+    meets the hard and soft bounds. Scenario 0 (the first value of every parameter, or the
+    estimate itself for sampled ones) is the nominal one the plan reports.
+
+    ``values``: per parameter, its values in the parameter's unit (absolute; they replace
+    the estimate's value for that parameter). ``sigma_factors``: per parameter a factor
+    ``c``: its values are ``(p, p + c sigma, p - c sigma)`` around the estimate ``p``
+    with the estimator's standard deviation ``sigma`` of that parameter (``p_sigma`` of
+    the estimate, see :class:`bpcontrol.nmpc.StateEstimate`), clipped to the parameter's
+    bounds; an estimate without a sigma for it gives ``sigma = 0`` (the plan's message
+    says so). ``weights``: one per combination (same order), a scenario's weight being
+    the product over its branches; normalised to sum 1; default equal.
+    """
+
+    values: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    sigma_factors: Mapping[str, float] = field(default_factory=dict)
+    n_robust: int = 1
+    weights: tuple[float, ...] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The uncertain parameters: first those with values, then the sampled ones."""
+        return (*self.values, *self.sigma_factors)
+
+    @property
+    def n_combinations(self) -> int:
+        """Combinations of one value per uncertain parameter (branches per tree node)."""
+        n = 1
+        for vals in self.values.values():
+            n *= len(vals)
+        return n * 3 ** len(self.sigma_factors)
+
+    @property
+    def n_scenarios(self) -> int:
+        """Leaves of the tree: ``n_combinations ** n_robust``."""
+        return self.n_combinations ** max(self.n_robust, 0)
+
+    def validate(self, model: Model, horizon: int) -> None:
+        """Raise :class:`NMPCConfigError` on the first problem, naming the key."""
+        params = model.parameter_names
+        if not self.names:
+            raise NMPCConfigError(
+                "robust: no uncertain parameter (give robust.values or robust.sigma_factors)"
+            )
+        for label, keys in (("values", self.values), ("sigma_factors", self.sigma_factors)):
+            for name in keys:
+                if name not in params:
+                    raise NMPCConfigError(
+                        f"robust.{label}: {name!r} is not a parameter of {model.name!r}; "
+                        f"parameters: {', '.join(params)}"
+                    )
+        for name in set(self.values) & set(self.sigma_factors):
+            raise NMPCConfigError(f"robust: parameter {name!r} is in both values and sigma_factors")
+        for name, vals in self.values.items():
+            par = model.parameters[model.index(name)]
+            if len(vals) < 1:
+                raise NMPCConfigError(f"robust.values.{name} lists no value")
+            for v in vals:
+                if not (isinstance(v, int | float) and math.isfinite(v)):
+                    raise NMPCConfigError(f"robust.values.{name}: {v!r} is not a finite number")
+                if not par.lower <= v <= par.upper:
+                    raise NMPCConfigError(
+                        f"robust.values.{name}: {v:g} leaves the parameter's range "
+                        f"[{par.lower:g}, {par.upper:g}] {par.unit}"
+                    )
+        for name, c in self.sigma_factors.items():
+            if not (isinstance(c, int | float) and math.isfinite(c) and c > 0):
+                raise NMPCConfigError(f"robust.sigma_factors.{name} must be > 0, got {c!r}")
+        if not (isinstance(self.n_robust, int) and 1 <= self.n_robust <= horizon):
+            raise NMPCConfigError(
+                f"robust.n_robust must be in [1, horizon = {horizon}], got {self.n_robust!r}"
+            )
+        n_comb = self.n_combinations
+        if self.weights is not None:
+            if len(self.weights) != n_comb:
+                raise NMPCConfigError(
+                    f"robust.weights: {len(self.weights)} given, the tree has {n_comb} "
+                    "combinations (one weight each, in product order)"
+                )
+            for w in self.weights:
+                if not (isinstance(w, int | float) and math.isfinite(w) and w > 0):
+                    raise NMPCConfigError(f"robust.weights: {w!r} is not a number > 0")
+        if self.n_scenarios > MAX_SCENARIOS:
+            sizes = [len(v) for v in self.values.values()] + [3] * len(self.sigma_factors)
+            raise NMPCConfigError(
+                f"robust: {' x '.join(map(str, sizes))} = {n_comb} combinations, "
+                f"n_robust {self.n_robust}: {self.n_scenarios} scenarios, above the limit of "
+                f"{MAX_SCENARIOS}; use fewer values or a smaller n_robust"
+            )
+
+    def tree(self, model: Model, horizon: int, move_of: np.ndarray | None = None) -> ScenarioTree:
+        """The scenario tree over ``horizon`` intervals (``move_of``: interval -> move
+        block, default one move per interval). Call :meth:`validate` first."""
+        r = self.n_robust
+        n_comb = self.n_combinations
+        mv = np.arange(horizon) if move_of is None else np.asarray(move_of, dtype=int)
+        paths = np.array(list(itertools.product(range(n_comb), repeat=r)), dtype=int)
+        S = paths.shape[0]
+        w_comb = np.ones(n_comb) if self.weights is None else np.asarray(self.weights, float)
+        weights = np.prod(w_comb[paths], axis=1)
+        weights = weights / weights.sum()
+        comb_of = paths[:, np.minimum(np.arange(horizon), r - 1)]
+        # a move block starting at interval k is decided knowing the branches before k
+        n_moves = int(mv.max()) + 1
+        starts = np.array([int(np.argmax(mv == b)) for b in range(n_moves)])
+        node_of = np.zeros((S, n_moves), dtype=int)
+        nodes: dict[tuple[int, tuple[int, ...]], int] = {}
+        for s in range(S):
+            for b in range(n_moves):
+                key = (b, tuple(paths[s, : min(int(starts[b]), r)]))
+                node_of[s, b] = nodes.setdefault(key, len(nodes))
+        # the values of each uncertain parameter per combination
+        levels: list[list[tuple[str, float | int]]] = [
+            [("value", float(v)) for v in vals] for vals in self.values.values()
+        ]
+        levels += [[("sigma", 0), ("sigma", 1), ("sigma", -1)] for _ in self.sigma_factors]
+        combos = list(itertools.product(*levels))
+        return ScenarioTree(
+            names=self.names,
+            index=np.array([model.index(n) for n in self.names], dtype=int),
+            combos=tuple(tuple(c) for c in combos),
+            factors=np.array(
+                [0.0] * len(self.values) + [float(c) for c in self.sigma_factors.values()]
+            ),
+            lower=np.array([model.parameters[model.index(n)].lower for n in self.names]),
+            upper=np.array([model.parameters[model.index(n)].upper for n in self.names]),
+            paths=paths,
+            weights=weights,
+            comb_of=comb_of,
+            node_of=node_of,
+            n_nodes=len(nodes),
+        )
+
+
+@dataclass(frozen=True)
+class ScenarioTree:
+    """The structure of a robust problem (from :meth:`RobustConfig.tree`), pure data.
+
+    ``paths`` (S, n_robust): the combination taken at each branching; ``comb_of`` (S, N):
+    the combination whose parameter values interval ``k`` of scenario ``s`` uses;
+    ``node_of`` (S, n_moves): the tree node (shared decision variable) of each scenario's
+    move; scenarios with the same node share that move. ``weights`` (S,) sum to 1.
+    """
+
+    names: tuple[str, ...]
+    index: np.ndarray  # model parameter index of each uncertain parameter
+    combos: tuple[tuple[tuple[str, float | int], ...], ...]  # per combination, per name
+    factors: np.ndarray  # sigma factor per uncertain parameter (0 for given values)
+    lower: np.ndarray
+    upper: np.ndarray
+    paths: np.ndarray
+    weights: np.ndarray
+    comb_of: np.ndarray
+    node_of: np.ndarray
+    n_nodes: int
+
+    @property
+    def n_scenarios(self) -> int:
+        return int(self.paths.shape[0])
+
+    @property
+    def n_combinations(self) -> int:
+        return len(self.combos)
+
+    def parameter_sets(self, p: np.ndarray, p_sigma: np.ndarray | None = None) -> np.ndarray:
+        """The full parameter vector of every combination, (n_combinations, n_p): the
+        estimate ``p`` with the uncertain parameters replaced by their values (sampled ones
+        ``p + c k sigma``, k in {0, 1, -1}, clipped to the parameter's bounds; ``p_sigma``
+        the estimate's standard deviations per model parameter, None or NaN: 0)."""
+        p = np.asarray(p, dtype=float)
+        sig = np.zeros(p.size) if p_sigma is None else np.nan_to_num(np.asarray(p_sigma, float))
+        out = np.tile(p, (len(self.combos), 1))
+        for c, combo in enumerate(self.combos):
+            for j, (kind, v) in enumerate(combo):
+                i = int(self.index[j])
+                if kind == "value":
+                    out[c, i] = float(v)
+                else:
+                    val = p[i] + float(v) * self.factors[j] * abs(float(sig[i]))
+                    out[c, i] = min(max(val, self.lower[j]), self.upper[j])
+        return out
 
 
 StageFn = Callable[..., Any]  # (m, x, u, p) -> expression; per hour
@@ -100,6 +301,8 @@ class NMPCConfig:
     the controller's copy (Newton solvers stall on kinks; the plant stays exact).
     ``ipopt_options``: extra IPOPT options by name without the ``ipopt.`` prefix (e.g.
     ``{"warm_start_init_point": "yes"}``); they override the defaults.
+    ``robust``: a scenario tree over uncertain parameters (:class:`RobustConfig`); None:
+    the nominal problem on the estimate's parameters.
     ``initial_inputs(t_h)`` gives all model inputs of a recipe, used to build the first
     guess (a feasible recipe makes the first full solve far more reliable).
     ``slack_tolerance``: a plan is reported ``infeasible-softened`` only when a soft
@@ -134,6 +337,7 @@ class NMPCConfig:
     time_limit_s: float = 5.0
     slack_tolerance: float = 1e-6
     ipopt_options: Mapping[str, Any] = field(default_factory=dict)
+    robust: RobustConfig | None = None
 
     def validate(self, model: Model, *, t0_h: float = 0.0) -> None:
         """Raise :class:`NMPCConfigError` on the first problem, naming it."""
@@ -242,6 +446,10 @@ class NMPCConfig:
                     f"input_schedule must be a function of time (h), got {self.input_schedule!r}"
                 )
             schedule_at(self.input_schedule, model, t0_h)  # at the batch start
+        if self.robust is not None:
+            if not isinstance(self.robust, RobustConfig):
+                raise NMPCConfigError(f"robust must be a RobustConfig, got {self.robust!r}")
+            self.robust.validate(model, self.horizon)
 
 
 def schedule_at(schedule: Callable[[float], Any], model: Model, t_h: float) -> np.ndarray:

@@ -1,0 +1,271 @@
+"""Multi-stage (scenario-tree) robust NMPC: the tree, its configuration and its files.
+
+The tree has one scenario per combination of the uncertain values for each branching
+interval (``n_combinations ** n_robust``), weights that sum to one, shared moves up to
+the robust horizon and scenario 0 at the first (nominal) values; sampled parameters sit
+at ``p`` and ``p +- c sigma`` inside their bounds. Every bad configuration is one
+:class:`NMPCConfigError` naming the key, before anything is built; every bad ``[robust]``
+table of a pack's ``control.toml`` is one error line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import bpcontrol.nmpc._controller as controller_module
+from bpcontrol.cli import app
+from bpcontrol.control_spec import (
+    ControlSpecError,
+    default_deadline_s,
+    nmpc_config,
+    oracle_configs,
+    parse_control,
+)
+from bpcontrol.nmpc import MAX_SCENARIOS, NMPC, NMPCConfig, NMPCConfigError, RobustConfig
+from bpcontrol.pack import builtin_pack_dir
+from bpcontrol.runspec import resolve, spec_for
+from models import Model, load_model
+
+DOMPC_VALUES = {"Y_x": (0.5, 0.4, 0.3), "S_in": (200.0, 220.0, 180.0)}  # do-mpc's example
+ECOLI = builtin_pack_dir("ecoli_fedbatch")
+
+
+@pytest.fixture(scope="module")
+def reactor() -> Model:
+    return load_model("dompc_batch_reactor")
+
+
+# --- the tree ----------------------------------------------------------------------------
+
+
+def test_dompc_tree_has_nine_scenarios_sharing_only_the_first_move(reactor: Model) -> None:
+    cfg = RobustConfig(values=DOMPC_VALUES, n_robust=1)
+    cfg.validate(reactor, 20)
+    tree = cfg.tree(reactor, 20)
+    assert tree.n_scenarios == cfg.n_scenarios == 9
+    assert tree.weights == pytest.approx(np.full(9, 1 / 9))
+    # one node for the first move, then 19 own moves per scenario
+    assert np.all(tree.node_of[:, 0] == tree.node_of[0, 0])
+    assert len(set(tree.node_of[:, 1:].ravel())) == 9 * 19
+    assert tree.n_nodes == 1 + 9 * 19
+    sets = tree.parameter_sets(reactor.p0)
+    iy, isin = reactor.index("Y_x"), reactor.index("S_in")
+    # every combination once, the nominal one first, the other parameters untouched
+    assert {(s[iy], s[isin]) for s in sets} == {
+        (y, s) for y in DOMPC_VALUES["Y_x"] for s in DOMPC_VALUES["S_in"]
+    }
+    assert (sets[0, iy], sets[0, isin]) == (0.5, 200.0)
+    others = np.setdiff1d(np.arange(reactor.n_p), [iy, isin])
+    assert np.all(sets[:, others] == reactor.p0[others])
+    # n_robust = 1: each scenario keeps its combination over the whole horizon
+    assert np.all(tree.comb_of == tree.comb_of[:, :1])
+
+
+def test_robust_horizon_two_branches_twice(reactor: Model) -> None:
+    """n_robust = 2 over 3 values: 9 leaves; the second move is shared by the 3 leaves
+    of each first branch, the parameters change at the second branching."""
+    cfg = RobustConfig(values={"Y_x": (0.5, 0.4, 0.3)}, n_robust=2, weights=(2.0, 1.0, 1.0))
+    cfg.validate(reactor, 5)
+    tree = cfg.tree(reactor, 5)
+    assert tree.n_scenarios == 9
+    assert len(set(tree.node_of[:, 0])) == 1
+    assert len(set(tree.node_of[:, 1])) == 3
+    assert len(set(tree.node_of[:, 2])) == 9
+    for s in range(9):
+        same_first = tree.paths[:, 0] == tree.paths[s, 0]
+        assert np.all(tree.node_of[same_first, 1] == tree.node_of[s, 1])
+        assert list(tree.comb_of[s]) == [tree.paths[s, 0]] + [tree.paths[s, 1]] * 4
+    # weights: product over the branches, normalised (nominal path 2 x 2 of 16)
+    assert tree.weights.sum() == pytest.approx(1.0)
+    assert tree.weights[0] == pytest.approx(4 / 16)
+
+
+def test_sampled_scenarios_sit_at_the_estimate_plus_minus_c_sigma(reactor: Model) -> None:
+    cfg = RobustConfig(sigma_factors={"Y_x": 2.0}, values={"S_in": (200.0,)})
+    cfg.validate(reactor, 10)
+    tree = cfg.tree(reactor, 10)
+    assert tree.n_scenarios == 3
+    iy = reactor.index("Y_x")
+    p = reactor.p0.copy()
+    sigma = np.full(reactor.n_p, np.nan)
+    sigma[iy] = 0.05
+    sets = tree.parameter_sets(p, sigma)
+    assert sets[:, iy] == pytest.approx([0.5, 0.6, 0.4])
+    # clipped to the parameter's bounds [0.01, 10]
+    sigma[iy] = 1.0
+    assert tree.parameter_sets(p, sigma)[:, iy] == pytest.approx([0.5, 2.5, 0.01])
+    # no sigma in the estimate: every scenario at the estimate
+    assert np.all(tree.parameter_sets(p, None)[:, iy] == 0.5)
+
+
+# --- configuration errors ------------------------------------------------------------------
+
+ROBUST_CASES = [
+    pytest.param(RobustConfig(), r"robust: no uncertain parameter", id="empty"),
+    pytest.param(
+        RobustConfig(values={"Yx": (0.5,)}),
+        r"robust.values: 'Yx' is not a parameter of 'dompc_batch_reactor'; parameters: mu_m",
+        id="unknown-parameter",
+    ),
+    pytest.param(
+        RobustConfig(sigma_factors={"X_s": 1.0}),
+        r"robust.sigma_factors: 'X_s' is not a parameter",
+        id="state-as-parameter",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5,)}, sigma_factors={"Y_x": 1.0}),
+        r"robust: parameter 'Y_x' is in both values and sigma_factors",
+        id="both-kinds",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": ()}), r"robust.values.Y_x lists no value", id="no-values"
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5, math.nan)}),
+        r"robust.values.Y_x: nan is not a finite number",
+        id="nan-value",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5, 20.0)}),
+        r"robust.values.Y_x: 20 leaves the parameter's range \[0.01, 10\] mol/mol",
+        id="value-out-of-range",
+    ),
+    pytest.param(
+        RobustConfig(sigma_factors={"Y_x": 0.0}),
+        r"robust.sigma_factors.Y_x must be > 0, got 0.0",
+        id="zero-sigma-factor",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5,)}, n_robust=0),
+        r"robust.n_robust must be in \[1, horizon = 20\], got 0",
+        id="n-robust-zero",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5,)}, n_robust=21),
+        r"robust.n_robust must be in \[1, horizon = 20\], got 21",
+        id="n-robust-beyond-horizon",
+    ),
+    pytest.param(
+        RobustConfig(values=DOMPC_VALUES, weights=(1.0, 2.0)),
+        r"robust.weights: 2 given, the tree has 9 combinations",
+        id="weights-count",
+    ),
+    pytest.param(
+        RobustConfig(values={"Y_x": (0.5, 0.4)}, weights=(1.0, -1.0)),
+        r"robust.weights: -1.0 is not a number > 0",
+        id="negative-weight",
+    ),
+    pytest.param(
+        RobustConfig(values=DOMPC_VALUES, n_robust=3),
+        rf"robust: 3 x 3 = 9 combinations, n_robust 3: 729 scenarios, above the limit of "
+        rf"{MAX_SCENARIOS}",
+        id="too-many-scenarios",
+    ),
+]
+
+
+@pytest.mark.parametrize(("robust", "message"), ROBUST_CASES)
+def test_bad_robust_config_is_rejected_before_any_build(
+    reactor: Model, robust: RobustConfig, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the OCP was built although the configuration is invalid")
+
+    monkeypatch.setattr(controller_module, "build_ocp", refuse)
+    cfg = NMPCConfig(horizon=20, robust=robust)
+    with pytest.raises(NMPCConfigError, match=message):
+        cfg.validate(reactor)
+    with pytest.raises(NMPCConfigError, match=message):
+        NMPC(reactor, cfg)
+
+
+def test_robust_must_be_a_robust_config(reactor: Model) -> None:
+    with pytest.raises(NMPCConfigError, match=r"robust must be a RobustConfig"):
+        NMPCConfig(robust={"Y_x": [0.5]}).validate(reactor)  # type: ignore[arg-type]
+
+
+# --- control.toml -------------------------------------------------------------------------
+
+ROBUST_TOML = """
+[robust]
+n_robust = 1
+values = { mu_max = [0.65, 0.52, 0.78] }
+"""
+
+
+def test_robust_table_builds_the_tree_and_the_oracle_stays_nominal() -> None:
+    run = resolve(spec_for(ECOLI))
+    doc = dict(run.spec.pack.control or {})
+    doc.update(tomllib.loads(ROBUST_TOML))
+    spec = parse_control(doc, run.model, source="control.toml")
+    config = nmpc_config(spec, run.model, run.recipe, source="control.toml")
+    assert config.robust == RobustConfig(values={"mu_max": (0.65, 0.52, 0.78)}, n_robust=1)
+    assert all(o.robust is None for o in oracle_configs(config, run.recipe.duration_h))
+    # the default deadline grows with the scenarios (the pack states its own)
+    nominal = parse_control(run.spec.pack.control or {}, run.model, source="c")
+    dt_h = run.recipe.control_period_h
+    assert default_deadline_s(spec, run.model, dt_h) == pytest.approx(
+        min(3 * default_deadline_s(nominal, run.model, dt_h), 0.25 * dt_h * 3600)
+    )
+
+
+BAD_TOML = {
+    "unknown key": ("[robust]\nn_robustness = 2", ("robust.n_robustness", "allowed: n_robust")),
+    "values not a list": ("[robust]\nvalues = { mu_max = 0.6 }", ("robust.values.mu_max",)),
+    "value not a number": ('[robust]\nvalues = { mu_max = [0.6, "x"] }', ("robust.values.mu_max",)),
+    "unknown parameter": ("[robust]\nvalues = { mu = [0.6] }", ("robust.values", "'mu'")),
+    "value out of range": (
+        "[robust]\nvalues = { mu_max = [0.6, 3.0] }",
+        ("robust.values.mu_max", "range"),
+    ),
+    "n_robust zero": ("[robust]\nn_robust = 0\nvalues = { mu_max = [0.6] }", ("robust.n_robust",)),
+    "n_robust beyond horizon": (
+        "[robust]\nn_robust = 21\nvalues = { mu_max = [0.6] }",
+        ("robust.n_robust", "horizon = 20"),
+    ),
+    "weights count": (
+        "[robust]\nvalues = { mu_max = [0.6, 0.5] }\nweights = [1.0]",
+        ("robust.weights", "2 combinations"),
+    ),
+    "weight zero": (
+        "[robust]\nvalues = { mu_max = [0.6, 0.5] }\nweights = [1.0, 0.0]",
+        ("robust.weights",),
+    ),
+    "sigma factor negative": (
+        "[robust]\nsigma_factors = { Y_xs = -1.0 }",
+        ("robust.sigma_factors",),
+    ),
+    "too many scenarios": (
+        "[robust]\nn_robust = 3\nvalues = { mu_max = [0.6, 0.5, 0.7], Y_xs = [0.5, 0.4, 0.6] }",
+        ("robust", "729 scenarios", f"limit of {MAX_SCENARIOS}"),
+    ),
+    "empty table": ("[robust]", ("robust", "no uncertain parameter")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOML))
+def test_bad_robust_table_is_one_line_naming_file_and_key(case: str, tmp_path: Path) -> None:
+    text, fragments = BAD_TOML[case]
+    root = tmp_path / "pack"
+    shutil.copytree(ECOLI, root)
+    with (root / "control.toml").open("a", encoding="utf-8") as fh:
+        fh.write("\n" + text + "\n")
+    result = CliRunner().invoke(app, ["pack", "check", str(root)])
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in ("control.toml", *fragments):
+        assert fragment in lines[0], lines[0]
+
+
+def test_control_spec_error_is_a_value_error() -> None:
+    assert issubclass(ControlSpecError, ValueError)
