@@ -292,9 +292,13 @@ class NMPCConfig:
     ``move_blocks``: lengths of blocks of intervals sharing one move (sum = horizon).
     ``solver``: ``rti`` (one SQP iteration per step, QP by ``qp_solver``, after a full
     ``ipopt`` solve on the first step) or ``ipopt`` (full solve each step). ``jit``
-    compiles the RTI linearization with the system C compiler (about 3x faster steps; the
-    first build of a configuration on a machine can take a minute, later ones load it from
-    the cache, see ``bpcontrol.nmpc._rti``).
+    compiles the RTI linearization with the system C compiler (the fast path: about 3x
+    faster linearization; one to a few seconds the first time a configuration is built on
+    a machine, later ones load it from the cache, see ``bpcontrol.nmpc._rti``).
+    ``qp_solver``: ``condensed`` (default: the QP reduced to the moves and slacks and
+    solved by dense qpOASES, ``bpcontrol.nmpc._condensing``; exact, dependable, fastest
+    for a few dozen moves) or a CasADi conic plugin on the sparse QP (``qrqp``,
+    ``qpoases``, ...; better for many moves, e.g. a large scenario tree).
     ``qp_fallback``: QP solver for an RTI step whose ``qp_solver`` result fails the
     feasibility check (``None``: report the step as failed instead).
     ``smoothing`` (> 0) replaces the model's min/max kinks by smooth ones of that width in
@@ -327,7 +331,7 @@ class NMPCConfig:
     rk4_substeps: int = 4
     collocation_degree: int = 3
     solver: Literal["rti", "ipopt"] = "rti"
-    qp_solver: str = "qrqp"
+    qp_solver: str = "condensed"
     qp_fallback: str | None = "qpoases"
     smoothing: float = 0.0
     initial_inputs: Callable[[float], Any] | None = None
@@ -431,10 +435,12 @@ class NMPCConfig:
         if self.solver not in ("rti", "ipopt"):
             raise NMPCConfigError(f"unknown solver {self.solver!r}; use 'rti' or 'ipopt'")
         for label, qp in (("qp_solver", self.qp_solver), ("qp_fallback", self.qp_fallback)):
-            if qp is not None and not (isinstance(qp, str) and ca.has_conic(qp)):
+            if qp is not None and not (
+                isinstance(qp, str) and (qp == "condensed" or ca.has_conic(qp))
+            ):
                 raise NMPCConfigError(
-                    f"{label}: unknown QP solver {qp!r} (CasADi conic plugins, e.g. qrqp, "
-                    "qpoases, osqp)"
+                    f"{label}: unknown QP solver {qp!r} ('condensed', or a CasADi conic "
+                    "plugin, e.g. qrqp, qpoases, osqp)"
                 )
         if not (math.isfinite(self.smoothing) and self.smoothing >= 0):
             raise NMPCConfigError(f"smoothing must be >= 0, got {self.smoothing}")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import casadi as ca
 import numpy as np
 
+from bpcontrol.nmpc._condensing import CONDENSED
 from bpcontrol.nmpc._config import NMPCConfig, schedule_at
 from bpcontrol.nmpc._ocp import OCP, build_ocp
 from bpcontrol.nmpc._rti import RealTimeIteration
@@ -277,13 +279,51 @@ class NMPC:
             u[self.model.index(name)] = v
         return NMPCState(w=None, lam_x=None, lam_g=None, plan=None, u_prev=u)
 
+    def input_bounds(
+        self, limits: Mapping[str, tuple[float, float]] | None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(lbw, ubw, note): the NLP's variable bounds with the manipulated inputs' bounds
+        narrowed to ``limits`` (input name -> (lower, upper), model units; the supervisor's
+        limits in force) on every move. The config's bounds stay the outer limits; a name
+        that is not manipulated is ignored, and an interval that would be empty keeps the
+        config's bounds, said in ``note``."""
+        if not limits:
+            return self.ocp.lbw, self.ocp.ubw, ""
+        lay, scale = self.ocp.layout, self.ocp.w_scale
+        lbw, ubw = self.ocp.lbw.copy(), self.ocp.ubw.copy()
+        notes = []
+        for j, i in enumerate(lay.manip):
+            name = self.model.input_names[i]
+            if name not in limits:
+                continue
+            lo = max(float(limits[name][0]), float(self._u_lo[j]))
+            hi = min(float(limits[name][1]), float(self._u_hi[j]))
+            if not lo <= hi:
+                notes.append(f"limits of {name} {tuple(limits[name])} miss its bounds")
+                continue
+            cols = lay.U[:, j]
+            lbw[cols], ubw[cols] = lo / scale[cols], hi / scale[cols]
+        return lbw, ubw, "; ".join(notes)
+
     def step(
-        self, state: NMPCState, estimate: Estimate, t: float, *, u_applied: np.ndarray | None = None
+        self,
+        state: NMPCState,
+        estimate: Estimate,
+        t: float,
+        *,
+        u_applied: np.ndarray | None = None,
+        input_bounds: Mapping[str, tuple[float, float]] | None = None,
     ) -> tuple[Plan, NMPCState]:
-        """One control step at time ``t`` (h). Never raises for numerical trouble."""
+        """One control step at time ``t`` (h). Never raises for numerical trouble.
+
+        ``input_bounds`` (input name -> (lower, upper), model units) narrows the planned
+        inputs to the limits in force (the supervisor's, which an operator may change):
+        see :meth:`input_bounds`.
+        """
         u_prev = state.u_prev if u_applied is None else np.asarray(u_applied, dtype=float)
         t0 = time.perf_counter()
         try:
+            lbw, ubw, bounds_note = self.input_bounds(input_bounds)
             x, p = np.asarray(estimate.x, dtype=float), np.asarray(estimate.p, dtype=float)
             if x.shape != (self.model.nx,) or p.shape != (self.model.n_p,):
                 raise ValueError("estimate has the wrong shape")
@@ -301,7 +341,8 @@ class NMPC:
                 w0, lam_x0, lam_g0 = self._shift(state.w, state.lam_x, state.lam_g)
                 w0[self.ocp.layout.X[0]] = x / scale[self.ocp.layout.X[0]]
             if self._rti is not None and lam_x0 is not None and lam_g0 is not None:
-                rti = self._rti(w0, par, lam_x0, lam_g0)
+                bounds = None if lbw is self.ocp.lbw else (lbw, ubw)
+                rti = self._rti(w0, par, lam_x0, lam_g0, bounds=bounds)
                 w, lam_x, lam_g = rti.w, rti.lam_x, rti.lam_g
                 stats: dict[str, Any] = {
                     "success": rti.success,
@@ -314,8 +355,8 @@ class NMPC:
                 args: dict[str, Any] = dict(
                     x0=w0,
                     p=par,
-                    lbx=self.ocp.lbw,
-                    ubx=self.ocp.ubw,
+                    lbx=lbw,
+                    ubx=ubw,
                     lbg=self.ocp.lbg,
                     ubg=self.ocp.ubg,
                 )
@@ -332,10 +373,15 @@ class NMPC:
             elapsed = time.perf_counter() - t0
             if not np.all(np.isfinite(w)):
                 raise FloatingPointError("solver returned non-finite values")
-            status, iters, msg = self._status(stats, use_rti, elapsed, w)
+            report = self.ocp.report_fn.call([w, par])
+            status, iters, msg = self._status(stats, use_rti, elapsed, report)
             if status is SolveStatus.FAILED:
                 raise RuntimeError(msg)
-            plan = self._plan(t, w, par, h, status, iters, elapsed, msg)
+            if bounds_note:
+                msg = f"{msg}; {bounds_note}"
+            u_lo = lbw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
+            u_hi = ubw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
+            plan = self._plan(t, w, par, h, status, iters, elapsed, msg, report, (u_lo, u_hi))
             new_state = NMPCState(
                 w=w,
                 lam_x=lam_x,
@@ -360,13 +406,13 @@ class NMPC:
 
     # --- internals -----------------------------------------------------------------
     def _status(
-        self, stats: dict[str, Any], rti: bool, elapsed: float, w: np.ndarray
+        self, stats: dict[str, Any], rti: bool, elapsed: float, report: list[Any]
     ) -> tuple[SolveStatus, int, str]:
         ret = str(stats.get("return_status", ""))
         iters = int(stats.get("iter_count", 1 if rti else 0))
         has_slack = bool(self.ocp.layout.S.size)
-        slack = float(self.ocp.slack_fn(w)) if has_slack else 0.0
-        slack_rel = float(self.ocp.slack_rel_fn(w)) if has_slack else 0.0
+        slack = float(report[1]) if has_slack else 0.0
+        slack_rel = float(report[2]) if has_slack else 0.0
         if rti:
             ok = bool(stats.get("success"))
             status = SolveStatus.SOLVED if ok else SolveStatus.FAILED
@@ -412,9 +458,11 @@ class NMPC:
         iters: int,
         elapsed: float,
         msg: str,
+        report: list[Any],
+        u_bounds: tuple[np.ndarray, np.ndarray],
     ) -> Plan:
         lay = self.ocp.layout
-        w_scaled, w = w, w * self.ocp.w_scale
+        w = w * self.ocp.w_scale
         X = w[lay.X]
         U = np.tile(par[self.model.nx : self.model.nx + self.model.nu], (self.config.horizon, 1))
         for i in lay.fixed:
@@ -423,7 +471,7 @@ class NMPC:
             )
         U[:, lay.scheduled] = par[lay.P_sched]  # what the prediction assumed
         # IPOPT may end a hair outside a bound (bound_relax_factor); the plan never does
-        U[:, lay.manip] = np.clip(w[lay.U[lay.move_of]], self._u_lo, self._u_hi)
+        U[:, lay.manip] = np.clip(w[lay.U[lay.move_of]], *u_bounds)
         return Plan(
             t=t,
             u_next=U[0].copy(),
@@ -433,8 +481,8 @@ class NMPC:
             status=status,
             iterations=iters,
             solve_time_s=elapsed,
-            cost=float(self.ocp.cost_fn(w_scaled, par)),
-            slack_max=float(self.ocp.slack_fn(w_scaled)) if lay.S.size else 0.0,
+            cost=float(report[0]),
+            slack_max=float(report[1]) if lay.S.size else 0.0,
             message=msg,
         )
 
@@ -498,6 +546,8 @@ class NMPC:
 
 
 def _qp_options(name: str) -> dict[str, Any]:
+    if name == CONDENSED:
+        return {}
     if name == "qrqp":
         return {
             "print_iter": False,

@@ -11,6 +11,14 @@ them each step with the schedule at the interval start times, so a recipe's addi
 
 Parameter vector: ``[x0 (nx), u_prev (nu), p (n_p), h (N), u_sched (N x n_sched, by
 interval)]``.
+
+Every interval's dynamics is one call of the same small CasADi function (the *stage*,
+:class:`StageStructure`): from the interval's local variables (start node, collocation
+states, move) and data (model parameters, length, scheduled inputs) to its collocation
+residuals and end state. The NLP handed to IPOPT has these calls inlined (one SX
+expression, as fast as before); the real-time iteration keeps them apart and linearizes
+the stage once per interval (mapped, compact code the JIT compiles in seconds) instead of
+differentiating the whole horizon as one expression (see :mod:`bpcontrol.nmpc._rti`).
 """
 
 from __future__ import annotations
@@ -45,8 +53,30 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class StageStructure:
+    """The NLP's dynamics as calls of one stage function, kept apart for the linearization.
+
+    ``fn(z, q) -> o``: local variables ``z`` (real units) and data ``q`` of one interval
+    to its outputs ``o`` (collocation residuals, then the end state). Stage instance ``k``
+    takes ``z = z_scale * w[z_idx[k]]`` and ``q = q_fn(par)[:, k]``. ``o_sym`` (n_o x
+    n_stages, SX symbols) stands for the outputs in the lifted ``f_lifted``/``g_lifted``
+    (the NLP with each call replaced by its symbols: linear in them with constant
+    coefficients, checked when built); ``nlp`` is the lifted form with the calls inlined.
+    """
+
+    fn: ca.Function
+    z_idx: np.ndarray  # (n_stages, n_z) indices into w
+    z_scale: np.ndarray  # (n_z,)
+    q_fn: ca.Function  # par -> (n_q, n_stages)
+    o_sym: Any  # SX (n_o, n_stages)
+    f_lifted: Any  # SX scalar of (w, par, o_sym)
+    g_lifted: Any  # SX column of (w, par, o_sym)
+
+
+@dataclass(frozen=True)
 class OCP:
-    """The NLP with its bounds and layout; ``inputs_full`` maps w and params to all inputs."""
+    """The NLP with its bounds and layout; ``stages`` its dynamics kept apart (see
+    :class:`StageStructure`)."""
 
     nlp: dict[str, Any]
     layout: Layout
@@ -55,9 +85,9 @@ class OCP:
     ubw: np.ndarray
     lbg: np.ndarray
     ubg: np.ndarray
-    cost_fn: ca.Function
-    slack_fn: ca.Function  # the largest slack, in the bound's units
-    slack_rel_fn: ca.Function  # the largest slack over its bound's scale (see soft_scale)
+    report_fn: ca.Function  # (w, par) -> (cost, largest slack in the bound's units, largest
+    # slack over its bound's scale, see soft_scale): one call per step
+    stages: StageStructure
 
 
 def state_scale(model: Model) -> np.ndarray:
@@ -208,12 +238,22 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     def named(vec: Any, names: tuple[str, ...]) -> Values:
         return Values(names, [vec[i] for i in range(len(names))])
 
+    # the stage: one interval's dynamics from its local variables and data
+    d = cfg.collocation_degree
+    n_colloc = d if cfg.discretization != "rk4" else 0
+    n_manip = len(manip)
+    z_s = ca.SX.sym("z", nx * (1 + n_colloc) + n_manip)
+    q_s = ca.SX.sym("q", model.n_p + 1 + n_sched)
+    o_sym = ca.SX.sym("o", nx * (n_colloc + 1), N)
+    stage_fn = _stage_function(model, cfg, cm, z_s, q_s, manip, fixed, sched_col, n_colloc)
+    z_idx = np.zeros((N, z_s.shape[0]), dtype=int)
+    z_scale = np.concatenate([np.tile(sx, 1 + n_colloc), su[manip]])
+    q_cols: list[Any] = []
+
     obj = cfg.objective
     J: Any = 0
     slacks: list[Any] = []
     slack_scales: list[float] = []
-    C, D = _radau(cfg.collocation_degree)
-    d = cfg.collocation_degree
     w_spans = np.zeros((N, 2), dtype=int)
     g_spans = np.zeros((N, 2), dtype=int)
     for k in range(N):
@@ -255,25 +295,19 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
                 g.append(ca.vertcat(du - r * span, -du - r * span))
                 lbg += [-np.inf, -np.inf]
                 ubg += [0.0, 0.0]
-        # dynamics
-        if cfg.discretization == "rk4":
-            x_end = _rk4(cm.f, Xk, uk, pm, hk, cfg.rk4_substeps)
-        else:
-            Xc = []
-            for j in range(d):
-                xc, _ = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
-                Xc.append(xc)
-            f = cm.f
-            for j in range(1, d + 1):
-                xp = C[0, j] * Xk
-                for r in range(d):
-                    xp = xp + C[r + 1, j] * Xc[r]
-                g.append((hk * f(Xc[j - 1], uk, pm) - xp) / sx)
-                lbg += [0.0] * nx
-                ubg += [0.0] * nx
-            x_end = D[0] * Xk
-            for r in range(d):
-                x_end = x_end + D[r + 1] * Xc[r]
+        # dynamics: the stage's outputs stand in for its call (inlined for IPOPT below)
+        o_k = o_sym[:, k]
+        z_parts = [X_idx[k]]
+        for j in range(n_colloc):
+            _, xc_idx = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
+            z_parts.append(xc_idx)
+        z_idx[k] = np.concatenate([*z_parts, U_idx[move_of[k]]])
+        q_cols.append(ca.vertcat(pm, hk, u_sched[k * n_sched : (k + 1) * n_sched]))
+        if n_colloc:
+            g.append(o_k[: nx * n_colloc] / ca.repmat(ca.DM(sx), n_colloc, 1))
+            lbg += [0.0] * (nx * n_colloc)
+            ubg += [0.0] * (nx * n_colloc)
+        x_end = o_k[nx * n_colloc :]
         Xk, X_idx[k + 1] = new_var(f"X{k + 1}", nx, x_lo, x_hi, sx)
         g.append((x_end - Xk) / sx)
         lbg += [0.0] * nx
@@ -301,7 +335,22 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         J += obj.terminal_fn(CASADI, named(Xk, model.state_names), named(pm, model.parameter_names))
 
     wv = ca.vertcat(*w)
-    gv = ca.vertcat(*g)
+    g_lifted = ca.vertcat(*g)
+    q_mat = ca.horzcat(*q_cols)
+    stages = StageStructure(
+        fn=stage_fn,
+        z_idx=z_idx,
+        z_scale=z_scale,
+        q_fn=ca.Function("nmpc_stage_data", [par], [q_mat]),
+        o_sym=o_sym,
+        f_lifted=J,
+        g_lifted=g_lifted,
+    )
+    _check_lifted(stages, wv)
+    # the NLP proper: every stage call inlined (IPOPT and the step checks see one SX graph)
+    z_all = ca.horzcat(*[wv[z_idx[k].tolist()] * ca.DM(z_scale) for k in range(N)])
+    o_all = stage_fn.map(N)(z_all, q_mat)
+    gv = ca.substitute(g_lifted, ca.vec(o_sym), ca.vec(o_all))
     S_idx = np.array([i for i in range(counter[0]) if str(wv[i]).startswith("s_")], dtype=int)
     layout = Layout(
         X=X_idx,
@@ -328,7 +377,68 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         ubw=np.array(ubw),
         lbg=np.array(lbg, dtype=float),
         ubg=np.array(ubg, dtype=float),
-        cost_fn=ca.Function("cost", [wv, par], [J]),
-        slack_fn=ca.Function("slack_max", [wv], [ca.mmax(sv)]),
-        slack_rel_fn=ca.Function("slack_rel_max", [wv], [ca.mmax(sv_rel)]),
+        report_fn=ca.Function(
+            "nmpc_report",
+            [wv, par],
+            [J, ca.mmax(sv), ca.mmax(sv_rel)],
+            ["w", "p"],
+            ["cost", "slack_max", "slack_rel_max"],
+        ),
+        stages=stages,
     )
+
+
+def _stage_function(
+    model: Model,
+    cfg: NMPCConfig,
+    cm: CasadiModel,
+    z: Any,
+    q: Any,
+    manip: np.ndarray,
+    fixed: np.ndarray,
+    sched_col: dict[int, int],
+    n_colloc: int,
+) -> ca.Function:
+    """One interval's dynamics: ``z = [x_start, collocation states.., move]`` and ``q = [p,
+    h, scheduled inputs]`` (model units) to ``[collocation residuals (h f - x'), x_end]``."""
+    nx, n_p = model.nx, model.n_p
+    x0 = z[:nx]
+    Xc = [z[nx * (1 + j) : nx * (2 + j)] for j in range(n_colloc)]
+    move = z[nx * (1 + n_colloc) :]
+    pm, hk, sched = q[:n_p], q[n_p], q[n_p + 1 :]
+    parts: list[Any] = [None] * model.nu
+    for j, i in enumerate(manip):
+        parts[i] = move[j]
+    for i in fixed:
+        if int(i) in sched_col:
+            parts[i] = sched[sched_col[int(i)]]
+        else:
+            parts[i] = cfg.fixed_inputs.get(model.input_names[i], model.inputs[i].nominal)
+    u = ca.vertcat(*parts)
+    if not n_colloc:
+        out = _rk4(cm.f, x0, u, pm, hk, cfg.rk4_substeps)
+    else:
+        C, D = _radau(n_colloc)
+        res = []
+        for j in range(1, n_colloc + 1):
+            xp = C[0, j] * x0
+            for r in range(n_colloc):
+                xp = xp + C[r + 1, j] * Xc[r]
+            res.append(hk * cm.f(Xc[j - 1], u, pm) - xp)
+        x_end = D[0] * x0
+        for r in range(n_colloc):
+            x_end = x_end + D[r + 1] * Xc[r]
+        out = ca.vertcat(*res, x_end)
+    return ca.Function("nmpc_stage", [z, q], [out], ["z", "q"], ["o"])
+
+
+def _check_lifted(stages: StageStructure, w: Any) -> None:
+    """The lifted NLP must be linear in the stage outputs with constant coefficients and
+    its cost free of them: then the Lagrangian's curvature splits exactly into the lifted
+    part and one block per stage (what the real-time iteration relies on)."""
+    o = ca.vec(stages.o_sym)
+    if ca.depends_on(stages.f_lifted, o):
+        raise AssertionError("the NMPC cost depends on a stage output")
+    jac = ca.jacobian(stages.g_lifted, o)
+    if ca.depends_on(jac, ca.vertcat(w, o)):
+        raise AssertionError("the NMPC constraints are not linear in the stage outputs")
