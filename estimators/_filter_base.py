@@ -221,37 +221,51 @@ class FilterSetup:
         result: UpdateResult,
         sensors: Sequence[int],
     ) -> tuple[FilterState, dict[int, tuple[tuple[str, ...], float]]]:
-        """Inflate the covariance of the states the ``sensors`` observe so that their last
+        """Inflate the variances of the states the ``sensors`` observe so that their last
         (gated) readings become one-sigma innovations.
 
         ``state`` is the prior the gated update started from and ``result`` that update's
-        outcome. For sensor ``i`` the observed entries ``J`` are those with a nonzero
-        measurement Jacobian ``H[i, J]``; with ``D = diag(sqrt(a))`` on ``J`` (1 elsewhere)
-        ``P <- D P D`` keeps every correlation and multiplies ``H_i P H_i'`` by ``a``,
-        chosen so that ``a H_i P H_i' + R_i = innovation_i^2``: the reading then passes the
-        gate (NIS 1) and an update moves the estimate by ``1 - R_i / innovation_i^2`` (over
-        93 % at the default gate) of the way to it, a re-initialisation from the reading
-        that keeps what the filter learnt about how the states co-vary. ``a >= 1``: a
-        covariance never shrinks here. Returns the new state and, per sensor, the names of
-        the entries inflated and the factor (1 where the sensor observes nothing).
+        outcome. For sensor ``i`` with measurement Jacobian row ``H_i`` the innovation
+        variance lacks ``need = nu_i^2 - (H_i P H_i' + R_i)``; it is added as a diagonal
+        ``Delta`` on the observed entries (``H_ij != 0``) with ``H_i Delta H_i' = need``,
+        so the reading passes the gate (NIS 1) and the update moves the estimate by
+        ``1 - R_i / nu_i^2`` of the way to it (over 93 % at the default gate): a
+        re-initialisation of those entries from the reading. An additive diagonal keeps
+        ``P`` positive definite and the cross-covariances as they were, so the other
+        entries do not follow the jump through correlations the failure has just shown to
+        be wrong. ``need`` is shared in proportion to the square of each entry's typical
+        contribution ``g_j = H_ij^2 w_j``, ``w_j`` the entry's reference variance (the
+        larger of its prior and (10 % of its scale)^2, as in :attr:`variance_limits`):
+        ``Delta_j = need g_j w_j / sum_k g_k^2``. An entry the sensor barely sees gets
+        almost nothing (shares proportional to ``g_j`` itself would hand it as large a
+        multiple of ``w_j`` as the entries that explain the reading). Sensors are treated
+        in turn, each on the covariance the previous one left. Returns the new state and,
+        per sensor, the names of the entries inflated (those taking at least 1 % of
+        ``need``) and the factor by which its innovation variance grew (1 when nothing).
         """
         P = np.array(state.P, dtype=float)
+        P0 = np.asarray(state.P, dtype=float)
         H = self.measurement_jacobian(state, u)
+        w = self.variance_limits / self.config.variance_limit
         done: dict[int, tuple[tuple[str, ...], float]] = {}
         for i in sensors:
             Hi = H[i]
-            J = np.flatnonzero(Hi != 0.0)
-            hph = float(Hi @ P @ Hi)
             nu = float(np.asarray(result.innovation)[i])
-            R_i = float(np.asarray(result.innovation_var)[i]) - float(Hi @ np.asarray(state.P) @ Hi)
+            R_i = max(float(np.asarray(result.innovation_var)[i]) - float(Hi @ P0 @ Hi), 0.0)
+            s_now = float(Hi @ P @ Hi) + R_i
+            need = nu * nu - s_now
+            g = Hi**2 * w
+            total = float(np.sum(g**2))
+            names: tuple[str, ...] = ()
             factor = 1.0
-            if J.size and hph > 0.0 and math.isfinite(hph):
-                factor = max(1.0, (nu * nu - max(R_i, 0.0)) / hph)
-                d = np.ones(self.nz)
-                d[J] = math.sqrt(factor)
-                P = d[:, None] * P * d[None, :]
-            done[int(i)] = (tuple(self.names[j] for j in J), factor)
-        return FilterState(t=state.t, z=np.asarray(state.z), P=0.5 * (P + P.T)), done
+            if need > 0.0 and total > 0.0 and math.isfinite(need) and math.isfinite(total):
+                delta = need * g * w / total
+                P[np.diag_indices(self.nz)] += delta
+                share = Hi**2 * delta / need
+                names = tuple(self.names[j] for j in np.flatnonzero(share >= 0.01))
+                factor = (s_now + need) / s_now
+            done[int(i)] = (names, factor)
+        return FilterState(t=state.t, z=np.asarray(state.z), P=P), done
 
     def to_arrays(self, readings: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """Reading dict (sensor name -> value) to (y, mask) ordered as the sensors."""

@@ -16,8 +16,10 @@ Around every prediction and update of either filter (:class:`CompiledEKF` or
   ``config.recover_after_gated`` readings in a row rejected by the chi-square gate marks
   the estimate inconsistent: the covariance of the states that sensor observes is
   inflated so that the reading is a one-sigma innovation
-  (:meth:`FilterSetup.inflate_for`), the readings of that step are fused again from the
-  inflated prior, and an ``inconsistent`` event names the sensor and the states. The
+  (:meth:`FilterSetup.inflate_for`), that reading is fused alone from the inflated prior
+  (a re-initialisation from it: the other readings of the step, read through the model
+  that has just failed, do not pull the estimate back first), then the step's other
+  readings, and an ``inconsistent`` event names the sensor and the states. The
   run counters are stored with every history entry and replayed with it, so a late
   assay gives the same counts, recoveries and estimates as on-time fusion;
 - a covariance that is not finite, not positive definite or has a variance above its
@@ -314,7 +316,13 @@ class OnlineEstimator:
                 if due:
                     inflated, how = ekf.inflate_for(prior, e.u, last, due)
                     gated_first = last
-                    fs, last = ekf.update(inflated, e.u, y, mask)
+                    # the recovering readings first, alone, from the inflated prior (the
+                    # re-initialisation), then the others of the step from that estimate
+                    first = np.zeros_like(mask)
+                    first[due] = True
+                    fs, res_first = ekf.update(inflated, e.u, y, first)
+                    fs, res_rest = ekf.update(fs, e.u, y, mask & ~first)
+                    last = _merged(res_first, res_rest, first)
                     counted = runs.after(last.accepted, last.gated)
                     recovered = tuple(ekf.sensor_names[i] for i in due)
                     if not set(recovered) <= set(e.recovered):
@@ -372,9 +380,9 @@ class OnlineEstimator:
             nu, sd = float(gated.innovation[i]), math.sqrt(float(gated.innovation_var[i]))
             outcome = "fused" if bool(fused.accepted[i]) else "still gated"
             what = (
-                f"variance of {', '.join(states)} inflated x{factor:.3g}"
+                f"variances of {', '.join(states)} inflated (innovation variance x{factor:.3g})"
                 if states
-                else "it observes no state: nothing inflated"
+                else "nothing to inflate"
             )
             out.append(
                 FilterEvent(
@@ -389,6 +397,19 @@ class OnlineEstimator:
                 )
             )
         return out
+
+
+def _merged(a: UpdateResult, b: UpdateResult, in_a: np.ndarray) -> UpdateResult:
+    """One update's outcome from two updates of disjoint sensor sets (``in_a``: a's)."""
+    return UpdateResult(
+        accepted=np.asarray(a.accepted) | np.asarray(b.accepted),
+        gated=np.asarray(a.gated) | np.asarray(b.gated),
+        innovation=np.where(in_a, np.asarray(a.innovation), np.asarray(b.innovation)),
+        innovation_var=np.where(in_a, np.asarray(a.innovation_var), np.asarray(b.innovation_var)),
+        nis=np.asarray(float(a.nis) + float(b.nis)),
+        dof=np.asarray(int(a.dof) + int(b.dof)),
+        healthy=np.asarray(bool(a.healthy) and bool(b.healthy)),
+    )
 
 
 def _insert(history: list[_Entry], ts: float, r: Reading) -> int:
