@@ -63,6 +63,7 @@ __all__ = [
     "Estimator",
     "EstimatorOutput",
     "Historian",
+    "InputLimitsAware",
     "Plant",
     "PlantError",
 ]
@@ -167,4 +168,19 @@ class Controller(Protocol):
 
     def plan(self, estimate: StateEstimate, t_h: float, u_applied: np.ndarray) -> Plan:
         """The plan for the period starting at ``t_h`` (h) given the applied inputs."""
+        ...
+
+
+@runtime_checkable
+class InputLimitsAware(Protocol):
+    """A controller that plans inside the setpoint limits in force (the NMPC).
+
+    The loop calls :meth:`set_input_limits` before a plan whenever the supervisor's limits
+    changed (an operator's ``set_limits``), so the next plan's moves respect them instead
+    of being clamped afterwards. Controllers without it (fakes, recipe-only) are planned
+    as before and the supervisor clamps.
+    """
+
+    def set_input_limits(self, limits: Mapping[str, tuple[float, float]]) -> None:
+        """Plan every move of input ``name`` inside ``limits[name]`` = (lower, upper)."""
         ...

@@ -48,7 +48,14 @@ import numpy as np
 
 from bpcontrol.adapters import plan_record
 from bpcontrol.commands import Command, SetLimits, SetMode, SetSetpoint, describe
-from bpcontrol.interfaces import Clock, Controller, Estimator, Historian, Plant
+from bpcontrol.interfaces import (
+    Clock,
+    Controller,
+    Estimator,
+    Historian,
+    InputLimitsAware,
+    Plant,
+)
 from bpcontrol.nmpc import Plan, StateEstimate
 from bpcontrol.recipe import Recipe
 from bpcontrol.records import (
@@ -212,6 +219,7 @@ class ControlLoop:
         self._commands: queue.SimpleQueue[tuple[object, Future[AuditRecord]]]
         self._commands = queue.SimpleQueue()
         self._call: _Call | None = None
+        self._limits_passed: dict[str, tuple[float, float]] | None = None
         self._stop_reason: str | None = None
         self._notes: queue.SimpleQueue[tuple[EventKind, str, str]] = queue.SimpleQueue()
         mode = Mode.AUTO if controller is not None else Mode.FALLBACK
@@ -440,6 +448,7 @@ class ControlLoop:
             rec = self._write_plan(t, PlanStatus.NO_ESTIMATE, math.nan, "no estimate yet")
             return _PlanResult(record=rec)
         controller, u = self.controller, self._applied.copy()
+        self._pass_limits(controller)
         self._call = call = _Call(lambda: controller.plan(estimate, t, u))
         try:
             plan = call.future.result(timeout=self.deadline_s)
@@ -464,6 +473,19 @@ class ControlLoop:
             return _PlanResult(None, elapsed, self._write_plan(t, PlanStatus.GARBAGE, elapsed, msg))
         self._write(rec)
         return _PlanResult(plan, elapsed, rec, rec.status.usable)
+
+    def _pass_limits(self, controller: Controller) -> None:
+        """Hand the supervisor's limits in force to a controller that plans inside them
+        (:class:`InputLimitsAware`), when they changed since the last plan."""
+        if not isinstance(controller, InputLimitsAware):
+            return
+        limits = {
+            n: (lim.lower, lim.upper)
+            for n, lim in zip(self.recipe.input_names, self._sup.limits, strict=True)
+        }
+        if limits != self._limits_passed:
+            controller.set_input_limits(limits)
+            self._limits_passed = limits
 
     def _write_plan(self, t: float, status: PlanStatus, solve_s: float, message: str) -> PlanRecord:
         """Record a control step without a usable plan from the controller."""

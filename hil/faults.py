@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bpcontrol.interfaces import Controller, Plant, PlantError
+from bpcontrol.interfaces import Controller, InputLimitsAware, Plant, PlantError
 from bpcontrol.nmpc import Plan, StateEstimate
 from estimators import Reading
 
@@ -63,6 +63,11 @@ class FaultyController:
             raise ValueError(f"kind must be one of {allowed}, got {self.kind!r}") from None
         if not (math.isfinite(self.start_h) and self.end_h > self.start_h):
             raise ValueError(f"need start_h < end_h, got [{self.start_h}, {self.end_h})")
+
+    def set_input_limits(self, limits: Mapping[str, tuple[float, float]]) -> None:
+        """Pass the limits in force on to the inner controller when it plans inside them."""
+        if isinstance(self.inner, InputLimitsAware):
+            self.inner.set_input_limits(limits)
 
     def plan(self, estimate: StateEstimate, t_h: float, u_applied: np.ndarray) -> Plan:
         """Misbehave in the window, else delegate."""
