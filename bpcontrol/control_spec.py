@@ -7,6 +7,10 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
     horizon = 20                   # intervals of one control period each
     horizon_mode = "receding"      # or "batch_end": the horizon shrinks to the batch end
     solver = "ipopt"               # or "rti" (one SQP iteration per step)
+    # qp_solver = "condensed"      # rti's QP: condensed to the moves (default), or a CasADi
+    #                              # conic plugin on the sparse QP ("qrqp", "qpoases", ...)
+    # jit = true                   # rti: compile the linearization (the fast path, seconds
+    #                              # once per machine; falls back to CasADi's VM, warned)
     discretization = "collocation" # or "rk4"
     collocation_degree = 3
     smoothing = 1e-3               # smooth min/max kinks in the controller's model copy
@@ -147,7 +151,8 @@ class ControlSpec(_Strict):
     control_period_min: float | None = Field(default=None, gt=0, le=MAX_DURATION_H * 60.0)
     manipulated: list[str] | None = None
     solver: Literal["ipopt", "rti"] = "ipopt"
-    qp_solver: str = "qrqp"
+    qp_solver: str = "condensed"
+    jit: bool = False
     discretization: Literal["rk4", "collocation"] = "collocation"
     collocation_degree: int = Field(default=3, ge=1, le=9)
     rk4_substeps: int = Field(default=4, ge=1, le=100)
@@ -354,6 +359,7 @@ def nmpc_config(
         collocation_degree=spec.collocation_degree,
         solver=spec.solver,
         qp_solver=spec.qp_solver,
+        jit=spec.jit,
         smoothing=spec.smoothing,
         initial_inputs=recipe.fallback,
         max_iter=spec.max_iter,
