@@ -1,6 +1,7 @@
 """Stateful adapters that fit the pure estimator and controller into the loop's ports.
 
-The estimator (:class:`estimators.OnlineEstimator`) and the NMPC (:class:`bpcontrol.nmpc.NMPC`)
+The estimators (:class:`estimators.OnlineEstimator`, the EKF, and
+:class:`estimators.MovingHorizonEstimator`) and the NMPC (:class:`bpcontrol.nmpc.NMPC`)
 are pure ``init``/``step`` functions over an explicit state (see
 :mod:`bpcontrol.interfaces` for the convention); the loop wants objects that keep their
 own state and speak in records (:class:`bpcontrol.interfaces.Estimator`,
@@ -11,17 +12,18 @@ own state and speak in records (:class:`bpcontrol.interfaces.Estimator`,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
 from bpcontrol.interfaces import EstimatorOutput
 from bpcontrol.nmpc import NMPC, NMPCState, Plan, StateEstimate
 from bpcontrol.records import EstimateRecord, EventKind, EventRecord, PlanRecord, PlanStatus
-from estimators import EstimatorState, OnlineEstimator, Reading
+from estimators import Reading, StepReport
 from models import Model
 
-__all__ = ["EstimatorOutput", "LoopEstimator", "NMPCController", "plan_record"]
+__all__ = ["EstimatorOutput", "LoopEstimator", "NMPCController", "PureEstimator", "plan_record"]
 
 
 class NMPCController:
@@ -30,10 +32,19 @@ class NMPCController:
     def __init__(self, nmpc: NMPC, x0: np.ndarray, u0: np.ndarray) -> None:
         self.nmpc = nmpc
         self._state: NMPCState = nmpc.init(x0, u0)
+        self._limits: dict[str, tuple[float, float]] | None = None
+
+    def set_input_limits(self, limits: Mapping[str, tuple[float, float]]) -> None:
+        """Plan inside these setpoint limits from the next plan on (the supervisor's limits
+        in force; :class:`bpcontrol.interfaces.InputLimitsAware`)."""
+        self._limits = {n: (float(lo), float(hi)) for n, (lo, hi) in limits.items()}
 
     def plan(self, estimate: StateEstimate, t_h: float, u_applied: np.ndarray) -> Plan:
-        """Solve for the period starting at ``t_h`` (h) from the applied inputs."""
-        plan, self._state = self.nmpc.step(self._state, estimate, t_h, u_applied=u_applied)
+        """Solve for the period starting at ``t_h`` (h) from the applied inputs, every move
+        inside the limits last set."""
+        plan, self._state = self.nmpc.step(
+            self._state, estimate, t_h, u_applied=u_applied, input_bounds=self._limits
+        )
         return plan
 
     def warm_up(self, x0: np.ndarray, p: np.ndarray, u0: np.ndarray, t0_h: float = 0.0) -> Plan:
@@ -57,37 +68,76 @@ def plan_record(model: Model, plan: Plan) -> PlanRecord:
     )
 
 
+class FilterInfo(Protocol):
+    """What the adapter reads of an estimator's filter: names and base parameters."""
+
+    @property
+    def model(self) -> Model: ...
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def tracked_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def p_nominal(self) -> np.ndarray: ...
+
+
+class PureEstimator(Protocol):
+    """A pure estimator the adapter can hold: :class:`estimators.OnlineEstimator` (the EKF)
+    or :class:`estimators.MovingHorizonEstimator`.
+
+    ``init(x0, t0=) -> state`` and ``step(state, t, u, readings) -> (StepReport, state)``
+    (the state is opaque to the adapter); ``ekf`` names the sensors, the tracked
+    parameters and the model.
+    """
+
+    @property
+    def ekf(self) -> FilterInfo: ...
+
+    def init(self, x0: np.ndarray, *, t0: float = 0.0) -> Any: ...
+
+    def step(
+        self, state: Any, t: float, u: np.ndarray, readings: Iterable[Reading] = ()
+    ) -> tuple[StepReport, Any]: ...
+
+
 class LoopEstimator:
-    """An :class:`OnlineEstimator` with its state, speaking in records.
+    """A pure estimator (:class:`PureEstimator`: the EKF's :class:`OnlineEstimator` or the
+    :class:`MovingHorizonEstimator`) with its state, speaking in records.
 
     Implements :class:`bpcontrol.interfaces.Estimator`. Filter events become
     ``"estimator-<kind>"`` events (:meth:`EventKind.of_filter_event`; an unknown filter
-    kind becomes ``"estimator-other"`` with the kind in the message).
+    kind, e.g. the MHE's ``fallback``, becomes ``"estimator-other"`` with the kind in the
+    message).
     """
 
-    def __init__(self, online: OnlineEstimator, x0: np.ndarray, *, t0_h: float = 0.0) -> None:
+    def __init__(self, online: PureEstimator, x0: np.ndarray, *, t0_h: float = 0.0) -> None:
         self.online = online
         self.model = online.ekf.model
         self._tracked = tuple(online.ekf.tracked_names)
-        self._state: EstimatorState = online.init(np.asarray(x0, dtype=float), t0=t0_h)
+        self._x = np.asarray(x0, dtype=float)
+        self._t = float(t0_h)
+        self._state: Any = online.init(self._x.copy(), t0=t0_h)
 
     def warm_up(self, u: np.ndarray) -> None:
-        """Compile the estimator's predict and update now (a throw-away step; state kept).
+        """Compile or solve the estimator once now (a throw-away step; state kept).
 
-        A live loop must not spend its first periods compiling: call this before the clock
-        starts.
+        A live loop must not spend its first periods compiling (the EKF) or on a cold
+        first solve (the MHE): call this before the clock starts.
         """
-        t = float(self._state.history[-1].t)
-        x, p = self._state.history[-1].after.z[: self.model.nx], self.online.ekf.p_nominal
-        y = np.asarray(self.model.to_casadi().h(np.asarray(x), u, p)).ravel()
+        p = self.online.ekf.p_nominal
+        y = np.asarray(self.model.to_casadi().h(self._x, u, p)).ravel()
         readings = [
             Reading(name, float(y[self.model.index(name)])) for name in self.online.ekf.sensor_names
         ]
-        self.online.step(self._state, t + 1e-3, np.asarray(u, dtype=float), readings)
+        self.online.step(self._state, self._t + 1e-3, np.asarray(u, dtype=float), readings)
 
     def step(self, t_h: float, u: np.ndarray, readings: Iterable[Reading]) -> EstimatorOutput:
         """Advance to ``t_h`` (h) with ``u`` held since the last step and fuse ``readings``."""
         report, self._state = self.online.step(self._state, t_h, u, readings)
+        self._t, self._x = float(t_h), np.asarray(report.x, dtype=float).copy()
         model = self.model
         nx = model.nx
         x, sigma = np.asarray(report.x), np.asarray(report.sigma)

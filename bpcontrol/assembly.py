@@ -10,21 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
-from bpcontrol.adapters import LoopEstimator, NMPCController
+from bpcontrol.adapters import LoopEstimator, NMPCController, PureEstimator
 from bpcontrol.interfaces import Clock, Controller, Historian, Plant
 from bpcontrol.loop import ControlLoop, LoopSnapshot
 from bpcontrol.nmpc import NMPC, NMPCConfig
 from bpcontrol.recipe import Recipe
 from bpcontrol.records import RunIdentity
-from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
+from bpcontrol.runspec import EstimatorKind, ResolvedRun, RunSpec, resolve
 from bpcontrol.supervisor import Supervisor, SupervisorConfig
-from estimators import CompiledEKF, EKFConfig, OnlineEstimator
+from estimators import CompiledEKF, EKFConfig, MHEConfig, MovingHorizonEstimator, OnlineEstimator
 from models import Model
-
-if TYPE_CHECKING:
-    from estimators import ExtendedKalmanFilter
 
 __all__ = ["AssembledLoop", "assemble", "build_loop"]
 
@@ -66,6 +62,7 @@ def build_loop(
         auto_resume_after=run.auto_resume_after,
         identity=run.spec.identity,
         estimator=run.spec.estimator,
+        mhe_config=run.mhe,
         plant=plant,
         historian=historian,
         clock=clock,
@@ -89,7 +86,8 @@ def assemble(
     clock: Clock,
     auto_resume_after: int | None = None,
     identity: RunIdentity | None = None,
-    estimator: Literal["compiled", "jax"] = "compiled",
+    estimator: EstimatorKind = "compiled",
+    mhe_config: MHEConfig | None = None,
     progress: Callable[[LoopSnapshot], None] | None = None,
     wrap_controller: Callable[[Controller], Controller] | None = None,
     t0_h: float = 0.0,
@@ -102,17 +100,24 @@ def assemble(
     recipe only) solves once from the charged state before the clock starts, so its first
     real-time solve is warm; the supervisor keeps the recipe's limits
     inside the model's input bounds. ``wrap_controller`` injects faults (HIL tests).
+    ``estimator``: the EKF compiled to C (``"compiled"``, the default), in JAX (``"jax"``),
+    or moving-horizon estimation (``"mhe"``, tuned by ``mhe_config``; default
+    :class:`MHEConfig`) with the same sensor configuration ``ekf_config``.
     """
     x0 = recipe.initial_state(model)
     u0 = recipe.fallback(t0_h)
-    ekf: CompiledEKF | ExtendedKalmanFilter
-    if estimator == "compiled":
-        ekf = CompiledEKF(model, ekf_config)
-    else:
+    pure: PureEstimator
+    if estimator == "mhe":
+        pure = MovingHorizonEstimator(model, ekf_config, mhe_config or MHEConfig())
+    elif estimator == "compiled":
+        pure = OnlineEstimator(CompiledEKF(model, ekf_config))
+    elif estimator == "jax":
         from estimators import ExtendedKalmanFilter  # JAX, imported only when chosen
 
-        ekf = ExtendedKalmanFilter(model, ekf_config)
-    loop_estimator = LoopEstimator(OnlineEstimator(ekf), x0, t0_h=t0_h)
+        pure = OnlineEstimator(ExtendedKalmanFilter(model, ekf_config))
+    else:
+        raise ValueError(f"estimator must be 'compiled', 'jax' or 'mhe', got {estimator!r}")
+    loop_estimator = LoopEstimator(pure, x0, t0_h=t0_h)
     loop_estimator.warm_up(u0)
     controller: Controller | None = None
     if nmpc_config is not None:

@@ -14,7 +14,7 @@ naming the file and the key.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -43,7 +43,14 @@ from bpcontrol.pack import (
 from bpcontrol.recipe import Recipe, parse_recipe
 from bpcontrol.records import RunIdentity
 from bpcontrol.tomlfile import read_toml
-from estimators import EKFConfig, EstimatorConfigError, Sensor, parse_ekf_config
+from estimators import (
+    EKFConfig,
+    EstimatorConfigError,
+    MHEConfig,
+    Sensor,
+    parse_ekf_config,
+    parse_mhe_config,
+)
 from models import Model
 
 __all__ = [
@@ -61,7 +68,8 @@ DEFAULT_DEADLINE_S = 2.0
 """Controller deadline (s) of a recipe-only run (no solve is ever waited for)."""
 
 ControllerKind = Literal["nmpc", "recipe"]
-EstimatorKind = Literal["compiled", "jax"]
+EstimatorKind = Literal["compiled", "jax", "mhe"]
+ESTIMATOR_KINDS: tuple[EstimatorKind, ...] = ("compiled", "jax", "mhe")
 
 
 class RunSpecError(ValueError):
@@ -74,7 +82,8 @@ class RunSpec:
 
     ``controller``: ``"nmpc"`` (AUTO with the pack's controller) or ``"recipe"``
     (FALLBACK for the whole batch); ``estimator``: the EKF compiled to C (``"compiled"``)
-    or in JAX (``"jax"``, the same estimates).
+    or in JAX (``"jax"``, the same estimates), or moving-horizon estimation (``"mhe"``,
+    tuned by the ``[mhe]`` table of the pack's ``ekf.toml``, the same sensors).
     """
 
     identity: RunIdentity
@@ -159,8 +168,10 @@ def _check_run_options(seed: Any, controller: Any, estimator: Any, src: str) -> 
         raise RunSpecError(f"{src}: seed: must be an integer in [0, 2^63), got {seed!r}")
     if controller not in ("nmpc", "recipe"):
         raise RunSpecError(f"{src}: controller: must be 'nmpc' or 'recipe', got {controller!r}")
-    if estimator not in ("compiled", "jax"):
-        raise RunSpecError(f"{src}: estimator: must be 'compiled' or 'jax', got {estimator!r}")
+    if estimator not in ESTIMATOR_KINDS:
+        raise RunSpecError(
+            f"{src}: estimator: must be 'compiled', 'jax' or 'mhe', got {estimator!r}"
+        )
 
 
 def _pack_from_doc(doc: Mapping[str, Any], src: str) -> ProcessPack:
@@ -225,6 +236,7 @@ class ResolvedRun:
     nmpc: NMPCConfig | None
     deadline_s: float
     auto_resume_after: int | None
+    mhe: MHEConfig = field(default_factory=MHEConfig)
 
     @property
     def controller(self) -> NMPCConfig | None:
@@ -242,7 +254,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     recipe = parse_recipe(pack.recipe, model, source=pack.source("recipe"))
     instruments = parse_instruments(pack.sensors, model, source=src)
     kpis = parse_kpis(pack.kpis, model, source=src)
-    ekf = _ekf_config(pack, model, recipe, instruments)
+    ekf, mhe = _ekf_config(pack, model, recipe, instruments)
     control: ControlSpec | None = None
     config: NMPCConfig | None = None
     deadline, resume = DEFAULT_DEADLINE_S, None
@@ -260,7 +272,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
             "(controller = 'recipe'); `bpcontrol pack init` writes a controller file"
         )
     return ResolvedRun(
-        spec, model, recipe, instruments, kpis, ekf, control, config, deadline, resume
+        spec, model, recipe, instruments, kpis, ekf, control, config, deadline, resume, mhe
     )
 
 
@@ -296,16 +308,22 @@ def ekf_sensors(
 
 def _ekf_config(
     pack: ProcessPack, model: Model, recipe: Recipe, instruments: tuple[Instrument, ...]
-) -> EKFConfig:
+) -> tuple[EKFConfig, MHEConfig]:
+    """The EKF configuration of ``ekf.toml`` and the MHE's (its optional ``[mhe]`` table)."""
     doc = dict(pack.ekf or {})
+    mhe_doc = doc.pop("mhe", {})
     if "sensors" not in doc:
         doc["sensors"] = {
             s.output: {"sigma": s.sigma, "period_h": s.period_h, "relative_sigma": s.relative_sigma}
             for s in ekf_sensors(instruments, recipe.measurement_period_h)
         }
+    source = pack.source("ekf")
     try:
-        return parse_ekf_config(doc, model, source=pack.source("ekf"))
+        ekf = parse_ekf_config(doc, model, source=source)
+        if "step_h" not in mhe_doc and isinstance(mhe_doc, Mapping):
+            mhe_doc = {**mhe_doc, "step_h": recipe.measurement_period_h}
+        return ekf, parse_mhe_config(mhe_doc, ekf=ekf, source=source)
     except EstimatorConfigError:
         raise
     except (TypeError, ValueError) as exc:  # a malformed table deep inside
-        raise EstimatorConfigError(f"{pack.source('ekf')}: {exc}") from None
+        raise EstimatorConfigError(f"{source}: {exc}") from None

@@ -1,7 +1,9 @@
-"""State and parameter estimation: a continuous-discrete EKF in JAX, online wrapper, soft sensors.
+"""State and parameter estimation: EKF (JAX and compiled), online wrapper, MHE, soft sensors.
 
 ``CompiledEKF`` is the same filter generated with CasADi and compiled to C, for one
 reactor at a time (online use, long records); ``ExtendedKalmanFilter`` also runs batched.
+``MovingHorizonEstimator`` (configured by ``MHEConfig``) is the second estimator: the same
+sensor configuration, a window solved with IPOPT, its arrival cost from the compiled EKF.
 
 >>> from estimators import CompiledEKF, EKFConfig, ExtendedKalmanFilter, OnlineEstimator, Sensor
 >>> from estimators import default_ekf_config, load_ekf_config
@@ -12,6 +14,14 @@ from typing import TYPE_CHECKING, Any
 from estimators._config import EKFConfig, EstimatorConfigError, Sensor, TrackedParameter
 from estimators._ekf_compiled import CompiledEKF
 from estimators._filter_base import FilterState, UpdateResult
+from estimators._mhe import (
+    MHEConfig,
+    MHEState,
+    MovingHorizonEstimator,
+    SolveInfo,
+    dump_mhe_config,
+    parse_mhe_config,
+)
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
 from estimators.presets import (
     default_ekf_config,
@@ -41,14 +51,20 @@ __all__ = [
     "ExtendedKalmanFilter",
     "FilterEvent",
     "FilterState",
+    "MHEConfig",
+    "MHEState",
+    "MovingHorizonEstimator",
     "OnlineEstimator",
     "Reading",
     "Sensor",
+    "SolveInfo",
     "StepReport",
     "TrackedParameter",
     "UpdateResult",
     "default_ekf_config",
     "dump_ekf_config",
+    "dump_mhe_config",
     "load_ekf_config",
     "parse_ekf_config",
+    "parse_mhe_config",
 ]
