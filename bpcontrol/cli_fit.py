@@ -1,0 +1,183 @@
+"""``bpcontrol fit``: fit model parameters to recorded batches (issue 18).
+
+Part of the composition root (it may import ``services``). The model comes from a pack
+(``--pack DIR``: its model with the pack's overrides, its instruments' error models) or a
+built-in or file model (``--model``: default error models); the batches from a historian
+path or a CSV folder (``--data``, :func:`services.historian.readback.open_source`). Prints
+the estimates with standard errors, 95 % intervals and the identifiability warnings, and
+writes the fitted parameters as a TOML file whose ``[parameters]`` table is a pack's
+parameter overrides (:mod:`services.fitting._toml`). Bad input: one ``error:`` line, exit
+2, nothing written; a fit that does not converge: one ``error:`` line, exit 1, nothing
+written. CasADi and the fitting code are imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bpcontrol.cli_common import EXIT_FAILURE, check_output_file, fail, user_errors
+
+if TYPE_CHECKING:
+    from services.fitting import FitResult
+
+__all__ = ["fit_command"]
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Comma-separated or repeated option values as one list (blanks dropped)."""
+    out: list[str] = []
+    for v in values or ():
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def _g(v: float) -> str:
+    return f"{v:.4g}" if math.isfinite(v) else str(v)
+
+
+def fit_table(result: FitResult) -> Table:
+    """The estimates as a rich table: value, SE, relative SE, 95 % interval, start, bounds."""
+    table = Table(
+        title=f"fit of {result.model}: {result.status} ({result.iterations} iterations), "
+        f"{result.n_measurements} readings, {len(result.batches)} batch(es)",
+        title_justify="left",
+    )
+    for col in ("estimate", "unit", "value", "SE", "rel. SE", "95 % interval", "start", "bounds"):
+        table.add_column(col, justify="left" if col in ("estimate", "unit") else "right")
+    for e in result.estimates:
+        table.add_row(
+            e.name,
+            e.unit,
+            _g(e.value),
+            _g(e.se),
+            f"{100 * e.relative_se:.2g} %" if math.isfinite(e.relative_se) else "inf",
+            f"[{_g(e.ci95[0])}, {_g(e.ci95[1])}]",
+            _g(e.start),
+            f"[{_g(e.lower)}, {_g(e.upper)}]",
+        )
+    return table
+
+
+def fit_command(
+    params: Annotated[
+        list[str],
+        typer.Option("--params", help="Parameters to fit, comma-separated (e.g. mu_m,Y_x)."),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Recorded batches: a records.sqlite, a run folder, a folder of run "
+            "folders, or a CSV folder (measurements.csv, inputs.csv; docs/fitting.md).",
+        ),
+    ],
+    pack: Annotated[
+        Path | None,
+        typer.Option("--pack", help="Pack folder: its model, overrides and sensor errors."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Built-in model name or .py model file."),
+    ] = None,
+    batches: Annotated[
+        list[str] | None,
+        typer.Option("--batches", help="Batch ids, comma-separated or repeated [default: all]."),
+    ] = None,
+    sensors: Annotated[
+        list[str] | None,
+        typer.Option("--sensors", help="Sensors to fit [default: all recorded in every batch]."),
+    ] = None,
+    per_batch: Annotated[
+        list[str] | None,
+        typer.Option("--per-batch", help="Of --params, those fitted with one value per batch."),
+    ] = None,
+    estimate_x0: Annotated[
+        list[str] | None,
+        typer.Option("--estimate-x0", help="States whose initial value is fitted per batch."),
+    ] = None,
+    starts: Annotated[int, typer.Option("--starts", help="Multi-start: number of starts.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the extra starts.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Result file (TOML: [parameters] for a pack).")
+    ] = Path("fit.toml"),
+) -> None:
+    """Fit model parameters to recorded batches; print the fit, write the parameters (TOML).
+
+    Weighted least squares by direct multiple shooting (CasADi, IPOPT, exact
+    sensitivities); late offline samples count at their sample time.
+    """
+    with user_errors():
+        if (pack is None) == (model is None):
+            raise ValueError("give --pack DIR or --model NAME (one of them)")
+        if starts < 1:
+            raise ValueError(f"--starts must be >= 1, got {starts}")
+        check_output_file(out, "--out")
+        names = _names(params)
+        if not names:
+            raise ValueError("--params names no parameter")
+
+        from services.fitting import ErrorModel, FitOptions, fit
+        from services.fitting._toml import result_toml
+        from services.historian.readback import open_source
+
+        errors: dict[str, ErrorModel] = {}
+        if pack is not None:
+            from bpcontrol.pack import load_pack, model_with_overrides, parse_instruments
+
+            pk = load_pack(pack)
+            the_model = model_with_overrides(pk)
+            for inst in parse_instruments(pk.sensors, the_model, source=pk.source("pack")):
+                errors[inst.output] = ErrorModel(inst.sigma, inst.relative_sigma)
+        else:
+            from models import load_model
+
+            the_model = load_model(str(model))
+        source = open_source(data)
+        ids = _names(batches) or list(source.batch_ids())
+        if not ids:
+            raise ValueError(f"--data {data}: holds no batches")
+        recorded = [source.batch(b) for b in ids]
+        chosen = _names(sensors) or None
+        if chosen is None and errors:
+            chosen = [
+                s
+                for s in errors
+                if all(s in b.measurements and len(b.measurements[s]) for b in recorded)
+            ] or None
+        result = fit(
+            the_model,
+            recorded,
+            names,
+            sensors=chosen,
+            errors=errors,
+            per_batch=_names(per_batch),
+            estimate_x0=_names(estimate_x0),
+            options=FitOptions(n_starts=starts, seed=seed),
+        )
+    console = Console()
+    console.print(fit_table(result))
+    typer.echo(
+        f"residual variance {result.residual_variance:.3g} (1 when the error models are right), "
+        f"AIC {result.aic:.2f}, BIC {result.bic:.2f}, eigenvalue ratio {result.eigen_ratio:.2g}"
+    )
+    for w in result.warnings:
+        sys.stderr.write(f"warning: {w.message}\n")
+    if not result.converged:
+        fail(
+            RuntimeError(
+                f"the fit did not converge (IPOPT: {result.status}); nothing written. "
+                "Try --starts with more starts, fewer --params, or check the data"
+            ),
+            EXIT_FAILURE,
+        )
+    text = result_toml(result, data=str(data), pack=None if pack is None else str(pack))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}")

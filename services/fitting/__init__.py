@@ -1,0 +1,44 @@
+"""Model fitting: weighted least squares of model parameters to recorded batches.
+
+>>> from models import load_model
+>>> from services.historian.readback import open_source
+>>> from services.fitting import fit
+>>> source = open_source("runs/")                         # doctest: +SKIP
+>>> batches = [source.batch(b) for b in source.batch_ids()]  # doctest: +SKIP
+>>> result = fit(load_model("dompc_batch_reactor"), batches, ["mu_m", "Y_x"])  # doctest: +SKIP
+
+Direct multiple shooting in CasADi, solved by IPOPT with a Gauss-Newton Hessian and exact
+sensitivities (:mod:`services.fitting._fit`); statistics and identifiability warnings in
+the :class:`FitResult`; the format of the data and of the result file in docs/fitting.md.
+"""
+
+from services.fitting._data import DEFAULT_SIGMA_FRACTION, ErrorModel, FitError
+from services.fitting._fit import FitOptions, fit
+from services.fitting._result import (
+    CORRELATION_LIMIT,
+    EIGEN_RATIO_LIMIT,
+    Estimate,
+    FitResult,
+    FitWarning,
+    Identifiability,
+    ResidualSeries,
+    StartOutcome,
+    Timing,
+)
+
+__all__ = [
+    "CORRELATION_LIMIT",
+    "DEFAULT_SIGMA_FRACTION",
+    "EIGEN_RATIO_LIMIT",
+    "ErrorModel",
+    "Estimate",
+    "FitError",
+    "FitOptions",
+    "FitResult",
+    "FitWarning",
+    "Identifiability",
+    "ResidualSeries",
+    "StartOutcome",
+    "Timing",
+    "fit",
+]
