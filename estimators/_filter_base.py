@@ -5,8 +5,8 @@ reactor) derive their noise, prior, gate and index constants from one
 :class:`FilterSetup`, so they cannot disagree; keeping it free of JAX lets the compiled
 filter (the one a run uses) start without importing JAX (about 1-2 s).
 
-Also shared, in NumPy, so that both filters use one implementation: the projection of
-the mean onto the declared bounds (:meth:`FilterSetup.project`), the covariance limits
+Also shared, in NumPy, so that both filters use one implementation: the projection
+(clipping) of the mean onto the declared bounds (:meth:`FilterSetup.project`), the covariance limits
 (:attr:`FilterSetup.variance_limits`) and the covariance inflation that recovers an
 inconsistent estimate (:meth:`FilterSetup.inflate_for`).
 """
@@ -148,51 +148,35 @@ class FilterSetup:
     def project(self, state: FilterState) -> tuple[FilterState, tuple[str, ...]]:
         """The state with its mean moved inside the declared bounds, and the names moved.
 
-        Estimate projection (Simon and Chia 2002, IEE Proc. Control Theory Appl.
-        149:223-228; survey: Simon 2010, IET Control Theory Appl. 4:1303-1318): the mean
-        becomes the point of the box ``[z_lower, z_upper]`` nearest in the metric of the
-        inverse covariance, ``argmin (z - z_hat)' P^-1 (z - z_hat)``, the choice of least
-        error covariance among projections. For the active set ``A`` (the entries out of
-        bounds, grown while the correction pushes others out) it is the update by a
-        perfect measurement ``z_A = bound``, ``z -= P[:, A] P[A, A]^-1 (z_hat_A - bound)``,
-        so correlated entries move with the clipped ones (a biomass pushed below zero
-        takes the states it is correlated with along) instead of being left inconsistent
-        with them; a final clip removes rounding. A mean inside its bounds is returned
-        unchanged (the same object).
+        Estimate projection with the identity weight (Simon 2010, "Kalman filtering with
+        state constraints: a survey of linear and nonlinear algorithms", IET Control
+        Theory Appl. 4:1303-1318, sec. 2.3 with W = I): the mean becomes the nearest
+        point of the box ``[z_lower, z_upper]`` in the Euclidean metric, which for a box
+        is clipping each entry to its bounds; entries inside their bounds do not move. A
+        mean inside its bounds is returned unchanged (the same object).
+
+        Why not the inverse-covariance weight (W = P^-1, Simon and Chia 2002, the
+        minimum-variance projection of a linear filter, which moves the correlated
+        entries along with a clipped one): at a bound the model has a kink (uptake
+        ``fmax(S, 0)`` and friends), and the correlations linearised there are wrong, so
+        the P^-1 projection moved the tracked parameters every minute while glucose sat
+        at zero. Measured on ``tests/estimators/test_tracking_mismatch.py`` (plant 20 %
+        above, seed 2): mu_max ended 34 % off with 92 gated readings with W = P^-1, 1.5 %
+        off with none gated with W = I.
 
         The covariance is kept. Conditioning it on the active bounds would make it
         singular in those directions, so the filter would never again move an entry that
         touched a bound (and the positive-definiteness check would reset it); keeping it
-        is conservative, as the projected mean is closer to the truth than the unprojected
+        is conservative, since the clipped mean is nearer the truth than the unclipped
         one whenever the truth lies inside the bounds (Simon 2010, sec. 2.3).
         """
         z = np.asarray(state.z, dtype=float)
-        lo, hi = self.z_lower, self.z_upper
-        out = (z < lo) | (z > hi)
+        out = (z < self.z_lower) | (z > self.z_upper)
         if not np.any(out):
             return state, ()
-        P = np.asarray(state.P, dtype=float)
-        active: list[int] = []
-        zp = z
-        for _ in range(self.nz):
-            new = [int(i) for i in np.flatnonzero((zp < lo) | (zp > hi)) if i not in active]
-            if not new:
-                break
-            active += new
-            a = np.array(active)
-            target = np.clip(z[a], lo[a], hi[a])
-            try:
-                shift = P[:, a] @ np.linalg.solve(P[np.ix_(a, a)], z[a] - target)
-            except np.linalg.LinAlgError:  # singular block: clip only
-                shift = np.zeros_like(z)
-            zp = z - shift
-            zp[a] = target
-            if not np.all(np.isfinite(zp)):
-                zp = np.clip(z, lo, hi)
-                break
-        zp = np.clip(zp, lo, hi)
-        moved = tuple(self.names[i] for i in sorted(active))
-        return FilterState(t=state.t, z=zp, P=P), moved
+        clipped = np.clip(z, self.z_lower, self.z_upper)
+        moved = tuple(self.names[i] for i in np.flatnonzero(out))
+        return FilterState(t=state.t, z=clipped, P=state.P), moved
 
     @cached_property
     def _measurement_jacobian(self) -> ca.Function:

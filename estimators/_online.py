@@ -10,10 +10,11 @@ Around every prediction and update of either filter (:class:`CompiledEKF` or
 
 - the mean is projected onto the declared bounds of the states and tracked parameters
   after the prediction and after the update (:meth:`FilterSetup.project`: estimate
-  projection in the inverse-covariance metric, covariance kept), so no estimate leaves
+  projection with the identity weight, i.e. clipping, covariance kept), so no estimate leaves
   its bounds (no negative concentration or yield);
 - a sensor that has had a reading accepted (trusted) and then has
-  ``config.recover_after_gated`` readings in a row rejected by the chi-square gate marks
+  ``config.recover_after_gated`` readings in a row rejected by the chi-square gate (a
+  sensor with ``period_h >= config.recover_min_period_h``: the offline assays) marks
   the estimate inconsistent: the covariance of the states that sensor observes is
   inflated so that the reading is a one-sigma innovation
   (:meth:`FilterSetup.inflate_for`), that reading is fused alone from the inflated prior
@@ -149,6 +150,9 @@ class OnlineEstimator:
 
     def __init__(self, ekf: ExtendedKalmanFilter | CompiledEKF) -> None:
         self.ekf = ekf
+        cfg = ekf.config
+        # the sensors a run of gated readings can recover from (the slow ones: assays)
+        self._recoverable = tuple(s.period_h >= cfg.recover_min_period_h for s in cfg.sensors)
 
     def init(
         self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
@@ -311,7 +315,11 @@ class OnlineEstimator:
                     for i, (trusted, run) in enumerate(
                         zip(counted.trusted, counted.gated_run, strict=True)
                     )
-                    if n > 0 and trusted and run >= n and bool(last.gated[i])
+                    if n > 0
+                    and self._recoverable[i]
+                    and trusted
+                    and run >= n
+                    and bool(last.gated[i])
                 ]
                 if due:
                     inflated, how = ekf.inflate_for(prior, e.u, last, due)

@@ -43,6 +43,7 @@ TOML format
     n_substeps = 1
     variance_limit = 1e6
     recover_after_gated = 3     # gated readings in a row from a trusted sensor (0: off)
+    recover_min_period_h = 0.5  # ... for sensors with period_h at least this (assays)
 
     [sensors]                   # required; period_h (1 min), relative_sigma (0) optional
     DO_probe = { sigma = 1.0, period_h = 0.016666666666666666 }
@@ -103,6 +104,7 @@ _SCALARS: dict[str, type] = {
     "n_substeps": int,
     "variance_limit": float,
     "recover_after_gated": int,
+    "recover_min_period_h": float,
 }
 _TABLES = ("sensors", "tracked", "state_sigma0", "process_sigma")
 _SENSOR_KEYS = ("sigma", "period_h", "relative_sigma")
