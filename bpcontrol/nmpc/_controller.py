@@ -60,6 +60,9 @@ class StateEstimate:
 
     x: np.ndarray
     p: np.ndarray
+    p_sigma: np.ndarray | None = None
+    """Standard deviation of each model parameter (n_p; NaN or 0 where not estimated):
+    robust NMPC samples ``sigma_factors`` scenarios from it (see ``RobustConfig``)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,12 @@ class Plan:
     ``u_next``: all model inputs for the coming period; ``U`` (N, nu) inputs per interval:
     the manipulated ones as planned, the others as the prediction assumed them
     (``fixed_inputs``, ``input_schedule`` at the interval start, or nominal); ``X``
-    (N+1, nx) predicted states at ``t_nodes`` (h).
+    (N+1, nx) predicted states at ``t_nodes`` (h). With a scenario tree (robust NMPC)
+    ``X`` and ``U`` are the nominal scenario's (scenario 0: the first value of every
+    uncertain parameter), ``u_next`` is common to all scenarios, ``scenario_X`` (S, N+1,
+    nx) has every scenario's states and ``scenario_moves`` (S, n_moves, n_manipulated)
+    its planned moves; both are None without a tree. ``cost`` is the weighted sum over the
+    scenarios.
     """
 
     t: float
@@ -83,6 +91,8 @@ class Plan:
     cost: float
     slack_max: float
     message: str = ""
+    scenario_X: np.ndarray | None = None
+    scenario_moves: np.ndarray | None = None
 
     def setpoints(self, input_names: tuple[str, ...]) -> dict[str, float]:
         """The next setpoints by input name."""
@@ -212,11 +222,17 @@ class NMPC:
         p: np.ndarray,
         h: np.ndarray,
         scheduled: np.ndarray,
+        p_sigma: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The NLP's parameter vector (see :mod:`bpcontrol.nmpc._ocp` for the layout)."""
-        par = np.concatenate([x, u_prev, p, h, np.zeros(self.ocp.layout.P_sched.size)])
-        par[self.ocp.layout.P_sched] = scheduled
-        assert par.size == self.ocp.layout.n_par
+        """The NLP's parameter vector (see :mod:`bpcontrol.nmpc._ocp` for the layout); with
+        a scenario tree, every combination's parameters from ``p`` and ``p_sigma``
+        (:meth:`bpcontrol.nmpc.ScenarioTree.parameter_sets`)."""
+        lay = self.ocp.layout
+        par = np.concatenate([x, u_prev, p, h, np.zeros(lay.P_sched.size + lay.P_scen.size)])
+        par[lay.P_sched] = scheduled
+        if lay.tree is not None:
+            par[lay.P_scen] = lay.tree.parameter_sets(p, p_sigma)
+        assert par.size == lay.n_par
         return par
 
     def initial_guess(
@@ -228,6 +244,7 @@ class NMPC:
         t: float = 0.0,
         *,
         scheduled: np.ndarray | None = None,
+        p_sigma: np.ndarray | None = None,
     ) -> np.ndarray:
         """A start for the first solve: simulate the recipe (or hold ``u``) over the horizon.
 
@@ -235,7 +252,8 @@ class NMPC:
         end, moves the recipe's inputs. With an ``input_schedule`` the simulation uses the
         inputs the OCP will see for everything not manipulated (``scheduled``, from
         :meth:`scheduled_inputs` if not given, and ``fixed_inputs``), so the guess starts
-        with no gaps from them.
+        with no gaps from them. With a scenario tree every scenario is simulated with its
+        own parameters (``p`` and ``p_sigma`` as in :meth:`parameters`).
         """
         lay = self.ocp.layout
         recipe = self.config.initial_inputs
@@ -244,25 +262,30 @@ class NMPC:
         pinned = [(self.model.index(n), float(v)) for n, v in self.config.fixed_inputs.items()]
         w = np.zeros(lay.n_w)
         w[lay.X[0]] = x0
-        x, tk = x0.copy(), t
-        inner = np.setdiff1d(
-            np.arange(lay.n_w), np.concatenate([lay.U.ravel(), lay.S, lay.X.ravel()])
-        )
-        per = inner.size // self.config.horizon
-        for k in range(self.config.horizon):
-            uk = np.asarray(recipe(tk), dtype=float) if recipe is not None else u
-            if scheduled is not None:
-                uk = uk.copy()
-                uk[lay.scheduled] = scheduled[k]
-                for i, v in pinned:
-                    uk[i] = v
-            if k == 0 or lay.move_of[k] != lay.move_of[k - 1]:
-                w[lay.U[lay.move_of[k]]] = uk[lay.manip]
-            if h[k] > 0:
-                x = np.asarray(self._integrator(float(h[k]))(x, uk, p)).ravel()
-            w[lay.X[k + 1]] = x
-            w[inner[k * per : (k + 1) * per]] = np.resize(x, per)
-            tk += float(h[k])
+        tree = lay.tree
+        p_sets = [p] if tree is None else list(tree.parameter_sets(p, p_sigma))
+        node = np.zeros(lay.n_w, dtype=bool)  # nodes and slacks; the rest: collocation
+        node[lay.XS.ravel()] = True
+        node[lay.S] = True
+        for sc in range(lay.XS.shape[0]):
+            x, tk = x0.copy(), t
+            for k in range(self.config.horizon):
+                uk = np.asarray(recipe(tk), dtype=float) if recipe is not None else u
+                if scheduled is not None:
+                    uk = uk.copy()
+                    uk[lay.scheduled] = scheduled[k]
+                    for i, v in pinned:
+                        uk[i] = v
+                if k == 0 or lay.move_of[k] != lay.move_of[k - 1]:
+                    w[lay.US[sc, lay.move_of[k]]] = uk[lay.manip]
+                if h[k] > 0:
+                    pk = p if tree is None else p_sets[int(tree.comb_of[sc, k])]
+                    x = np.asarray(self._integrator(float(h[k]))(x, uk, pk)).ravel()
+                w[lay.XS[sc, k + 1]] = x
+                span = np.arange(*lay.w_spans_s[sc, k])
+                inner = span[~node[span]]  # the interval's collocation states
+                w[inner] = np.resize(x, inner.size)
+                tk += float(h[k])
         return w
 
     def _integrator(self, dt_h: float) -> ca.Function:
@@ -331,12 +354,14 @@ class NMPC:
                 raise ValueError("estimate is not finite")
             h = self.interval_lengths(t)
             sched = self.scheduled_inputs(t, h)  # the recipe ahead, at the interval starts
-            par = self.parameters(x, u_prev, p, h, sched)
+            p_sigma, sigma_note = self._parameter_sigma(estimate)
+            par = self.parameters(x, u_prev, p, h, sched, p_sigma)
             scale = self.ocp.w_scale
             lam_x0: np.ndarray | None = None
             lam_g0: np.ndarray | None = None
             if state.w is None:
-                w0 = self.initial_guess(x, u_prev, h, p, t, scheduled=sched) / scale
+                guess = self.initial_guess(x, u_prev, h, p, t, scheduled=sched, p_sigma=p_sigma)
+                w0 = guess / scale
             else:
                 w0, lam_x0, lam_g0 = self._shift(state.w, state.lam_x, state.lam_g)
                 w0[self.ocp.layout.X[0]] = x / scale[self.ocp.layout.X[0]]
@@ -377,8 +402,9 @@ class NMPC:
             status, iters, msg = self._status(stats, use_rti, elapsed, report)
             if status is SolveStatus.FAILED:
                 raise RuntimeError(msg)
-            if bounds_note:
-                msg = f"{msg}; {bounds_note}"
+            for note in (bounds_note, sigma_note):
+                if note:
+                    msg = f"{msg}; {note}"
             u_lo = lbw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
             u_hi = ubw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]
             plan = self._plan(t, w, par, h, status, iters, elapsed, msg, report, (u_lo, u_hi))
@@ -484,7 +510,27 @@ class NMPC:
             cost=float(report[0]),
             slack_max=float(report[1]) if lay.S.size else 0.0,
             message=msg,
+            scenario_X=None if lay.tree is None else w[lay.XS],
+            scenario_moves=None if lay.tree is None else w[lay.US],
         )
+
+    def _parameter_sigma(self, estimate: Estimate) -> tuple[np.ndarray | None, str]:
+        """The estimate's parameter standard deviations (``p_sigma``, optional) for a tree
+        with sampled parameters, and a note when they are missing (the sampled scenarios
+        then sit at the estimate)."""
+        tree = self.ocp.layout.tree
+        if tree is None or not np.any(tree.factors > 0):
+            return None, ""
+        raw = getattr(estimate, "p_sigma", None)
+        if raw is None:
+            return None, "robust: the estimate has no parameter sigma, sampled scenarios at p"
+        sigma = np.asarray(raw, dtype=float)
+        if sigma.shape != (self.model.n_p,):
+            raise ValueError(f"estimate p_sigma has shape {sigma.shape}, not ({self.model.n_p},)")
+        sampled = tree.index[tree.factors > 0]
+        missing = [self.model.parameter_names[i] for i in sampled if not np.isfinite(sigma[i])]
+        note = f"robust: no sigma for {', '.join(missing)} in the estimate" if missing else ""
+        return sigma, note
 
     def _shift(self, w: np.ndarray, lam_x: np.ndarray | None, lam_g: np.ndarray | None) -> _Shifted:
         """Warm start for the next period: the last solution and its multipliers one
@@ -504,6 +550,8 @@ class NMPC:
         w_src, g_src = np.arange(lay.n_w), np.arange(lay.n_g)
         if self.config.horizon_mode != "receding" or self.config.move_blocks is not None:
             return w_src, g_src
+        if lay.tree is not None:
+            return self._tree_shift_sources(w_src, g_src)
         w_src[lay.X[:-1].ravel()] = lay.X[1:].ravel()
         w_src[lay.U[:-1].ravel()] = lay.U[1:].ravel()
         w_len = np.diff(lay.w_spans, axis=1).ravel()
@@ -512,6 +560,26 @@ class NMPC:
             for k in range(len(w_len) - 1):
                 w_src[slice(*lay.w_spans[k])] = np.arange(*lay.w_spans[k + 1])
                 g_src[slice(*lay.g_spans[k])] = np.arange(*lay.g_spans[k + 1])
+        return w_src, g_src
+
+    def _tree_shift_sources(
+        self, w_src: np.ndarray, g_src: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The shift of a scenario tree: every scenario's nodes, moves and intervals one
+        interval ahead. A move shared by several scenarios (a tree node) takes its
+        successor in the first of them (the nominal one for the root). A scenario's
+        interval with fewer rows than the next one (the rate-limit rows of a shared move
+        are written once, in the first scenario through it; they come first in an
+        interval) takes the next interval's last rows."""
+        lay = self.ocp.layout
+        for sc in reversed(range(lay.XS.shape[0])):  # scenario 0 writes the shared ones last
+            w_src[lay.XS[sc, :-1].ravel()] = lay.XS[sc, 1:].ravel()
+            w_src[lay.US[sc, :-1].ravel()] = lay.US[sc, 1:].ravel()
+            for spans, src in ((lay.w_spans_s[sc], w_src), (lay.g_spans_s[sc], g_src)):
+                for k in range(spans.shape[0] - 1):
+                    (a, b), (c, d) = spans[k], spans[k + 1]
+                    if b - a <= d - c:
+                        src[a:b] = np.arange(d - (b - a), d)
         return w_src, g_src
 
     def _fallback_plan(self, state: NMPCState, t: float, elapsed: float, msg: str) -> Plan:

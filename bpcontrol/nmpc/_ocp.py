@@ -10,7 +10,20 @@ them each step with the schedule at the interval start times, so a recipe's addi
 (water, base, oil, discharges, aeration) are known ahead over the whole horizon.
 
 Parameter vector: ``[x0 (nx), u_prev (nu), p (n_p), h (N), u_sched (N x n_sched, by
-interval)]``.
+interval)]``, and with a scenario tree ``p_scen`` (n_combinations x n_p, by combination:
+every combination's full parameter vector, ``Layout.P_scen``).
+
+Multi-stage robust NMPC (``NMPCConfig.robust``, :class:`~bpcontrol.nmpc.RobustConfig`):
+S copies of the trajectory, one per scenario of the tree, each with its combination's
+parameters on each interval. The initial node X_0 is one variable for all of them, and
+so is every move on a tree node: non-anticipativity by shared variables (no equality
+rows, so nothing is duplicated or dependent; a shared move's rate-limit rows are
+written once). The cost is the weighted sum of the scenarios' costs; every scenario has
+its own hard bounds and soft-bound slacks. The variables are ordered block-wise per
+scenario (its new moves, then its intervals), so the KKT matrix is block-diagonal but
+for the shared moves and a sparse factorization (IPOPT's MUMPS) costs about S times
+the nominal one per iteration. The nominal problem is the tree of one scenario with the
+estimate's parameters: the same variables, rows and expressions as without a tree.
 
 Every interval's dynamics is one call of the same small CasADi function (the *stage*,
 :class:`StageStructure`): from the interval's local variables (start node, collocation
@@ -29,7 +42,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from bpcontrol.nmpc._config import NMPCConfig
+from bpcontrol.nmpc._config import NMPCConfig, ScenarioTree
 from models import CASADI, CasadiModel, Model, SmoothCasadiMath, Values
 
 
@@ -38,7 +51,7 @@ class Layout:
     """Where things are in the NLP vectors (index arrays into w, g and the parameters)."""
 
     X: np.ndarray  # (N+1, nx) indices into w
-    U: np.ndarray  # (n_moves, n_manip) indices into w
+    U: np.ndarray  # (n_nodes, n_manip) indices into w: every move, one row per tree node
     move_of: np.ndarray  # (N,) interval -> move index
     S: np.ndarray  # slack indices into w
     n_w: int
@@ -50,6 +63,14 @@ class Layout:
     P_sched: np.ndarray  # (N, len(scheduled)) indices into the parameter vector
     w_spans: np.ndarray  # (N, 2) [start, stop) of interval k's variables in w (Xc, X_k+1, s)
     g_spans: np.ndarray  # (N, 2) [start, stop) of interval k's rows in g
+    # the scenario tree of robust NMPC (one scenario when nominal): X, w_spans and g_spans
+    # above are scenario 0's, and so are the first n_moves rows of U
+    XS: np.ndarray  # (S, N+1, nx) every scenario's nodes (X_0 shared)
+    US: np.ndarray  # (S, n_moves, n_manip) every scenario's moves (shared on tree nodes)
+    w_spans_s: np.ndarray  # (S, N, 2) w_spans per scenario
+    g_spans_s: np.ndarray  # (S, N, 2) g_spans per scenario
+    P_scen: np.ndarray  # (n_combinations, n_p) indices into the parameters; (0, n_p) nominal
+    tree: ScenarioTree | None
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,9 @@ def _radau(d: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
-    """Build the NLP: variables w = [X_0, moves, X_1.., collocation states, slacks]."""
+    """Build the NLP: variables w = [X_0, moves, X_1.., collocation states, slacks], with a
+    scenario tree [X_0, then per scenario: its moves not shared with an earlier scenario,
+    its X_1.., collocation states and slacks] (see the module docstring)."""
     nx, nu, N = model.nx, model.nu, cfg.horizon
     # the controller's view of the model: kinks smoothed if asked (the plant stays exact)
     cm = (
@@ -204,17 +227,35 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         counter[0] += n
         return v * ca.DM(sc), idx
 
-    X_idx = np.zeros((N + 1, nx), dtype=int)
-    Xk, X_idx[0] = new_var("X0", nx, -np.inf, np.inf, sx)
-    g.append((Xk - x0) / sx)
+    # the scenario tree (one scenario, weight 1, when nominal)
+    tree = cfg.robust.tree(model, N, move_of) if cfg.robust is not None else None
+    n_scen = 1 if tree is None else tree.n_scenarios
+    node_of = np.zeros((1, len(blocks)), dtype=int) + np.arange(len(blocks))
+    if tree is not None:
+        node_of = tree.node_of
+        n_comb = tree.n_combinations
+        p_scen = ca.SX.sym("p_scen", n_comb * model.n_p)
+        P_scen = int(par.shape[0]) + np.arange(n_comb * model.n_p).reshape(n_comb, model.n_p)
+        par = ca.vertcat(par, p_scen)
+    else:
+        P_scen = np.zeros((0, model.n_p), dtype=int)
+
+    def p_of(s: int, k: int) -> Any:
+        """The model parameters on interval k of scenario s."""
+        if tree is None:
+            return pm
+        c = int(tree.comb_of[s, k])
+        return p_scen[c * model.n_p : (c + 1) * model.n_p]
+
+    XS = np.zeros((n_scen, N + 1, nx), dtype=int)
+    US = np.zeros((n_scen, len(blocks), len(manip)), dtype=int)
+    X0v, XS[:, 0] = new_var("X0", nx, -np.inf, np.inf, sx)
+    g.append((X0v - x0) / sx)
     lbg += [0.0] * nx
     ubg += [0.0] * nx
-    moves, U_idx = [], np.zeros((len(blocks), len(manip)), dtype=int)
-    for b in range(len(blocks)):
-        Ub, U_idx[b] = new_var(f"U{b}", len(manip), u_lo[manip], u_hi[manip], su[manip])
-        moves.append(Ub)
+    node_var: dict[int, tuple[Any, np.ndarray]] = {}  # tree node -> (move, indices)
 
-    def full_input(k: int) -> Any:
+    def full_input(moves: list[Any], k: int) -> Any:
         """All model inputs on interval k: manipulated from the move, the rest fixed or
         scheduled (see NMPCConfig for the precedence)."""
         parts: list[Any] = [None] * nu
@@ -228,9 +269,9 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
                 parts[i] = cfg.fixed_inputs.get(name, model.inputs[i].nominal)
         return ca.vertcat(*parts)
 
-    def values(x: Any, u: Any) -> dict[str, Any]:
+    def values(x: Any, u: Any, p: Any) -> dict[str, Any]:
         """Named states and outputs at (x, u) as CasADi expressions."""
-        y = cm.h(x, u, pm)
+        y = cm.h(x, u, p)
         out = {n: x[i] for i, n in enumerate(model.state_names)}
         out.update({n: y[i] for i, n in enumerate(model.output_names)})
         return out
@@ -242,11 +283,12 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     d = cfg.collocation_degree
     n_colloc = d if cfg.discretization != "rk4" else 0
     n_manip = len(manip)
+    n_st = n_scen * N
     z_s = ca.SX.sym("z", nx * (1 + n_colloc) + n_manip)
     q_s = ca.SX.sym("q", model.n_p + 1 + n_sched)
-    o_sym = ca.SX.sym("o", nx * (n_colloc + 1), N)
+    o_sym = ca.SX.sym("o", nx * (n_colloc + 1), n_st)
     stage_fn = _stage_function(model, cfg, cm, z_s, q_s, manip, fixed, sched_col, n_colloc)
-    z_idx = np.zeros((N, z_s.shape[0]), dtype=int)
+    z_idx = np.zeros((n_st, z_s.shape[0]), dtype=int)
     z_scale = np.concatenate([np.tile(sx, 1 + n_colloc), su[manip]])
     q_cols: list[Any] = []
 
@@ -254,85 +296,107 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     J: Any = 0
     slacks: list[Any] = []
     slack_scales: list[float] = []
-    w_spans = np.zeros((N, 2), dtype=int)
-    g_spans = np.zeros((N, 2), dtype=int)
-    for k in range(N):
-        w_spans[k, 0], g_spans[k, 0] = counter[0], len(lbg)
-        uk = full_input(k)
-        hk = h[k]
-        # stage cost at the interval start, per hour
-        v0 = values(Xk, uk)
-        L: Any = 0
-        for name, wt in obj.stage.items():
-            L += wt * v0[name]
-        for name, wt in obj.input_cost.items():
-            L += wt * uk[model.index(name)]
-        for tr in obj.tracking:
-            L += tr.weight * (v0[tr.name] - tr.target) ** 2
-        if obj.stage_fn is not None:
-            L += obj.stage_fn(
-                CASADI,
-                named(Xk, model.state_names),
-                named(uk, model.input_names),
-                named(pm, model.parameter_names),
-            )
-        J += hk * L
-        # move penalty and rate limits between consecutive intervals (manipulated inputs
-        # only: a fixed or scheduled input is data, its steps are no moves)
-        u_before = u_prev if k == 0 else full_input(k - 1)
-        for name, wt in obj.move.items():
-            i = model.index(name)
-            if i not in manip_set:
-                continue
-            J += wt * (uk[i] - u_before[i]) ** 2
-        if k == 0 or move_of[k] != move_of[k - 1]:
-            for name, r in cfg.rate_limits.items():
+    w_spans = np.zeros((n_scen, N, 2), dtype=int)
+    g_spans = np.zeros((n_scen, N, 2), dtype=int)
+    for sc in range(n_scen):
+        # this scenario's moves: tree nodes it shares with earlier scenarios exist already
+        # (non-anticipativity by shared variables), the rest are created here, in order
+        moves: list[Any] = []
+        own = np.zeros(len(blocks), dtype=bool)  # moves first reached in this scenario
+        for b in range(len(blocks)):
+            node = int(node_of[sc, b])
+            if node not in node_var:
+                node_var[node] = new_var(f"U{b}", n_manip, u_lo[manip], u_hi[manip], su[manip])
+                own[b] = True
+            moves.append(node_var[node][0])
+            US[sc, b] = node_var[node][1]
+        Js: Any = 0  # this scenario's cost
+        Xk = X0v
+        for k in range(N):
+            w_spans[sc, k, 0], g_spans[sc, k, 0] = counter[0], len(lbg)
+            uk = full_input(moves, k)
+            hk = h[k]
+            pk = p_of(sc, k)
+            # stage cost at the interval start, per hour
+            v0 = values(Xk, uk, pk)
+            L: Any = 0
+            for name, wt in obj.stage.items():
+                L += wt * v0[name]
+            for name, wt in obj.input_cost.items():
+                L += wt * uk[model.index(name)]
+            for tr in obj.tracking:
+                L += tr.weight * (v0[tr.name] - tr.target) ** 2
+            if obj.stage_fn is not None:
+                L += obj.stage_fn(
+                    CASADI,
+                    named(Xk, model.state_names),
+                    named(uk, model.input_names),
+                    named(pk, model.parameter_names),
+                )
+            Js += hk * L
+            # move penalty and rate limits between consecutive intervals (manipulated
+            # inputs only: a fixed or scheduled input is data, its steps are no moves)
+            u_before = u_prev if k == 0 else full_input(moves, k - 1)
+            for name, wt in obj.move.items():
                 i = model.index(name)
                 if i not in manip_set:
                     continue
-                span = cfg.dt_h if k == 0 else hk  # the first move happens over one period
-                du = uk[i] - u_before[i]
-                g.append(ca.vertcat(du - r * span, -du - r * span))
-                lbg += [-np.inf, -np.inf]
-                ubg += [0.0, 0.0]
-        # dynamics: the stage's outputs stand in for its call (inlined for IPOPT below)
-        o_k = o_sym[:, k]
-        z_parts = [X_idx[k]]
-        for j in range(n_colloc):
-            _, xc_idx = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
-            z_parts.append(xc_idx)
-        z_idx[k] = np.concatenate([*z_parts, U_idx[move_of[k]]])
-        q_cols.append(ca.vertcat(pm, hk, u_sched[k * n_sched : (k + 1) * n_sched]))
-        if n_colloc:
-            g.append(o_k[: nx * n_colloc] / ca.repmat(ca.DM(sx), n_colloc, 1))
-            lbg += [0.0] * (nx * n_colloc)
-            ubg += [0.0] * (nx * n_colloc)
-        x_end = o_k[nx * n_colloc :]
-        Xk, X_idx[k + 1] = new_var(f"X{k + 1}", nx, x_lo, x_hi, sx)
-        g.append((x_end - Xk) / sx)
-        lbg += [0.0] * nx
-        ubg += [0.0] * nx
-        # soft bounds at the new node
-        vk = values(Xk, uk)
-        for sb in cfg.soft_bounds:
-            s, _ = new_var(f"s_{sb.name}_{k}", 1, 0.0, np.inf)
-            slacks.append(s)
-            slack_scales.append(soft_scale(model, sb.name, (sb.lower, sb.upper)))
-            J += sb.weight_l1 * s + sb.weight_l2 * s**2
-            if np.isfinite(sb.lower):
-                g.append(vk[sb.name] + s - sb.lower)
-                lbg.append(0.0)
-                ubg.append(np.inf)
-            if np.isfinite(sb.upper):
-                g.append(sb.upper - vk[sb.name] + s)
-                lbg.append(0.0)
-                ubg.append(np.inf)
-        w_spans[k, 1], g_spans[k, 1] = counter[0], len(lbg)
-    vN = values(Xk, full_input(N - 1))
-    for name, wt in obj.terminal.items():
-        J += wt * vN[name]
-    if obj.terminal_fn is not None:
-        J += obj.terminal_fn(CASADI, named(Xk, model.state_names), named(pm, model.parameter_names))
+                Js += wt * (uk[i] - u_before[i]) ** 2
+            # a shared move's rate limits once, in the first scenario through its node
+            # (repeated rows would make the constraints' gradients dependent)
+            if (k == 0 or move_of[k] != move_of[k - 1]) and own[move_of[k]]:
+                for name, r in cfg.rate_limits.items():
+                    i = model.index(name)
+                    if i not in manip_set:
+                        continue
+                    span = cfg.dt_h if k == 0 else hk  # the first move happens over one period
+                    du = uk[i] - u_before[i]
+                    g.append(ca.vertcat(du - r * span, -du - r * span))
+                    lbg += [-np.inf, -np.inf]
+                    ubg += [0.0, 0.0]
+            # dynamics: the stage's outputs stand in for its call (inlined for IPOPT below)
+            st = sc * N + k
+            o_k = o_sym[:, st]
+            z_parts = [XS[sc, k]]
+            for j in range(n_colloc):
+                _, xc_idx = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
+                z_parts.append(xc_idx)
+            z_idx[st] = np.concatenate([*z_parts, US[sc, move_of[k]]])
+            q_cols.append(ca.vertcat(pk, hk, u_sched[k * n_sched : (k + 1) * n_sched]))
+            if n_colloc:
+                g.append(o_k[: nx * n_colloc] / ca.repmat(ca.DM(sx), n_colloc, 1))
+                lbg += [0.0] * (nx * n_colloc)
+                ubg += [0.0] * (nx * n_colloc)
+            x_end = o_k[nx * n_colloc :]
+            Xk, XS[sc, k + 1] = new_var(f"X{k + 1}", nx, x_lo, x_hi, sx)
+            g.append((x_end - Xk) / sx)
+            lbg += [0.0] * nx
+            ubg += [0.0] * nx
+            # soft bounds at the new node
+            vk = values(Xk, uk, pk)
+            for sb in cfg.soft_bounds:
+                s, _ = new_var(f"s_{sb.name}_{k}", 1, 0.0, np.inf)
+                slacks.append(s)
+                slack_scales.append(soft_scale(model, sb.name, (sb.lower, sb.upper)))
+                Js += sb.weight_l1 * s + sb.weight_l2 * s**2
+                if np.isfinite(sb.lower):
+                    g.append(vk[sb.name] + s - sb.lower)
+                    lbg.append(0.0)
+                    ubg.append(np.inf)
+                if np.isfinite(sb.upper):
+                    g.append(sb.upper - vk[sb.name] + s)
+                    lbg.append(0.0)
+                    ubg.append(np.inf)
+            w_spans[sc, k, 1], g_spans[sc, k, 1] = counter[0], len(lbg)
+        pN = p_of(sc, N - 1)
+        vN = values(Xk, full_input(moves, N - 1), pN)
+        for name, wt in obj.terminal.items():
+            Js += wt * vN[name]
+        if obj.terminal_fn is not None:
+            Js += obj.terminal_fn(
+                CASADI, named(Xk, model.state_names), named(pN, model.parameter_names)
+            )
+        J += Js if tree is None else float(tree.weights[sc]) * Js
 
     wv = ca.vertcat(*w)
     g_lifted = ca.vertcat(*g)
@@ -348,13 +412,13 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     )
     _check_lifted(stages, wv)
     # the NLP proper: every stage call inlined (IPOPT and the step checks see one SX graph)
-    z_all = ca.horzcat(*[wv[z_idx[k].tolist()] * ca.DM(z_scale) for k in range(N)])
-    o_all = stage_fn.map(N)(z_all, q_mat)
+    z_all = ca.horzcat(*[wv[z_idx[i].tolist()] * ca.DM(z_scale) for i in range(n_st)])
+    o_all = stage_fn.map(n_st)(z_all, q_mat)
     gv = ca.substitute(g_lifted, ca.vec(o_sym), ca.vec(o_all))
     S_idx = np.array([i for i in range(counter[0]) if str(wv[i]).startswith("s_")], dtype=int)
     layout = Layout(
-        X=X_idx,
-        U=U_idx,
+        X=XS[0],
+        U=np.array([node_var[n][1] for n in range(len(node_var))]).reshape(-1, n_manip),
         move_of=move_of,
         S=S_idx,
         n_w=counter[0],
@@ -364,8 +428,14 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         n_par=int(par.shape[0]),
         scheduled=scheduled,
         P_sched=P_sched,
-        w_spans=w_spans,
-        g_spans=g_spans,
+        w_spans=w_spans[0],
+        g_spans=g_spans[0],
+        XS=XS,
+        US=US,
+        w_spans_s=w_spans,
+        g_spans_s=g_spans,
+        P_scen=P_scen,
+        tree=tree,
     )
     sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
     sv_rel = sv / ca.DM(slack_scales) if slacks else sv
