@@ -309,9 +309,12 @@ def ekf_sensors(
 def _ekf_config(
     pack: ProcessPack, model: Model, recipe: Recipe, instruments: tuple[Instrument, ...]
 ) -> tuple[EKFConfig, MHEConfig]:
-    """The EKF configuration of ``ekf.toml`` and the MHE's (its optional ``[mhe]`` table)."""
+    """The EKF configuration of ``ekf.toml`` and the MHE's (its optional ``[mhe]`` table;
+    without one the defaults with the recipe's measurement period as the step, a window
+    of at least 10 steps, checked against the EKF only when an MHE is built, so that an
+    EKF run never fails on the MHE's defaults)."""
     doc = dict(pack.ekf or {})
-    mhe_doc = doc.pop("mhe", {})
+    mhe_doc = doc.pop("mhe", None)
     if "sensors" not in doc:
         doc["sensors"] = {
             s.output: {"sigma": s.sigma, "period_h": s.period_h, "relative_sigma": s.relative_sigma}
@@ -320,8 +323,11 @@ def _ekf_config(
     source = pack.source("ekf")
     try:
         ekf = parse_ekf_config(doc, model, source=source)
-        if "step_h" not in mhe_doc and isinstance(mhe_doc, Mapping):
-            mhe_doc = {**mhe_doc, "step_h": recipe.measurement_period_h}
+        period = recipe.measurement_period_h
+        if mhe_doc is None:  # the defaults, checked only when an MHE is built
+            return ekf, MHEConfig(step_h=period, window_h=max(1.0, 10 * period))
+        if isinstance(mhe_doc, Mapping) and "step_h" not in mhe_doc:
+            mhe_doc = {**mhe_doc, "step_h": period}
         return ekf, parse_mhe_config(mhe_doc, ekf=ekf, source=source)
     except EstimatorConfigError:
         raise

