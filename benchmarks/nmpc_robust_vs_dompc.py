@@ -11,8 +11,12 @@ all of them, equal weights (do-mpc's only choice).
   values (orthogonal collocation, Radau, degree 2, 2 finite elements, IPOPT), everything
   else as in ``nmpc_vs_dompc.dompc_mpc``.
 - bpcontrol: ``NMPC`` with ``RobustConfig(values=..., n_robust=1)`` (RK4, 4 substeps),
-  ``robust-ipopt`` (full IPOPT solve per step) and ``robust-rti`` (one real-time
-  iteration per step after a first IPOPT solve); ``nominal-rti`` for reference.
+  ``robust-ipopt`` (full IPOPT solve per step, IPOPT's defaults like do-mpc),
+  ``robust-ipopt-warm`` (the same warm-started from the shifted solution and its
+  multipliers, ``IPOPT_WARM``) and ``robust-rti`` (one real-time iteration per step
+  after a first IPOPT solve, the condensed QP), ``robust-rti-backoff`` (the same with
+  X_s <= 3.7 - 1e-4: RK4's prediction error lets the plant pass the bound by ~1e-5);
+  ``nominal-rti`` for reference.
   ``--scaling`` adds the same robust problem with 1 (``values`` Y_x = [0.5]), 3
   (Y_x only) and 9 scenarios for both solver paths: per-step time against S.
 - Plant: each loop its own do-mpc simulator (CVODES, 1e-10) of ``nmpc_vs_dompc``, at
@@ -76,10 +80,19 @@ UNCERTAIN: dict[int, dict[str, tuple[float, ...]]] = {  # scenarios -> values
 }
 VARIANTS: dict[str, tuple[str, int | None]] = {  # name -> (solver, scenarios or nominal)
     "robust-ipopt": ("ipopt", 9),
+    "robust-ipopt-warm": ("ipopt-warm", 9),
     "robust-rti": ("rti", 9),
+    "robust-rti-backoff": ("rti-backoff", 9),
     "nominal-rti": ("rti", None),
 }
-SCALING = {f"{solver}-S{s}": (solver, s) for solver in ("ipopt", "rti") for s in (1, 3, 9)}
+BACKOFF = 1e-4  # mol/L below X_s's 3.7: covers RK4's prediction error (8e-6 here)
+IPOPT_WARM = {  # IPOPT from the shifted solution and its multipliers (the E. coli pack's)
+    "warm_start_init_point": "yes",
+    "warm_start_bound_push": 1e-9,
+    "warm_start_mult_bound_push": 1e-9,
+    "mu_init": 1e-7,
+}
+SCALING = {f"{solver}-S{s}": (solver, s) for solver in ("ipopt-warm", "rti") for s in (1, 3, 9)}
 
 
 # --- do-mpc ----------------------------------------------------------------------------
@@ -154,8 +167,15 @@ class DompcRobustLoop(DompcLoop):
 
 # --- bpcontrol -------------------------------------------------------------------------
 def robust_config(solver: str, scenarios: int | None) -> NMPCConfig:
-    """The example's problem, robust over ``UNCERTAIN[scenarios]`` (None: nominal)."""
-    base = bpcontrol_config("rti" if solver == "rti" else "ipopt")
+    """The example's problem, robust over ``UNCERTAIN[scenarios]`` (None: nominal);
+    ``solver``: rti, rti-backoff (X_s's bound ``BACKOFF`` lower), ipopt (IPOPT's
+    defaults, as do-mpc) or ipopt-warm (``IPOPT_WARM``)."""
+    base = bpcontrol_config("rti" if solver.startswith("rti") else "ipopt")
+    if solver == "ipopt-warm":
+        base = replace(base, ipopt_options=IPOPT_WARM)
+    if solver == "rti-backoff":
+        lo, hi = BOUNDS_X["X_s"]
+        base = replace(base, state_bounds={**BOUNDS_X, "X_s": (lo, hi - BACKOFF)})
     if scenarios is None:
         return base
     return replace(base, robust=RobustConfig(values=UNCERTAIN[scenarios], n_robust=1))
