@@ -115,6 +115,18 @@ class NMPCState:
 
 _QUIET = {"print_time": False}
 _Shifted = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+_RETRY = frozenset(
+    {
+        "Infeasible_Problem_Detected",
+        "Restoration_Failed",
+        "Error_In_Step_Computation",
+        "Search_Direction_Becomes_Too_Small",
+        "Diverging_Iterates",
+        "Invalid_Number_Detected",
+    }
+)
+"""IPOPT endings of a warm-started solve that a second try with the adaptive barrier
+update may fix (once, within the wall-time limit, before the step falls back)."""
 _WARM_ONLY = frozenset(
     f"ipopt.{k}"
     for k in (
@@ -160,19 +172,23 @@ class NMPC:
         # of iterations: a second instance solves those from IPOPT's own defaults
         cold_opts = {k: v for k, v in ipopt_opts.items() if k not in _WARM_ONLY}
         self._ipopt_cold = self._ipopt
-        if cold_opts != ipopt_opts:
-            # the same NLP: share the derivative functions (0.1 s instead of 0.45 s here)
-            shared = {
-                opt: self._ipopt.get_function(name)
-                for opt, name in (
-                    ("hess_lag", "nlp_hess_l"),
-                    ("jac_g", "nlp_jac_g"),
-                    ("grad_f", "nlp_grad_f"),
-                )
-            }
-            self._ipopt_cold = ca.nlpsol(
-                "nmpc_ipopt_cold", "ipopt", self.ocp.nlp, {**cold_opts, **shared}
+        # the same NLP: share the derivative functions (0.1 s instead of 0.45 s here)
+        self._shared = {
+            opt: self._ipopt.get_function(name)
+            for opt, name in (
+                ("hess_lag", "nlp_hess_l"),
+                ("jac_g", "nlp_jac_g"),
+                ("grad_f", "nlp_grad_f"),
             )
+        }
+        if cold_opts != ipopt_opts:
+            self._ipopt_cold = ca.nlpsol(
+                "nmpc_ipopt_cold", "ipopt", self.ocp.nlp, {**cold_opts, **self._shared}
+            )
+        # for a warm start that ends in a local infeasibility (see _RETRY): IPOPT's
+        # defaults with the adaptive barrier update, built on first need
+        self._retry_opts = {**cold_opts, "ipopt.mu_strategy": "adaptive"}
+        self._ipopt_retry: Any = None
         self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
             qps = [cfg.qp_solver]
@@ -391,6 +407,28 @@ class NMPC:
                     solver = self._ipopt
                 sol = solver(**args)
                 stats = solver.stats()
+                warm_status = str(stats.get("return_status", ""))
+                if (
+                    "lam_x0" in args
+                    and warm_status in _RETRY
+                    and time.perf_counter() - t0 < self.config.time_limit_s
+                ):
+                    # a warm start near active state bounds can end in a local
+                    # infeasibility of the barrier problem (do-mpc's reactor with Radau
+                    # collocation, X approaching its bound: "Infeasible_Problem_Detected"
+                    # on 2 to 6 of 150 steps); from the same point with the multipliers
+                    # and the adaptive barrier update it solves (13 iterations there), so
+                    # try that once before the step falls back
+                    if self._ipopt_retry is None:
+                        self._ipopt_retry = ca.nlpsol(
+                            "nmpc_ipopt_retry",
+                            "ipopt",
+                            self.ocp.nlp,
+                            {**self._retry_opts, **self._shared},
+                        )
+                    sol = self._ipopt_retry(**args)
+                    stats = dict(self._ipopt_retry.stats())
+                    stats["retried_after"] = warm_status
                 w = np.asarray(sol["x"]).ravel()
                 lam_x = np.asarray(sol["lam_x"]).ravel()
                 lam_g = np.asarray(sol["lam_g"]).ravel()
@@ -400,6 +438,9 @@ class NMPC:
                 raise FloatingPointError("solver returned non-finite values")
             report = self.ocp.report_fn.call([w, par])
             status, iters, msg = self._status(stats, use_rti, elapsed, report)
+            if "retried_after" in stats:
+                warm_end = stats["retried_after"]
+                msg = f"{msg} (adaptive barrier after the warm start ended {warm_end})"
             if status is SolveStatus.FAILED:
                 raise RuntimeError(msg)
             for note in (bounds_note, sigma_note):
