@@ -156,7 +156,8 @@ def run_command(
         str | None, typer.Option(help="'nmpc' or 'recipe' (FALLBACK for the whole batch).")
     ] = None,
     estimator: Annotated[
-        str | None, typer.Option(help="'compiled' (EKF in C) or 'jax' (same estimates).")
+        str | None,
+        typer.Option(help="'compiled' (EKF in C), 'jax' (same estimates) or 'mhe'."),
     ] = None,
     site: Annotated[str, typer.Option(help="Site of the run's identity.")] = "local",
     reactor: Annotated[str, typer.Option(help="Reactor of the run's identity.")] = "R1",
@@ -174,7 +175,7 @@ def run_command(
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
     from bpcontrol.run_status import write_json
-    from bpcontrol.runspec import load_run_spec, resolve, spec_for
+    from bpcontrol.runspec import ESTIMATOR_KINDS, load_run_spec, resolve, spec_for
     from hil.runner import (
         check_scenario,
         load_scenario,
@@ -200,8 +201,9 @@ def run_command(
                 raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
             base = replace(base, controller=controller)  # type: ignore[arg-type]
         if estimator is not None:
-            if estimator not in ("compiled", "jax"):
-                raise ValueError(f"--estimator must be compiled or jax, got {estimator!r}")
+            if estimator not in ESTIMATOR_KINDS:
+                allowed = ", ".join(ESTIMATOR_KINDS)
+                raise ValueError(f"--estimator must be one of {allowed}, got {estimator!r}")
             base = replace(base, estimator=estimator)  # type: ignore[arg-type]
         speed = parse_speed_up(speed_up)
         run = resolve(base)

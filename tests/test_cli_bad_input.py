@@ -300,3 +300,8 @@ def test_oracle_without_a_controller_file_is_refused_before_the_run(tmp_path: Pa
         "--oracle",
         "control.toml",
     )
+
+
+def test_an_unknown_estimator_lists_the_known_ones(work: Path) -> None:
+    line = assert_refused(["run", "--estimator", "kalman"], work, "--estimator")
+    assert "compiled, jax, mhe" in line
