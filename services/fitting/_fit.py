@@ -279,17 +279,34 @@ def fit(
     )
 
     # start trajectories (also the state scales): simulate each batch from the first start
+    chains: dict[int, Any] = {}
+
     def simulate(g: GridBatch, p: np.ndarray) -> np.ndarray:
+        """States at every node from x0 under p (one CasADi call), clipped to the bounds;
+        from a failing interval on the last good state is held (a start guess only)."""
+        N = g.n_intervals
+        if N not in chains:
+            chains[N] = step.mapaccum(N)
         X = np.empty((g.t_h.size, nx))
         X[0] = g.x0
-        dts = np.diff(g.t_h)
         try:
-            for k in range(g.n_intervals):
-                X[k + 1] = np.asarray(step(X[k], g.u[k], p, dts[k])).reshape(-1)
+            X[1:] = np.asarray(
+                chains[N](g.x0, g.u.T, np.tile(p[:, None], (1, N)), np.diff(g.t_h)[None, :])
+            ).T
+        except RuntimeError:  # the integrator failed somewhere: go interval by interval
+            X[1:] = np.nan
+            dts = np.diff(g.t_h)
+            for k in range(N):
+                try:
+                    X[k + 1] = np.asarray(step(X[k], g.u[k], p, dts[k])).reshape(-1)
+                except RuntimeError:
+                    break
                 if not np.all(np.isfinite(X[k + 1])):
-                    raise RuntimeError
-        except RuntimeError:
-            X[k + 1 :] = X[k]
+                    break
+        bad = ~np.all(np.isfinite(X), axis=1)
+        if np.any(bad):
+            k = int(np.argmax(bad))
+            X[k:] = X[k - 1]
         return np.clip(X, xlo, xhi)
 
     def p_vectors(theta: np.ndarray, xp: Any = np) -> list[Any]:
@@ -395,11 +412,13 @@ def fit(
     for drawn in _draw_starts(theta0, th_lo, th_hi, opts):
         s = np.clip(drawn, th_lo, th_hi)
         pv, x0v = p_vectors(s), x0_vectors(s)
+        t_start_sim = time.perf_counter()
         Xs = []
         for b, g in enumerate(grids):
             gb = GridBatch(**{**g.__dict__, "x0": x0v[b]})
             Xs.append((simulate(gb, pv[b]) / x_scale[b]).T.reshape(-1, order="F"))
         w0 = np.clip(np.concatenate([s[:n_par] / th_scale[:n_par], *Xs]), lbw, ubw)
+        t_sim += time.perf_counter() - t_start_sim
         t0 = time.perf_counter()
         sol = solver(x0=w0, lbx=lbw, ubx=ubw, lbg=0.0, ubg=0.0)
         wall = time.perf_counter() - t0

@@ -364,11 +364,13 @@ def test_cli_fit_errors_are_one_line_exit_2_and_write_nothing(
 
 @pytest.mark.slow
 def test_coverage_and_standard_errors_over_monte_carlo_datasets() -> None:
-    """20 datasets: each 95 % interval holds the truth in >= 15 of 20 (binomial(20, 0.95):
-    P(X <= 14) = 0.0026 per parameter, ~1 % for the four), and the mean reported SE is
-    within 45 % of the empirical spread of the estimates (the sample std of 20 values has
-    a relative std of 1/sqrt(38) = 16 %, so +-45 % is a ~2.8 sigma margin)."""
-    n = 20
+    """Issue 18's criterion on 50 datasets (one batch each, alternating recipes): each
+    parameter's 95 % interval holds the truth in >= 45 of 50 (90 %; for exact intervals
+    binomial(50, 0.95) gives P(X <= 44) = 0.038 per parameter), and the mean reported SE is
+    within 30 % of the empirical spread of the estimates (the sample std of 50 values has a
+    relative std of 1/sqrt(98) = 10 %, so +-30 % is a 3 sigma margin). Seeded: the outcome
+    is reproducible; about 30 s."""
+    n = 50
     hits = dict.fromkeys(PARAMS, 0)
     values: dict[str, list[float]] = {p: [] for p in PARAMS}
     ses: dict[str, list[float]] = {p: [] for p in PARAMS}
@@ -384,5 +386,5 @@ def test_coverage_and_standard_errors_over_monte_carlo_datasets() -> None:
     report = {p: (hits[p], float(np.mean(ses[p]) / np.std(values[p], ddof=1))) for p in PARAMS}
     print("coverage, SE / empirical std:", report)
     for p in PARAMS:
-        assert hits[p] >= 15, report
-        assert 1 / 1.45 < report[p][1] < 1.45, report
+        assert hits[p] >= 45, report
+        assert 0.7 < report[p][1] < 1.3, report

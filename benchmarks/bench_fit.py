@@ -1,0 +1,217 @@
+"""Time ``services.fitting.fit`` against SciPy least squares with finite differences (issue 18).
+
+Part 1, the same data for both: do-mpc's batch reactor (``dompc_batch_reactor``), two
+simulated 40 h batches (``hil.synthetic``, seeded; feed steps 0 -> 0.02 -> 0.05 and
+0 -> 0.04 -> 0.01 m3/h), online X_meas (std 0.01 mol/L) and V_meas (0.1 m3) every 0.5 h,
+offline S_meas and P_meas (5 % + 0.002 mol/L) every 2-4 h, known 1-3 h late and fitted at
+their sample time. Four parameters (mu_m, K_m, Y_x, v_par) from one start off the truth
+(x1.3, x0.7, x1.2, x0.8), one start for both:
+
+- bpcontrol: direct multiple shooting, IPOPT with the Gauss-Newton Hessian, exact
+  sensitivities by CasADi AD; with CVODES (the default) and with fixed-step RK4 (4 steps
+  per 0.5 h interval, ``integrator="rk"``);
+- peer: ``scipy.optimize.least_squares`` (``trf``, bounds, ``x_scale="jac"``, default
+  ``max_nfev`` = 100 x 4) with 2-point finite differences over single-shooting simulations
+  (``models.simulate``, CVODES, the same tolerances 1e-8 / 1e-10), the same weighted
+  residuals and scaling (parameters divided by their start value).
+
+Imports are done before timing (SciPy's statistics module, which the fit imports lazily);
+each fit's wall time includes building its NLP. The 3-batch E. coli fit of issue 18 is not
+here yet (see docs/fitting.md, "Not yet built").
+
+    .venv/bin/python benchmarks/bench_fit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import scipy.stats  # noqa: F401  (imported before timing: the fit imports it lazily)
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+
+from hil.synthetic import OfflineAssays, SyntheticRun, generate
+from models import InputProfile, Model, load_model, simulate
+from services.fitting import ErrorModel, FitOptions, FitResult, fit
+from services.historian.readback import BatchData, Series
+
+DOMPC_PARAMS = ("mu_m", "K_m", "Y_x", "v_par")
+DOMPC_START = {"mu_m": 1.3, "K_m": 0.7, "Y_x": 1.2, "v_par": 0.8}
+DOMPC_ERRORS = {
+    "X_meas": ErrorModel(0.01),
+    "V_meas": ErrorModel(0.1),
+    "S_meas": ErrorModel(0.002, 0.05),
+    "P_meas": ErrorModel(0.002, 0.05),
+}
+
+
+def to_batch(data: Any, batch_id: str, keep_every: Mapping[str, int] | None = None) -> BatchData:
+    """A synthetic record as the read-back gives it (online series thinned if asked)."""
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for r in data.records:
+        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
+    series = {}
+    for name, rs in rows.items():
+        a = np.array(sorted(rs))
+        step = (keep_every or {}).get(name, 1)
+        a = a[step - 1 :: step]
+        series[name] = Series(name, a[:, 0], a[:, 1], a[:, 2])
+    return BatchData(batch_id, f"synthetic {batch_id}", series, data.inputs, {}, {})
+
+
+def dompc_batches(model: Model) -> list[BatchData]:
+    out = []
+    for k, steps in enumerate(
+        (
+            {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
+            {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
+        )
+    ):
+        run = SyntheticRun(
+            hours=40.0,
+            inputs=InputProfile.from_steps(model, steps),
+            period_h=0.5,
+            online={"X_meas": 0.01, "V_meas": 0.1},
+            offline=OfflineAssays(
+                outputs=("S_meas", "P_meas"),
+                relative_sigma=0.05,
+                absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
+            ),
+        )
+        out.append(to_batch(generate(model, run, seed=11 + k), f"B{k + 1}"))
+    return out
+
+
+def scipy_fit(
+    model: Model, batches: list[BatchData], params: tuple[str, ...], start: dict[str, float]
+) -> dict[str, Any]:
+    """SciPy least squares, 2-point finite differences, single shooting (module docstring)."""
+    from scipy.optimize import least_squares
+
+    cas = model.to_casadi()
+    idx = [model.index(p) for p in params]
+    p0 = np.array([start[p] for p in params])
+    lo, hi = model.bounds("parameters")
+    sims = [0]
+
+    def residuals(theta_s: np.ndarray) -> np.ndarray:
+        p = model.p0.copy()
+        p[idx] = theta_s * p0
+        out = []
+        for b in batches:
+            t_end = max(float(s.t_sample_h[-1]) for s in b.measurements.values())
+            sims[0] += 1
+            try:
+                traj = simulate(model, t_end, b.inputs, p=p, dt_out_h=0.5, rtol=1e-8, atol=1e-10)
+            except Exception:
+                return np.full(sum(len(s) for s in b.measurements.values()) * len(batches), 1e6)
+            frame = traj.to_frame()
+            X = frame[list(model.state_names)].to_numpy()
+            t = frame["t_h"].to_numpy()
+            for name, s in b.measurements.items():
+                k = np.searchsorted(t, s.t_sample_h - 1e-9)
+                y = np.array([cas.outputs(X[i], model.u0, p)[model.index(name)] for i in k])
+                out.append((y - s.value) / DOMPC_ERRORS[name].std(s.value))
+        return np.concatenate(out)
+
+    t0 = time.perf_counter()
+    res = least_squares(  # default max_nfev: 100 x n
+        residuals,
+        np.ones(len(params)),
+        bounds=(lo[idx] / p0, hi[idx] / p0),
+        method="trf",
+        x_scale="jac",
+    )
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "nfev": int(res.nfev),
+        "njev": int(res.njev),
+        "simulations": sims[0],
+        "status": int(res.status),
+        "message": str(res.message),
+        "converged": res.status > 0,
+        "cost": float(res.cost),
+        "values": dict(zip(params, res.x * p0, strict=True)),
+    }
+
+
+def describe(res: FitResult) -> str:
+    ev = res.evaluations
+    return (
+        f"{res.status}, {res.iterations} iterations, "
+        f"{ev.get('nlp_f', 0)} f / {ev.get('nlp_g', 0)} g / {ev.get('nlp_jac_g', 0)} jac_g / "
+        f"{ev.get('nlp_hess_l', 0)} GN Hessian evaluations"
+    )
+
+
+def part1() -> list[str]:
+    model = load_model("dompc_batch_reactor")
+    batches = dompc_batches(model)
+    start = {p: model.p0[model.index(p)] * f for p, f in DOMPC_START.items()}
+    lines = ["### Part 1: do-mpc batch reactor, 2 batches, 4 parameters, one start", ""]
+    lines.append("| method | wall (s) | evaluations | converged | objective (1/2 SSR) |")
+    lines.append("|---|---:|---|---|---:|")
+    fits = {}
+    for label, opts in (
+        ("bpcontrol fit, CVODES", FitOptions(n_starts=1)),
+        ("bpcontrol fit, RK4 (integrator='rk')", FitOptions(n_starts=1, integrator="rk")),
+    ):
+        t0 = time.perf_counter()
+        r = fit(model, batches, DOMPC_PARAMS, errors=DOMPC_ERRORS, start=start, options=opts)
+        wall = time.perf_counter() - t0
+        fits[label] = (r, wall)
+        lines.append(f"| {label} | {wall:.2f} | {describe(r)} | {r.converged} | {r.ssr / 2:.4f} |")
+    sp = scipy_fit(model, batches, DOMPC_PARAMS, start)
+    lines.append(
+        f"| SciPy least_squares, 2-point FD, single shooting | {sp['wall_s']:.2f} | "
+        f"{sp['nfev']} residual + {sp['njev']} FD Jacobian evaluations "
+        f"({sp['simulations']} batch simulations), status "
+        f"{sp['status']}: {sp['message']} | {sp['converged']} | {sp['cost']:.4f} |"
+    )
+    r_cv, wall_cv = fits["bpcontrol fit, CVODES"]
+    _r_rk, wall_rk = fits["bpcontrol fit, RK4 (integrator='rk')"]
+    lines += [
+        "",
+        f"Speed-up over SciPy: {sp['wall_s'] / wall_cv:.1f}x (CVODES), "
+        f"{sp['wall_s'] / wall_rk:.1f}x (RK4). Time split of the CVODES fit (s): "
+        f"build {r_cv.timing.build:.2f}, simulation {r_cv.timing.simulation:.2f}, "
+        f"sensitivities {r_cv.timing.sensitivities:.2f}, optimiser "
+        f"{r_cv.timing.optimiser:.2f}, statistics {r_cv.timing.statistics:.2f}.",
+        "",
+        "| parameter | truth | bpcontrol (CVODES) +- SE | SciPy |",
+        "|---|---:|---:|---:|",
+    ]
+    for p in DOMPC_PARAMS:
+        e = r_cv.estimate(p)
+        lines.append(
+            f"| {p} | {model.p0[model.index(p)]:.5g} | {e.value:.5g} +- {e.se:.2g} | "
+            f"{sp['values'][p]:.5g} |"
+        )
+    return lines
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    load = os.getloadavg()
+    out = [
+        "## Model fitting (issue 18): multiple shooting + IPOPT vs SciPy least squares",
+        "",
+        f"`.venv/bin/python benchmarks/bench_fit.py`; {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; load average at start "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
+        "",
+    ]
+    out += [*part1(), ""]
+    load = os.getloadavg()
+    out.append(f"Load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
