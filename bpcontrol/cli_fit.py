@@ -1,8 +1,10 @@
 """``bpcontrol fit``: fit model parameters to recorded batches (issue 18).
 
 Part of the composition root (it may import ``services``). The model comes from a pack
-(``--pack DIR``: its model with the pack's overrides, its instruments' error models) or a
-built-in or file model (``--model``: default error models); the batches from a historian
+(``--pack DIR``: its model with the pack's overrides, the error models of its EKF sensors,
+``ekf.toml``'s ``[sensors]`` or else the instruments of ``pack.toml``, and its recipe's
+initial state for batches that recorded none) or a built-in or file model (``--model``:
+default error models, the model's nominal initial state); the batches from a historian
 path or a CSV folder (``--data``, :func:`services.historian.readback.open_source`). Prints
 the estimates with standard errors, 95 % intervals and the identifiability warnings, and
 writes the fitted parameters as a TOML file whose ``[parameters]`` table is a pack's
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -128,13 +131,15 @@ def fit_command(
         from services.historian.readback import open_source
 
         errors: dict[str, ErrorModel] = {}
+        initial: dict[str, float] = {}
         if pack is not None:
-            from bpcontrol.pack import load_pack, model_with_overrides, parse_instruments
+            from bpcontrol.runspec import resolve, spec_for
 
-            pk = load_pack(pack)
-            the_model = model_with_overrides(pk)
-            for inst in parse_instruments(pk.sensors, the_model, source=pk.source("pack")):
-                errors[inst.output] = ErrorModel(inst.sigma, inst.relative_sigma)
+            resolved = resolve(spec_for(pack, controller="recipe"))
+            the_model = resolved.model
+            for sensor in resolved.ekf.sensors:  # ekf.toml's [sensors], else the instruments
+                errors[sensor.output] = ErrorModel(sensor.sigma, sensor.relative_sigma)
+            initial = dict(resolved.recipe.initial)
         else:
             from models import load_model
 
@@ -144,6 +149,8 @@ def fit_command(
         if not ids:
             raise ValueError(f"--data {data}: holds no batches")
         recorded = [source.batch(b) for b in ids]
+        if initial:  # a batch without a recorded initial state starts as the recipe says
+            recorded = [replace(b, initial_state={**initial, **b.initial_state}) for b in recorded]
         chosen = _names(sensors) or None
         if chosen is None and errors:
             chosen = [
@@ -177,7 +184,9 @@ def fit_command(
             ),
             EXIT_FAILURE,
         )
-    text = result_toml(result, data=str(data), pack=None if pack is None else str(pack))
+    text = result_toml(
+        result, data=str(data.resolve()), pack=None if pack is None else str(pack.resolve())
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {out}")

@@ -292,7 +292,7 @@ def test_cli_fit_prints_the_table_and_writes_pack_overrides(
     assert "Solve_Succeeded" in result.output and "mu_m" in result.output
     doc = tomllib.loads(out.read_text(encoding="utf-8"))
     assert doc["fit"]["batches"] == ["B1", "B2"] and doc["fit"]["converged"] is True
-    assert doc["fit"]["data"] == str(tmp_path / "data")
+    assert doc["fit"]["data"] == str((tmp_path / "data").resolve())
     assert set(doc["parameters"]) == {"mu_m", "Y_x"}
     # the [parameters] table is a pack's overrides as it is
     pack_dir = tmp_path / "pack"
@@ -325,7 +325,7 @@ def test_cli_fit_prints_the_table_and_writes_pack_overrides(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert tomllib.loads(out2.read_text(encoding="utf-8"))["fit"]["pack"] == str(pack_dir)
+    assert tomllib.loads(out2.read_text(encoding="utf-8"))["fit"]["pack"] == str(pack_dir.resolve())
 
 
 @pytest.mark.parametrize(
