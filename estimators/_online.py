@@ -10,8 +10,8 @@ Around every prediction and update of either filter (:class:`CompiledEKF` or
 
 - the mean is projected onto the declared bounds of the states and tracked parameters
   after the prediction and after the update (:meth:`FilterSetup.project`: estimate
-  projection with the identity weight, i.e. clipping, covariance kept), so no estimate leaves
-  its bounds (no negative concentration or yield);
+  projection with the identity weight, i.e. clipping, covariance kept), so no estimate
+  leaves its bounds (no negative concentration or yield);
 - a sensor that has had a reading accepted (trusted) and then has
   ``config.recover_after_gated`` readings in a row rejected by the chi-square gate (a
   sensor with ``period_h >= config.recover_min_period_h``: the offline assays) marks
@@ -334,9 +334,7 @@ class OnlineEstimator:
                     counted = runs.after(last.accepted, last.gated)
                     recovered = tuple(ekf.sensor_names[i] for i in due)
                     if not set(recovered) <= set(e.recovered):
-                        events += self._inconsistent_events(
-                            e.t, y, gated_first, last, how, counted, runs
-                        )
+                        events += self._inconsistent_events(e.t, y, gated_first, last, how, runs)
                 runs = counted
                 events += self._gated_events(e.t, y, last)
                 fs, _ = ekf.project(fs)
@@ -377,7 +375,6 @@ class OnlineEstimator:
         gated: UpdateResult,
         fused: UpdateResult,
         how: Mapping[int, tuple[tuple[str, ...], float]],
-        counted: SensorRuns,
         before: SensorRuns,
     ) -> list[FilterEvent]:
         """One ``inconsistent`` event per recovered sensor: the run, what was inflated."""

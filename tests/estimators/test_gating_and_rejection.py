@@ -151,7 +151,7 @@ def test_degenerate_covariance_is_reset_with_an_event(warm: Warm, corrupt: str) 
     if corrupt == "nan":
         P[0, 0] = math.nan
     elif corrupt == "huge":
-        P = P * 1e12  # every variance far beyond the reset limit (1e6 x its prior)
+        P = P * 1e12  # far beyond the reset limit (1e6 x prior or (10 % of scale)^2)
     else:
         P[0, 1] = P[1, 0] = 10.0 * math.sqrt(P[0, 0] * P[1, 1])  # not positive definite
     bad = _with_covariance(state, P)
