@@ -59,6 +59,17 @@ from services.historian.readback import BatchData
 __all__ = ["FitOptions", "fit"]
 
 _CONVERGED = ("Solve_Succeeded", "Solved_To_Acceptable_Level")
+INTEGRATORS = ("auto", "cvodes", "collocation", "rk")
+AUTO_RK_STEPS = (1, 2, 4, 8, 16)
+"""RK4 steps per shooting interval that ``integrator="auto"`` tries, fewest first."""
+AUTO_TOL = 1e-5
+"""``auto`` takes RK4 with the fewest steps whose start trajectory stays within this of
+CVODES' (largest state error over every node, in units of each state's scale: far below
+any sensor's noise, and above CVODES' own error at its tolerances, about 1e-6 here)."""
+AUTO_CHECK_TOL = 1e-4
+"""At the optimum of an RK4 fit the node states are compared with CVODES' integration
+from the fitted initial states and parameters; beyond this (state scales), the fit is
+solved again with CVODES from that optimum."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,11 +81,13 @@ class FitOptions:
     ``tol``: IPOPT's convergence tolerance; ``max_iter``: IPOPT's iteration limit (a fit
     that reaches it is reported as not converged, never as a result); ``reltol``/``abstol``:
     CVODES tolerances of the shooting integrations; ``print_level``: IPOPT's output (0:
-    none). ``integrator``: ``"cvodes"`` (adaptive BDF, for stiff models; the default),
+    none). ``integrator``: ``"cvodes"`` (adaptive BDF, for stiff models),
     ``"collocation"`` (Radau IIA, fixed steps, A-stable) or ``"rk"`` (RK4, fixed steps, for
-    non-stiff models only); the fixed-step ones take ``steps_per_interval`` steps per
-    shooting interval and are differentiated through by CasADi AD (much faster, accurate
-    while a shooting interval is short against the dynamics).
+    non-stiff models only), the fixed-step ones with ``steps_per_interval`` steps per
+    shooting interval, differentiated through by CasADi AD (much faster); ``"auto"`` (the
+    default) takes RK4 with the fewest steps (:data:`AUTO_RK_STEPS`) whose start trajectory
+    agrees with CVODES' within :data:`AUTO_TOL`, else CVODES, and checks an RK4 optimum
+    against CVODES (:data:`AUTO_CHECK_TOL`), solving again with CVODES when it is off.
     """
 
     n_starts: int = 3
@@ -85,7 +98,7 @@ class FitOptions:
     reltol: float = 1e-8
     abstol: float = 1e-10
     print_level: int = 0
-    integrator: str = "cvodes"
+    integrator: str = "auto"
     steps_per_interval: int = 4
 
 
@@ -259,39 +272,50 @@ def fit(
     cas = model.to_casadi()
     dt = ca.SX.sym("dt")
     dae = {"x": cas.x, "p": ca.vertcat(cas.u, cas.p, dt), "ode": dt * cas.xdot}
-    if opts.integrator == "cvodes":
-        integ_opts = {"abstol": opts.abstol, "reltol": opts.reltol, "max_num_steps": 100000}
-    elif opts.integrator in ("rk", "collocation"):
-        integ_opts = {"number_of_finite_elements": int(opts.steps_per_interval)}
-    else:
-        raise FitError(f"integrator must be cvodes, collocation or rk, got {opts.integrator!r}")
-    integ = ca.integrator(f"{model.name}_fit", opts.integrator, dae, 0.0, 1.0, integ_opts)
-    mx_x, mx_u, mx_p, mx_dt = (
-        ca.MX.sym("x", nx),
-        ca.MX.sym("u", model.nu),
-        ca.MX.sym("p", model.n_p),
-        ca.MX.sym("dt"),
-    )
-    step = ca.Function(
-        "step",
-        [mx_x, mx_u, mx_p, mx_dt],
-        [integ(x0=mx_x, p=ca.vertcat(mx_u, mx_p, mx_dt))["xf"]],
-    )
+    if opts.integrator not in INTEGRATORS:
+        raise FitError(
+            f"integrator must be one of {', '.join(INTEGRATORS)}, got {opts.integrator!r}"
+        )
+
+    def make_step(plugin: str, n_steps: int) -> Any:
+        """(x, u, p, dt) -> x after dt hours, by a CasADi integrator plugin."""
+        if plugin == "cvodes":
+            integ_opts: dict[str, Any] = {
+                "abstol": opts.abstol,
+                "reltol": opts.reltol,
+                "max_num_steps": 100000,
+            }
+        else:
+            # a NaN in a trial or a line-search step is handled: no warning line for it
+            integ_opts = {"number_of_finite_elements": int(n_steps), "show_eval_warnings": False}
+        integ = ca.integrator(f"{model.name}_fit_{plugin}", plugin, dae, 0.0, 1.0, integ_opts)
+        mx_x, mx_u, mx_p, mx_dt = (
+            ca.MX.sym("x", nx),
+            ca.MX.sym("u", model.nu),
+            ca.MX.sym("p", model.n_p),
+            ca.MX.sym("dt"),
+        )
+        return ca.Function(
+            "step",
+            [mx_x, mx_u, mx_p, mx_dt],
+            [integ(x0=mx_x, p=ca.vertcat(mx_u, mx_p, mx_dt))["xf"]],
+        )
 
     # start trajectories (also the state scales): simulate each batch from the first start
-    chains: dict[int, Any] = {}
+    chains: dict[tuple[int, int], Any] = {}
 
-    def simulate(g: GridBatch, p: np.ndarray) -> np.ndarray:
+    def simulate(g: GridBatch, p: np.ndarray, step: Any) -> np.ndarray:
         """States at every node from x0 under p (one CasADi call), clipped to the bounds;
         from a failing interval on the last good state is held (a start guess only)."""
         N = g.n_intervals
-        if N not in chains:
-            chains[N] = step.mapaccum(N)
+        key = (id(step), N)
+        if key not in chains:
+            chains[key] = step.mapaccum(N)
         X = np.empty((g.t_h.size, nx))
         X[0] = g.x0
         try:
             X[1:] = np.asarray(
-                chains[N](g.x0, g.u.T, np.tile(p[:, None], (1, N)), np.diff(g.t_h)[None, :])
+                chains[key](g.x0, g.u.T, np.tile(p[:, None], (1, N)), np.diff(g.t_h)[None, :])
             ).T
         except RuntimeError:  # the integrator failed somewhere: go interval by interval
             X[1:] = np.nan
@@ -331,7 +355,8 @@ def fit(
             out.append(x0)
         return out
 
-    X_start = [simulate(g, p) for g, p in zip(grids, p_vectors(theta0), strict=True)]
+    step_cv = make_step("cvodes", 0)
+    X_start = [simulate(g, p, step_cv) for g, p in zip(grids, p_vectors(theta0), strict=True)]
     x_scale = [
         np.maximum(
             np.max(np.abs(X), axis=0),
@@ -340,54 +365,84 @@ def fit(
         for X in X_start
     ]
 
+    def deviation(
+        step: Any, p_list: list[np.ndarray], x0_list: list[np.ndarray], ref: list[np.ndarray]
+    ) -> float:
+        """Largest |state - reference| over every node, in units of the state scales."""
+        worst = 0.0
+        for b, g in enumerate(grids):
+            gb = GridBatch(**{**g.__dict__, "x0": x0_list[b]})
+            X = simulate(gb, p_list[b], step)
+            worst = max(worst, float(np.max(np.abs(X - ref[b]) / x_scale[b])))
+        return worst
+
+    chosen = (opts.integrator, opts.steps_per_interval)
+    if opts.integrator == "auto":
+        chosen = ("cvodes", 0)
+        for n_steps in AUTO_RK_STEPS:
+            rk = make_step("rk", n_steps)
+            dev = deviation(rk, p_vectors(theta0), x0_vectors(theta0), X_start)
+            if dev <= AUTO_TOL:
+                chosen = ("rk", n_steps)
+                break
+    step = step_cv if chosen[0] == "cvodes" else make_step(*chosen)
+
     n_par = len(shared) + B * len(local)  # parameter estimates (the rest: initial states)
     th_s = ca.MX.sym("theta", n_par)
     theta_phys = th_s * th_scale[:n_par]
     Z = [ca.MX.sym(f"z{b}", nx, g.t_h.size) for b, g in enumerate(grids)]
     p_sym = p_vectors(theta_phys, ca)  # type: ignore[arg-type]
-    res_parts, con_parts = [], []
-    for b, g in enumerate(grids):
-        Xb = ca.diag(ca.DM(x_scale[b])) @ Z[b]
-        N = g.n_intervals
-        stepper = step.map(N, "serial")
-        Xf = stepper(Xb[:, :N], ca.DM(g.u.T), ca.repmat(p_sym[b], 1, N), ca.DM(np.diff(g.t_h)).T)
-        con_parts.append(ca.vec((Xf - Xb[:, 1:]) / ca.repmat(ca.DM(x_scale[b]), 1, N)))
-        nodes = np.unique(g.node)
-        pos = np.searchsorted(nodes, g.node)
-        um = np.empty((nodes.size, model.nu))
-        um[pos] = g.u_meas
-        H = cas.h.map(nodes.size, "serial")
-        Y = H(Xb[:, nodes.tolist()], ca.DM(um.T), ca.repmat(p_sym[b], 1, nodes.size))
-        lin = (pos * model.ny + g.output).tolist()
-        res_parts.append((ca.vec(Y)[lin] - ca.DM(g.value)) / ca.DM(g.std))
-    r = ca.vertcat(*res_parts)
-    gcon = ca.vertcat(*con_parts)
     w = ca.vertcat(th_s, *(ca.vec(z) for z in Z))
-    J = ca.jacobian(r, w)
-    lam_f, lam_g = ca.MX.sym("lam_f"), ca.MX.sym("lam_g", gcon.size1())
-    hess = ca.Function(
-        "gn_hess",
-        [w, ca.MX.sym("p", 0), lam_f, lam_g],
-        [ca.triu(lam_f * (J.T @ J))],
-        ["x", "p", "lam_f", "lam_g"],
-        ["triu_hess_gamma_x_x"],
-    )
-    solver = ca.nlpsol(
-        "fit",
-        "ipopt",
-        {"x": w, "f": 0.5 * ca.sumsqr(r), "g": gcon},
-        {
-            "hess_lag": hess,
-            "print_time": False,
-            "ipopt": {
-                "tol": opts.tol,
-                "max_iter": opts.max_iter,
-                "print_level": opts.print_level,
-                "sb": "yes",
-                "mu_strategy": "adaptive",
+
+    def build_nlp(step: Any) -> tuple[Any, Any, Any, Any]:
+        """(IPOPT solver, residuals r(w), continuity g(w), dr/dw) with this integrator."""
+        res_parts, con_parts = [], []
+        for b, g in enumerate(grids):
+            Xb = ca.diag(ca.DM(x_scale[b])) @ Z[b]
+            N = g.n_intervals
+            stepper = step.map(N, "serial")
+            Xf = stepper(
+                Xb[:, :N], ca.DM(g.u.T), ca.repmat(p_sym[b], 1, N), ca.DM(np.diff(g.t_h)).T
+            )
+            con_parts.append(ca.vec((Xf - Xb[:, 1:]) / ca.repmat(ca.DM(x_scale[b]), 1, N)))
+            nodes = np.unique(g.node)
+            pos = np.searchsorted(nodes, g.node)
+            um = np.empty((nodes.size, model.nu))
+            um[pos] = g.u_meas
+            H = cas.h.map(nodes.size, "serial")
+            Y = H(Xb[:, nodes.tolist()], ca.DM(um.T), ca.repmat(p_sym[b], 1, nodes.size))
+            lin = (pos * model.ny + g.output).tolist()
+            res_parts.append((ca.vec(Y)[lin] - ca.DM(g.value)) / ca.DM(g.std))
+        r = ca.vertcat(*res_parts)
+        gcon = ca.vertcat(*con_parts)
+        J = ca.jacobian(r, w)
+        lam_f, lam_g = ca.MX.sym("lam_f"), ca.MX.sym("lam_g", gcon.size1())
+        hess = ca.Function(
+            "gn_hess",
+            [w, ca.MX.sym("p", 0), lam_f, lam_g],
+            [ca.triu(lam_f * (J.T @ J))],
+            ["x", "p", "lam_f", "lam_g"],
+            ["triu_hess_gamma_x_x"],
+        )
+        solver = ca.nlpsol(
+            "fit",
+            "ipopt",
+            {"x": w, "f": 0.5 * ca.sumsqr(r), "g": gcon},
+            {
+                "hess_lag": hess,
+                "print_time": False,
+                "ipopt": {
+                    "tol": opts.tol,
+                    "max_iter": opts.max_iter,
+                    "print_level": opts.print_level,
+                    "sb": "yes",
+                    "mu_strategy": "adaptive",
+                },
             },
-        },
-    )
+        )
+        return solver, r, gcon, J
+
+    solver, r, gcon, J = build_nlp(step)
     lbw = np.concatenate(
         [th_lo[:n_par] / th_scale[:n_par]]
         + [np.tile(xlo / xs, g.t_h.size) for g, xs in zip(grids, x_scale, strict=True)]
@@ -406,59 +461,90 @@ def fit(
 
     # --- multi-start -----------------------------------------------------------------
     outcomes: list[StartOutcome] = []
-    best: tuple[bool, float, np.ndarray, dict[str, Any]] | None = None
-    t_sim = t_sens = t_opt = 0.0
+    acc = {"sim": 0.0, "sens": 0.0, "opt": 0.0}
     evaluations: dict[str, int] = {}
-    for drawn in _draw_starts(theta0, th_lo, th_hi, opts):
-        s = np.clip(drawn, th_lo, th_hi)
-        pv, x0v = p_vectors(s), x0_vectors(s)
-        t_start_sim = time.perf_counter()
-        Xs = []
-        for b, g in enumerate(grids):
-            gb = GridBatch(**{**g.__dict__, "x0": x0v[b]})
-            Xs.append((simulate(gb, pv[b]) / x_scale[b]).T.reshape(-1, order="F"))
-        w0 = np.clip(np.concatenate([s[:n_par] / th_scale[:n_par], *Xs]), lbw, ubw)
-        t_sim += time.perf_counter() - t_start_sim
-        t0 = time.perf_counter()
-        sol = solver(x0=w0, lbx=lbw, ubx=ubw, lbg=0.0, ubg=0.0)
-        wall = time.perf_counter() - t0
-        st = solver.stats()
-        status = str(st.get("return_status", "unknown"))
-        ok = bool(st.get("success", False)) and status in _CONVERGED
-        obj = float(sol["f"])
-        tw = {k: float(v) for k, v in st.items() if k.startswith("t_wall_")}
-        sim = tw.get("t_wall_nlp_f", 0.0) + tw.get("t_wall_nlp_g", 0.0)
-        sens = sum(
-            tw.get(k, 0.0)
-            for k in (
-                "t_wall_nlp_grad_f",
-                "t_wall_nlp_jac_g",
-                "t_wall_nlp_hess_l",
-                "t_wall_nlp_grad",
+    Best = tuple[bool, float, np.ndarray, dict[str, Any]]
+
+    def run_starts(
+        solver: Any, starts: list[np.ndarray], w_start: np.ndarray | None = None
+    ) -> Best:
+        """Solve from each start (or once from the full point ``w_start``); the best."""
+        best: Best | None = None
+        for drawn in starts:
+            s = np.clip(drawn, th_lo, th_hi)
+            t_start_sim = time.perf_counter()
+            if w_start is None:
+                pv, x0v = p_vectors(s), x0_vectors(s)
+                Xs = []
+                for b, g in enumerate(grids):
+                    gb = GridBatch(**{**g.__dict__, "x0": x0v[b]})
+                    Xs.append((simulate(gb, pv[b], step) / x_scale[b]).T.reshape(-1, order="F"))
+                w0 = np.clip(np.concatenate([s[:n_par] / th_scale[:n_par], *Xs]), lbw, ubw)
+            else:
+                w0 = w_start
+            acc["sim"] += time.perf_counter() - t_start_sim
+            t0 = time.perf_counter()
+            sol = solver(x0=w0, lbx=lbw, ubx=ubw, lbg=0.0, ubg=0.0)
+            wall = time.perf_counter() - t0
+            st = solver.stats()
+            status = str(st.get("return_status", "unknown"))
+            ok = bool(st.get("success", False)) and status in _CONVERGED
+            obj = float(sol["f"])
+            tw = {k: float(v) for k, v in st.items() if k.startswith("t_wall_")}
+            sim = tw.get("t_wall_nlp_f", 0.0) + tw.get("t_wall_nlp_g", 0.0)
+            sens = sum(
+                tw.get(k, 0.0)
+                for k in (
+                    "t_wall_nlp_grad_f",
+                    "t_wall_nlp_jac_g",
+                    "t_wall_nlp_hess_l",
+                    "t_wall_nlp_grad",
+                )
             )
-        )
-        t_sim += sim
-        t_sens += sens
-        t_opt += max(wall - sim - sens, 0.0)
-        for key, count in st.items():
-            if key.startswith("n_call_nlp"):
-                evaluations[key[7:]] = evaluations.get(key[7:], 0) + int(count)
-        outcomes.append(
-            StartOutcome(
-                tuple(float(v) for v in s), status, ok, obj, int(st.get("iter_count", 0)), wall
+            acc["sim"] += sim
+            acc["sens"] += sens
+            acc["opt"] += max(wall - sim - sens, 0.0)
+            for key, count in st.items():
+                if key.startswith("n_call_nlp"):
+                    evaluations[key[7:]] = evaluations.get(key[7:], 0) + int(count)
+            outcomes.append(
+                StartOutcome(
+                    tuple(float(v) for v in s), status, ok, obj, int(st.get("iter_count", 0)), wall
+                )
             )
-        )
-        wopt = np.asarray(sol["x"]).reshape(-1)
-        if best is None or (ok, -obj) > (best[0], -best[1]):
-            best = (ok, obj, wopt, {"status": status, "iter": int(st.get("iter_count", 0))})
-    assert best is not None
-    ok, obj, wopt, info = best
+            wopt = np.asarray(sol["x"]).reshape(-1)
+            if best is None or (ok, -obj) > (best[0], -best[1]):
+                best = (ok, obj, wopt, {"status": status, "iter": int(st.get("iter_count", 0))})
+        assert best is not None
+        return best
+
+    ok, _, wopt, info = run_starts(solver, _draw_starts(theta0, th_lo, th_hi, opts))
+    if chosen[0] == "rk":  # check the optimum against CVODES; refit with it if need be
+        th_opt = wopt[:n_par] * th_scale[:n_par]
+        x0_opt = [
+            wopt[n_par + sum(nx * gg.t_h.size for gg in grids[:b]) :][:nx] * x_scale[b]
+            for b in range(B)
+        ]
+        nodes_opt = [
+            wopt[n_par + sum(nx * gg.t_h.size for gg in grids[:b]) :][: nx * g.t_h.size].reshape(
+                g.t_h.size, nx
+            )
+            * x_scale[b]
+            for b, g in enumerate(grids)
+        ]
+        x0_est = [x0_opt[b][model.index(n)] for b in range(B) for n in estimate_x0]
+        full = np.concatenate([th_opt, x0_est])
+        if deviation(step_cv, p_vectors(full), x0_opt, nodes_opt) > AUTO_CHECK_TOL:
+            chosen = ("cvodes", 0)
+            solver, r, gcon, J = build_nlp(step_cv)
+            ok, _, wopt, info = run_starts(solver, [full], w_start=wopt)
+    t_sim, t_sens, t_opt = acc["sim"], acc["sens"], acc["opt"]
 
     # --- statistics at the optimum ---------------------------------------------------
     t_stats = time.perf_counter()
     jac_fn = ca.Function("jacs", [w], [r, J, ca.jacobian(gcon, w)])
-    r_v, J_v, G_v = jac_fn(wopt)
-    r_v = np.asarray(r_v).reshape(-1)
+    r_dm, J_v, G_v = jac_fn(wopt)
+    r_v = np.asarray(r_dm).reshape(-1)
     Jr = sp.csc_matrix(J_v.sparse()) if hasattr(J_v, "sparse") else sp.csc_matrix(np.asarray(J_v))
     Gc = sp.csc_matrix(G_v.sparse()) if hasattr(G_v, "sparse") else sp.csc_matrix(np.asarray(G_v))
     # node variables that move with theta: every node except the initial ones
@@ -627,4 +713,5 @@ def fit(
         timing=Timing(build_s, t_sim, t_sens, t_opt, stats_s),
         residuals=tuple(residuals),
         parameters={n: float(theta_hat[i]) for i, n in enumerate(shared)},
+        integrator="cvodes" if chosen[0] == "cvodes" else f"{chosen[0]} x{chosen[1]}",
     )

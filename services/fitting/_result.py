@@ -167,6 +167,9 @@ class FitResult:
     residuals: tuple[ResidualSeries, ...]
     parameters: dict[str, float] = field(default_factory=dict)
     """Shared fitted parameters by name (the model's parameter overrides)."""
+    integrator: str = "cvodes"
+    """The integrator of the solution: ``"cvodes"``, or ``"rk x2"`` (RK4, 2 steps per
+    shooting interval), ``"collocation x4"``."""
 
     def estimate(self, name: str) -> Estimate:
         """The estimate called ``name`` (``KeyError`` naming the known ones otherwise)."""

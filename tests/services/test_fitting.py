@@ -101,13 +101,7 @@ def two_batches() -> list[BatchData]:
 
 @pytest.fixture(scope="module")
 def two_batch_fit(two_batches: list[BatchData]) -> FitResult:
-    return fit(
-        MODEL,
-        two_batches,
-        PARAMS,
-        errors=ERRORS,
-        options=FitOptions(n_starts=3, seed=1, integrator="rk"),
-    )
+    return fit(MODEL, two_batches, PARAMS, errors=ERRORS, options=FitOptions(n_starts=3, seed=1))
 
 
 def test_fit_converges_and_recovers_the_truth_within_its_95_percent_interval(
@@ -115,6 +109,7 @@ def test_fit_converges_and_recovers_the_truth_within_its_95_percent_interval(
 ) -> None:
     res = two_batch_fit
     assert res.converged and res.status == "Solve_Succeeded"
+    assert res.integrator.startswith("rk")  # auto: RK4 agrees with CVODES on this model
     assert all(o.converged for o in res.starts)  # the three starts reach one optimum
     assert np.ptp([o.objective for o in res.starts]) < 1e-6 * res.starts[0].objective
     for name in PARAMS:
@@ -152,6 +147,43 @@ def test_more_parameters_cost_aic_and_the_cvodes_fit_agrees_with_rk4(
     assert more.converged
     assert more.ssr <= two_batch_fit.ssr + 1e-6
     assert more.bic > two_batch_fit.bic - 2.0
+
+
+def test_auto_integrator_takes_cvodes_for_a_stiff_model() -> None:
+    """A probe that follows the biomass with a 1e4 1/h lag: RK4 on 0.5 h intervals is
+    unstable at any step count tried, so ``auto`` integrates with CVODES."""
+
+    def rhs(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"X": p.mu * x.X, "D": p.k_probe * (x.X - x.D)}
+
+    def measure(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"D_meas": x.D}
+
+    src = "test-only model"
+    stiff = Model(
+        name="stiff_probe",
+        description="exponential growth read through a fast probe",
+        states=(
+            State(name="X", unit="g/L", lower=0.0, upper=100.0, nominal=1.0),
+            State(name="D", unit="g/L", lower=0.0, upper=100.0, nominal=1.0),
+        ),
+        inputs=(),
+        parameters=(
+            Parameter.of("mu", "1/h", 0.2, 0.01, 1.0, src),
+            Parameter.of("k_probe", "1/h", 1e4, 1.0, 1e6, src),
+        ),
+        outputs=(Output(name="D_meas", unit="g/L", lower=0.0, upper=100.0),),
+        rhs=rhs,
+        measure=measure,
+    )
+    rng = np.random.default_rng(7)
+    t = np.arange(1, 21) * 0.5
+    y = np.exp(0.2 * t) + 0.01 * rng.standard_normal(t.size)
+    batch = BatchData("S1", "simulated", {"D_meas": Series("D_meas", t, y, t)}, None)
+    res = fit(stiff, [batch], ["mu"], errors={"D_meas": ErrorModel(0.01)})
+    assert res.converged and res.integrator == "cvodes"
+    e = res.estimate("mu")
+    assert abs(e.value - 0.2) < 4 * e.se  # a 99.99 % interval (one seeded dataset)
 
 
 def test_per_batch_parameters_and_estimated_initial_states(two_batches: list[BatchData]) -> None:
@@ -376,7 +408,7 @@ def test_coverage_and_standard_errors_over_monte_carlo_datasets() -> None:
     ses: dict[str, list[float]] = {p: [] for p in PARAMS}
     for k in range(n):
         b = synthetic_batch(1000 + k, "MC", PROFILES[k % 2])
-        res = fit(MODEL, [b], PARAMS, errors=ERRORS, options=FAST)
+        res = fit(MODEL, [b], PARAMS, errors=ERRORS, options=FitOptions(n_starts=1))
         assert res.converged, res.status
         for p in PARAMS:
             e = res.estimate(p)
