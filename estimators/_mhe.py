@@ -73,6 +73,7 @@ import numpy as np
 
 from estimators._config import EKFConfig, EstimatorConfigError, default_scale
 from estimators._ekf_compiled import CompiledEKF
+from estimators._filter_base import ROS2_GAMMA
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
 from models import CasadiModel, Model, SmoothCasadiMath
 
@@ -259,7 +260,7 @@ class MovingHorizonEstimator:
     def _build(self) -> None:
         e, cfg = self.ekf, self.mhe
         cm = (
-            CasadiModel(self.model, SmoothCasadiMath(cfg.smoothing))
+            CasadiModel(self.model, _FirstExactMath(cfg.smoothing))
             if cfg.smoothing > 0
             else self.model.to_casadi()
         )
@@ -271,6 +272,8 @@ class MovingHorizonEstimator:
 
         x_prev = ca.SX.sym("x_prev", nx)
         x = ca.SX.sym("x", nx)
+        k1 = ca.SX.sym("k1", nx)
+        k2 = ca.SX.sym("k2", nx)
         th = ca.SX.sym("theta", nth)
         u = ca.SX.sym("u", nu)
         dt = ca.SX.sym("dt")
@@ -282,18 +285,29 @@ class MovingHorizonEstimator:
         for j, i in enumerate(self._par_idx):
             entries[i] = th[j]
         pv = ca.vertcat(*entries)
-        # one implicit-Euler step (L-stable: the oxygen transfer and, at high biomass, the
-        # glucose uptake are stiff) with its process noise, and its readings' residuals
-        defect = (x - x_prev - dt * cm.f(x, u, pv) - sdt * q * xi) / sx
+        # one ROS2 step per window step, the EKF's prediction (estimators._ekf_compiled):
+        # W k1 = f(x), W k2 = f(x + h k1) - 2 k1, x+ = x + h (1.5 k1 + 0.5 k2) with
+        # W = I - gamma h df/dx; the stages are variables (the linear solves as
+        # constraints), so the NLP stays sparse; plus the step's process noise
+        f0 = cm.f(x_prev, u, pv)
+        A = ca.jacobian(f0, x_prev)
+        W = ca.SX.eye(nx) - ROS2_GAMMA * dt * A
+        c1 = (ca.mtimes(W, k1) - f0) / sx
+        c2 = (ca.mtimes(W, k2) - cm.f(x_prev + dt * k1, u, pv) + 2.0 * k1) / sx
+        c3 = (x - x_prev - dt * (1.5 * k1 + 0.5 * k2) - sdt * q * xi) / sx
+        defect = ca.vertcat(c1, c2, c3)
         resid = wy * (y - cm.h(x, u, pv)[out_idx])
-        step = ca.Function("mhe_step", [x_prev, x, th, u, dt, sdt, xi, y, wy], [defect, resid])
-        mapped = step.map(L)
-        g_ie = ca.Function(
-            "mhe_ie", [x, ca.vertcat(x_prev, th, u, dt)], [x - x_prev - dt * cm.f(x, u, pv)]
+        step = ca.Function(
+            "mhe_step", [x_prev, x, k1, k2, th, u, dt, sdt, xi, y, wy], [defect, resid]
         )
-        self._ie = ca.rootfinder("mhe_ie_solve", "newton", g_ie, {"error_on_fail": False})
+        mapped = step.map(L)
+        # the same ROS2 step, explicit (numeric linear solves), for the prediction between
+        # solves and the stages of a warm start
+        self._f_A = ca.Function("mhe_f_A", [x_prev, th, u], [f0, A])
 
         Xt = ca.MX.sym("X", nx, L + 1)  # states at the window start and every step / scale
+        K1t = ca.MX.sym("k1", nx, L)  # ROS2 stages / scale (1/h)
+        K2t = ca.MX.sym("k2", nx, L)
         Xi = ca.MX.sym("xi", nx, L)  # process noise per step, in std units
         Tht = ca.MX.sym("th", nth)  # tracked parameters / scale
         P_dt = ca.MX.sym("p_dt", 1, L)
@@ -303,12 +317,25 @@ class MovingHorizonEstimator:
         P_w = ca.MX.sym("p_w", ns, L)
         P_zbar = ca.MX.sym("p_zbar", self.nz)
         P_linv = ca.MX.sym("p_linv", self.nz, self.nz)
+        S = ca.repmat(sx, 1, L)
         X = Xt * ca.repmat(sx, 1, L + 1)
         theta = Tht * ca.DM(self._sth)
-        g, r = mapped(X[:, :L], X[:, 1:], ca.repmat(theta, 1, L), P_u, P_dt, P_sdt, Xi, P_y, P_w)
+        g, r = mapped(
+            X[:, :L],
+            X[:, 1:],
+            K1t * S,
+            K2t * S,
+            ca.repmat(theta, 1, L),
+            P_u,
+            P_dt,
+            P_sdt,
+            Xi,
+            P_y,
+            P_w,
+        )
         r_arr = ca.mtimes(P_linv, ca.vertcat(X[:, 0], theta) - P_zbar)
         J = ca.sumsqr(r_arr) + ca.sumsqr(r) + ca.sumsqr(Xi)
-        w = ca.vertcat(ca.vec(Xt), ca.vec(Xi), Tht)
+        w = ca.vertcat(ca.vec(Xt), ca.vec(K1t), ca.vec(K2t), ca.vec(Xi), Tht)
         pars = ca.vertcat(
             ca.vec(P_dt),
             ca.vec(P_sdt),
@@ -339,8 +366,8 @@ class MovingHorizonEstimator:
         hi_x = np.where(np.isfinite(self._x_hi), self._x_hi / self._sx, inf)
         lo_t = self._th_lo / np.where(self._sth > 0, self._sth, 1.0)
         hi_t = self._th_hi / np.where(self._sth > 0, self._sth, 1.0)
-        self._lbw = np.concatenate([np.tile(lo_x, L + 1), np.full(nx * L, -inf), lo_t])
-        self._ubw = np.concatenate([np.tile(hi_x, L + 1), np.full(nx * L, inf), hi_t])
+        self._lbw = np.concatenate([np.tile(lo_x, L + 1), np.full(3 * nx * L, -inf), lo_t])
+        self._ubw = np.concatenate([np.tile(hi_x, L + 1), np.full(3 * nx * L, inf), hi_t])
 
     # --- the pure API -------------------------------------------------------------------
     @property
@@ -442,11 +469,22 @@ class MovingHorizonEstimator:
         n = max(1, math.ceil(dt_h / self.mhe.step_h - 1e-9))
         xs = x
         for _ in range(n):
-            arg = np.concatenate([xs, theta, u, [dt_h / n]])
-            xs = np.asarray(self._ie(xs, arg), dtype=float).ravel()
+            xs = self._ros2(xs, theta, u, dt_h / n)[0]
         if not np.all(np.isfinite(xs)):
             return x, theta
         return self._clip_x(xs), theta
+
+    def _ros2(
+        self, x: np.ndarray, theta: np.ndarray, u: np.ndarray, h: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ROS2 step of ``h`` h (the EKF's and the NLP's): (x+, k1, k2)."""
+        f0, A = (np.asarray(v, dtype=float) for v in self._f_A(x, theta, u))
+        f0 = f0.ravel()
+        W = np.eye(self.nx) - ROS2_GAMMA * h * A
+        k1 = np.linalg.solve(W, f0)
+        f1 = np.asarray(self._f_A(x + h * k1, theta, u)[0], dtype=float).ravel()
+        k2 = np.linalg.solve(W, f1 - 2.0 * k1)
+        return x + h * (1.5 * k1 + 0.5 * k2), k1, k2
 
     def window(
         self, ekf_state: EstimatorState, gated: frozenset[tuple[float, str]] = frozenset()
@@ -539,9 +577,12 @@ class MovingHorizonEstimator:
         iters = 0
         for start in (warm, None) if warm is not None else (None,):
             x_guess, th_guess = self._guess(ekf_state, t_nodes, start, z_bar)
+            k_guess = self._stages(x_guess, th_guess, data)
             w0 = np.concatenate(
                 [
                     (x_guess / self._sx).ravel(),  # (L+1, nx) row-major = (nx, L+1) col-major
+                    (k_guess[0] / self._sx).ravel(),
+                    (k_guess[1] / self._sx).ravel(),
                     np.zeros(nx * L),
                     th_guess / np.where(self._sth > 0, self._sth, 1.0),
                 ]
@@ -572,10 +613,23 @@ class MovingHorizonEstimator:
         if not ok:
             return np.zeros(nx), np.zeros(nth), warm, info
         X = wopt[: nx * (L + 1)].reshape(L + 1, nx) * self._sx
-        theta = wopt[nx * (L + 1) + nx * L :] * self._sth
+        theta = wopt[nx * (L + 1) + 3 * nx * L :] * self._sth
         X = np.clip(X, self._x_lo, self._x_hi)
         theta = self._clip_th(theta)
         return X[-1].copy(), theta, _Warm(t_nodes, X, theta), info
+
+    def _stages(
+        self, x_nodes: np.ndarray, theta: np.ndarray, data: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ROS2 stages (L, nx) of every window step from its start node ``x_nodes[j]``:
+        the warm start of the stage variables, consistent with the state guess."""
+        L = self.slots
+        k1, k2 = np.zeros((L, self.nx)), np.zeros((L, self.nx))
+        th = self._clip_th(theta)
+        for j in range(L):
+            xj = self._clip_x(x_nodes[j])
+            _, k1[j], k2[j] = self._ros2(xj, th, data["u"][:, j], float(data["dt"][j]))
+        return k1, k2
 
     def _guess(
         self,
@@ -599,6 +653,28 @@ class MovingHorizonEstimator:
                 guess[k] = states[max(i, 0)]
         guess[0] = z_bar[: self.nx]
         return guess, np.asarray(th, dtype=float)
+
+
+class _FirstExactMath(SmoothCasadiMath):
+    """CasADi operations with ``fmin``/``fmax`` smoothed on one side only: exact where the
+    first argument is the result, twice differentiable everywhere (what IPOPT needs).
+
+    ``fmax(a, b) = b + r(a - b)`` and ``fmin(a, b) = b - r(b - a)`` with ``r(d) = d`` for
+    d >= 0 and ``eps tanh(d / eps)`` below (monotone; within eps of the exact value). The
+    symmetric smoothing (:class:`models.SmoothCasadiMath`) is off by eps/2 at the kink, and
+    a model's clamps sit there: ``fmax(S, 0)`` at S = 0 gave a glucose uptake after
+    exhaustion, which the bound S >= 0 of the window could only meet with process noise
+    hundreds of standard deviations large. Models write the usual branch first
+    (``fmax(S, 0)``, ``fmin(qS, qS_crit)``), so the window's model is exact there."""
+
+    def _r(self, d: Any) -> Any:
+        return ca.if_else(d >= 0, d, self.eps * ca.tanh(d / self.eps))
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return b + self._r(a - b)
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return b - self._r(b - a)
 
 
 def _inverse_cholesky(P: np.ndarray, prior: np.ndarray) -> np.ndarray:
