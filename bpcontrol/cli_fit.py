@@ -8,7 +8,7 @@ default error models, the model's nominal initial state); the batches from a his
 path or a CSV folder (``--data``, :func:`services.historian.readback.open_source`). Prints
 the estimates with standard errors, 95 % intervals and the identifiability warnings, and
 writes the fitted parameters as a TOML file whose ``[parameters]`` table is a pack's
-parameter overrides (:mod:`services.fitting._toml`). Bad input: one ``error:`` line, exit
+parameter overrides (:func:`services.fitting.result_toml`). Bad input: one ``error:`` line, exit
 2, nothing written; a fit that does not converge: one ``error:`` line, exit 1, nothing
 written. CasADi and the fitting code are imported inside the command only.
 """
@@ -126,8 +126,7 @@ def fit_command(
         if not names:
             raise ValueError("--params names no parameter")
 
-        from services.fitting import ErrorModel, FitOptions, fit
-        from services.fitting._toml import result_toml
+        from services.fitting import ErrorModel, FitOptions, fit, result_toml
         from services.historian.readback import open_source
 
         errors: dict[str, ErrorModel] = {}

@@ -25,6 +25,7 @@ from services.fitting._result import (
     StartOutcome,
     Timing,
 )
+from services.fitting._toml import result_toml
 
 __all__ = [
     "CORRELATION_LIMIT",
@@ -41,4 +42,5 @@ __all__ = [
     "StartOutcome",
     "Timing",
     "fit",
+    "result_toml",
 ]
