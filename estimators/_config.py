@@ -58,11 +58,11 @@ class EKFConfig:
     times the larger of the state's initial variance and ``(VARIANCE_SCALE_FRACTION x its
     typical magnitude)^2`` (``FilterSetup.variance_limits``), so a state given a tiny prior std
     does not reset the filter as soon as process noise has grown its variance.
-    ``recover_after_gated`` is how many readings in a row from one sensor the gate may
-    reject, once that sensor has had a reading accepted, before the filter declares its
-    estimate inconsistent and recovers (it inflates the covariance of the states that
-    sensor observes and fuses the reading; an ``inconsistent`` event says so; see
-    :class:`~estimators.OnlineEstimator`); 0 turns the recovery off. It applies to sensors
+    ``recover_after_gated`` is how many readings in a row from one assay the gate may
+    reject (assays are lab references, trusted from their first reading) before the
+    filter declares its estimate inconsistent and recovers (it inflates the covariance of
+    the states that sensor observes and fuses the reading; an ``inconsistent`` event says
+    so; see :class:`~estimators.OnlineEstimator`); 0 turns the recovery off. It applies to sensors
     whose ``period_h`` is at least ``recover_min_period_h`` (default 0.5 h: the offline
     assays, not the minute-rate probes). A probe read every minute is gated for a few
     minutes at every regime change the model lags (the DO and off-gas jump at glucose

@@ -12,10 +12,11 @@ Around every prediction and update of either filter (:class:`CompiledEKF` or
   after the prediction and after the update (:meth:`FilterSetup.project`: estimate
   projection with the identity weight, i.e. clipping, covariance kept), so no estimate
   leaves its bounds (no negative concentration or yield);
-- a sensor that has had a reading accepted (trusted) and then has
-  ``config.recover_after_gated`` readings in a row rejected by the chi-square gate (a
-  sensor with ``period_h >= config.recover_min_period_h``: the offline assays) marks
-  the estimate inconsistent: the covariance of the states that sensor observes is
+- an offline assay (a sensor with ``period_h >= config.recover_min_period_h``: a lab
+  reference, trusted from the start) with ``config.recover_after_gated`` readings in a
+  row rejected by the chi-square gate marks the estimate inconsistent (the gate then
+  guards a wrong estimate against the truth, the case after a drift under a wrong
+  model): the covariance of the states that sensor observes is
   inflated so that the reading is a one-sigma innovation
   (:meth:`FilterSetup.inflate_for`), that reading is fused alone from the inflated prior
   (a re-initialisation from it: the other readings of the step, read through the model
@@ -67,7 +68,7 @@ class FilterEvent:
 
     ``kind`` is one of ``rejected`` (not physical / unknown sensor), ``gated`` (failed the
     chi-square innovation gate), ``late_fused``, ``too_late``, ``reset``, ``inconsistent``
-    (a trusted sensor's readings failed the gate ``recover_after_gated`` times in a row:
+    (an assay's readings failed the gate ``recover_after_gated`` times in a row:
     the covariance of ``states``, the entries that sensor observes, was inflated and the
     reading fused).
     """
@@ -158,7 +159,10 @@ class OnlineEstimator:
         self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
     ) -> EstimatorState:
         fs, _ = self.ekf.project(self.ekf.init(x0, t0=t0, theta0=theta0))
-        runs = SensorRuns.fresh(len(self.ekf.sensor_names))
+        # the assays are trusted from the start (lab references: a filter already off at
+        # the first assay must recover from it too); a fast probe earns trust by a reading
+        # accepted, and only assays recover in any case
+        runs = SensorRuns(trusted=self._recoverable, gated_run=(0,) * len(self.ekf.sensor_names))
         return EstimatorState(
             filter=fs,
             history=(_Entry(t=float(t0), u=None, readings={}, after=fs, runs=runs),),
@@ -393,8 +397,8 @@ class OnlineEstimator:
                 FilterEvent(
                     t,
                     "inconsistent",
-                    f"{name}: {run} readings in a row failed the innovation gate after it "
-                    f"had been trusted (last {y[i]:.6g}, innovation {nu:.4g}, std {sd:.4g}); "
+                    f"{name}: {run} readings in a row of a trusted sensor failed the "
+                    f"innovation gate (last {y[i]:.6g}, innovation {nu:.4g}, std {sd:.4g}); "
                     f"estimate inconsistent: {what}, reading {outcome}",
                     name,
                     float(y[i]),
