@@ -186,6 +186,43 @@ def test_auto_integrator_takes_cvodes_for_a_stiff_model() -> None:
     assert abs(e.value - 0.2) < 4 * e.se  # a 99.99 % interval (one seeded dataset)
 
 
+def test_an_rk4_optimum_that_cvodes_disagrees_with_is_solved_again_with_cvodes() -> None:
+    """Logistic growth started at a slow rate (RK4 with one step per 0.5 h interval is exact
+    there) whose data need a fast one (r = 2 1/h: one RK4 step of 0.5 h is off by ~1e-2):
+    ``auto`` starts with RK4, finds its optimum off CVODES' and solves again with CVODES."""
+
+    def rhs(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"X": p.r * x.X * (1 - x.X / p.K)}
+
+    def measure(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"X_meas": x.X}
+
+    src = "test-only model"
+    logistic = Model(
+        name="fast_logistic",
+        description="logistic growth",
+        states=(State(name="X", unit="g/L", lower=0.0, upper=100.0, nominal=0.1),),
+        inputs=(),
+        parameters=(
+            Parameter.of("r", "1/h", 0.05, 0.01, 10.0, src),
+            Parameter.of("K", "g/L", 10.0, 1.0, 100.0, src),
+        ),
+        outputs=(Output(name="X_meas", unit="g/L", lower=0.0, upper=100.0),),
+        rhs=rhs,
+        measure=measure,
+    )
+    rng = np.random.default_rng(3)
+    t = np.arange(1, 21) * 0.5
+    x = 10.0 / (1 + 99.0 * np.exp(-2.0 * t))
+    y = x + 0.05 * rng.standard_normal(t.size)
+    batch = BatchData("F1", "simulated", {"X_meas": Series("X_meas", t, y, t)}, None)
+    res = fit(logistic, [batch], ["r"], errors={"X_meas": ErrorModel(0.05)})
+    assert res.converged and res.integrator == "cvodes", (res.integrator, res.status)
+    assert len(res.starts) == 1 + 3  # the RK4 starts, then the CVODES solve from the optimum
+    e = res.estimate("r")
+    assert abs(e.value - 2.0) < 4 * e.se
+
+
 def test_per_batch_parameters_and_estimated_initial_states(two_batches: list[BatchData]) -> None:
     res = fit(
         MODEL,
