@@ -204,7 +204,7 @@ def run_command(
             if estimator not in ESTIMATOR_KINDS:
                 allowed = ", ".join(ESTIMATOR_KINDS)
                 raise ValueError(f"--estimator must be one of {allowed}, got {estimator!r}")
-            base = replace(base, estimator=estimator)  # type: ignore[arg-type]
+            base = replace(base, estimator=estimator)
         speed = parse_speed_up(speed_up)
         run = resolve(base)
         sc = load_scenario(scenario) if scenario is not None else pack_scenario(run)
