@@ -30,6 +30,8 @@ from typing import Any
 
 import casadi as ca
 import numpy as np
+from scipy.sparse import csc_matrix
+from scipy.sparse.linalg import splu
 
 from bpcontrol.nmpc._buffered import BufferedFunction
 
@@ -88,7 +90,11 @@ class Condenser:
         E, D, I, R = (v.tolist() for v in (eq, dep, ind, rest))  # noqa: E741
         A_ED = a[E, D]
         sol = ca.solve(A_ED, ca.horzcat(-ca.densify(a[E, I]), lba[E]), "qr")
-        T, t0 = sol[:, :n_i], sol[:, n_i]
+        # T is sparse (a move reaches only the later states of its own scenarios): keep
+        # only its structural nonzeros, so the products below cost what T holds, about
+        # linear in the scenarios of a tree instead of quadratic
+        T = ca.project(sol[:, :n_i], _solve_sparsity(a_sp, eq, dep, ind))
+        t0 = sol[:, n_i]
         # back to the natural order: rows D from T, rows I the identity
         perm = np.concatenate([dep, ind])
         P = ca.DM(ca.Sparsity.triplet(n_w, n_w, perm.tolist(), list(range(n_w))), 1.0)
@@ -184,6 +190,21 @@ class Condenser:
         return CondensedStep(
             dw, lam_x, lam_a, bool(stats.get("success", False)), str(stats.get("return_status"))
         )
+
+
+def _solve_sparsity(
+    a_sp: ca.Sparsity, eq: np.ndarray, dep: np.ndarray, ind: np.ndarray
+) -> ca.Sparsity:
+    """The structural sparsity of ``A_ED^-1 A_EI``: solved once with random values on the
+    pattern (a structural nonzero is then nonzero with probability one)."""
+    colind, row = a_sp.get_ccs()
+    cols = np.repeat(np.arange(a_sp.size2()), np.diff(colind))
+    rng = np.random.default_rng(0)
+    A = csc_matrix((rng.uniform(1.0, 2.0, len(row)), (np.asarray(row), cols)), shape=a_sp.shape)
+    A_E = A[eq]
+    T = splu(csc_matrix(A_E[:, dep])).solve(A_E[:, ind].toarray())
+    r, c = np.nonzero(np.abs(T) > 0.0)
+    return ca.Sparsity.triplet(dep.size, ind.size, r.tolist(), c.tolist())
 
 
 def _dense_options(name: str) -> dict[str, Any]:
