@@ -15,8 +15,9 @@ Timed, per step of the record (``time.perf_counter`` around each call):
 - ``OnlineEstimator.step`` on a ``CompiledEKF`` (the loop's default estimator).
 
 Reported: median, 95th percentile and maximum (ms) over the steps, the IPOPT iterations
-per solve, the number of fallbacks (failed solves), the NLP's build time, the machine and
-its load average before and after (a shared machine's load slows every figure).
+per solve (both starts together: the warm one and the EKF's trajectory), the number of
+fallbacks (failed solves), the NLP's build time, the machine and its load average before
+and after (a shared machine's load slows every figure).
 
 Run:
     python benchmarks/bench_mhe.py --hours 6 --factor 1.2 --json mhe.json

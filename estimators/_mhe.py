@@ -11,10 +11,13 @@ the window and the tracked parameters (constant over the window) that minimise
   + sum_j sum_i (y_ij - h_i(x_j, theta))^2 / s_ij^2         measurement residuals
   + sum_j |xi_j|^2                                         process noise
 
-subject to ``x_j = x_{j-1} + dt_j f(x_j, u_j, theta) + sqrt(Q dt_j) * xi_j`` (one
-implicit-Euler step per step of the window: L-stable, because the oxygen transfer, about
--420 1/h, and at high biomass the glucose uptake are stiff; an explicit RK4 went unstable
-in the fed phase) and hard bounds on every state of the window (``model.bounds("states")``)
+subject to ``x_j = ROS2(x_{j-1}, u_j, theta, dt_j) + sqrt(Q dt_j) * xi_j``: one step of
+the L-stable second-order Rosenbrock method the EKF predicts with (``W k1 = f(x)``,
+``W k2 = f(x + h k1) - 2 k1``, ``x+ = x + h (1.5 k1 + 0.5 k2)``, ``W = I - gamma h df/dx``,
+:data:`estimators._filter_base.ROS2_GAMMA`; the stages are NLP variables and the linear
+solves constraints), so the window's model is the filter's (with an implicit-Euler
+window, first order, the mu_max error on the plant 20 % above, seed 2, was twice that
+with ROS2); with hard bounds on every state of the window (``model.bounds("states")``)
 and on the tracked parameters (``model.bounds("parameters")``): no estimate leaves them,
 e.g. no negative concentration. ``s_ij = sqrt(sigma_i^2 + (relative_sigma_i y_ij)^2)``
 is the sensor's noise of the EKF configuration with its relative part evaluated at the
@@ -36,7 +39,10 @@ the EKF's states where the previous window did not reach).
 
 When it solves. Every ``solve_every`` steps, and at once when a late sample arrives;
 between solves the estimate is the last solution predicted forward with the model (the
-same implicit Euler, Newton's method) and the estimated parameters. A late sample older
+same ROS2 step) and the estimated parameters. Each solve starts twice, from the previous
+window's solution and from the EKF's trajectory, and keeps the lower cost (a warm start
+alone kept a basin once found, e.g. acetate on its bound 0 with a low mu_max, at a cost
+as plausible as the EKF's basin). A late sample older
 than the window but inside the EKF's ``lag_h`` enters through the arrival cost (the EKF
 refilters it at its sample time, which moves ``z_bar``); an older one gets the EKF's
 ``too_late`` event.
@@ -50,14 +56,15 @@ a non-finite result) never raises: the estimate falls back to the EKF's, project
 the bounds, with a ``fallback`` event naming the status.
 
 Known limitation (measured, ``tests/estimators/test_mhe.py``, E. coli pack, plant
-mu_max and Y_xs 20 % off, seeds 1-5, 8 h): NOT yet as good as the EKF. Below (plant
-slower) the pooled RMS of biomass and mu_max are 1.065 and 1.058 times the EKF's; above
-(plant faster) 8.8 and 6.9 times: around glucose exhaustion (3-4 h) the window's
-least-squares problem takes wrong local minima (less acetate, a lower mu_max) and 6-9 of
-about 50 solves per run fail (then the EKF's estimate is used). Found on the way: the
-EKF's covariance at the window start is nearly singular along biomass, mu_max and Y_xs
-(the true plant 140 sigma off it), hence ``arrival_inflation``; the exact model's
-min/max kinks stall IPOPT, hence ``smoothing``.
+mu_max and Y_xs 20 % off, seeds 1-5, 8 h): above (plant faster) the MHE meets the claim
+(pooled RMS of biomass and mu_max 0.935 and 0.926 times the EKF's); below (plant
+slower) NOT yet: 1.10 and 1.07 times the EKF's (margin 1.05), mostly seed 4, where the
+1 h window without assays cannot tell acetate uptake with a lower mu_max from the EKF's
+trajectory (both costs plausible). Found on the way: the symmetric smoothing of the model's clamps
+(``fmax(S, 0)`` = eps/2 at S = 0) gave an uptake after glucose exhaustion that the bound
+S >= 0 met only with huge process noise: wrong minima and failed solves at 3-4 h, hence
+the one-sided smoothing (:class:`_FirstExactMath`); without ``arrival_inflation`` the
+EKF's nearly singular covariance makes the window ill-conditioned (IPOPT's fallbacks).
 """
 
 from __future__ import annotations
@@ -91,14 +98,18 @@ class MHEConfig:
     ``max_iter``, ``tol``: IPOPT's iteration limit and tolerance; ``max_wall_s``: IPOPT's
     wall-time limit per solve (s); past any limit the step falls back to the EKF.
     ``smoothing``: width (model units) over which the model's ``fmin``/``fmax`` kinks are
-    smoothed in the NLP (:class:`models.SmoothCasadiMath`; 0: the exact model). IPOPT
-    needs a twice-differentiable problem: the E. coli model switches at S = 0, A = 0 and
-    at the overflow flux, where the exact model made most solves past glucose exhaustion
-    stop at the iteration limit. ``arrival_inflation``: the arrival covariance is the
-    EKF's plus this fraction of the prior covariance (``P0``): the E. coli EKF, with no
+    smoothed in the NLP, on one side only (:class:`_FirstExactMath`: exact where the
+    first argument is the result, e.g. ``fmax(S, 0)`` for S >= 0; 0: the exact model).
+    IPOPT needs a twice-differentiable problem: the E. coli model switches at S = 0,
+    A = 0 and at the overflow flux, where the exact model made most solves past glucose
+    exhaustion stop at the iteration limit. ``arrival_inflation``: the arrival covariance
+    is the EKF's plus this fraction of the prior covariance (``P0``), a floor of
+    sqrt(1e-3), about 3 %, of the prior std in every direction: the E. coli EKF, with no
     drift on its tracked parameters, ends up nearly singular along a combination of
-    biomass, mu_max and Y_xs that the true plant is 140 sigma off (measured at 3 h, seed 2,
-    plant 20 % above), which pinned the window to a wrong trajectory.
+    biomass, mu_max and Y_xs, and without a floor the window is ill-conditioned (plant
+    20 % above, seed 2: 6 failed solves, biomass RMS 9 times the EKF's). 1e-2 forgot too
+    much of the EKF's information (plant 20 % below, seed 1, one start per solve: biomass
+    RMS 1.38 times the EKF's, 1.08 with 1e-3).
     """
 
     window_h: float = 1.0
