@@ -157,7 +157,13 @@ class LoopEstimator:
             healthy=healthy,
         )
         events = tuple(_event(t_h, e.kind, e.message) for e in report.events)
-        return EstimatorOutput(record, events, StateEstimate(x=x.copy(), p=p.copy()), healthy)
+        # the tracked parameters' std (NaN for the others): what robust NMPC's
+        # sigma_factors sample their scenarios from
+        p_sigma = np.full(model.n_p, np.nan)
+        for k, n in enumerate(self._tracked):
+            p_sigma[model.index(n)] = sigma[nx + k]
+        estimate = StateEstimate(x=x.copy(), p=p.copy(), p_sigma=p_sigma)
+        return EstimatorOutput(record, events, estimate, healthy)
 
 
 def _event(t_h: float, filter_kind: str, message: str) -> EventRecord:
