@@ -46,23 +46,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import do_mpc
-
 from nmpc_vs_dompc import (  # the nominal side by side: same problem, plant and method
-    BOUND_U,
     BOUNDS_X,
-    N_HORIZON,
-    T_STEP,
+    S_IN_VALUES,
     X0,
+    Y_X_VALUES,
     AbstractLoop,
     BpcontrolLoop,
     DompcLoop,
     bpcontrol_config,
     dompc_model,
+    dompc_mpc,
+    dompc_simulator,
     machine,
     summarize,
 )
@@ -71,8 +66,6 @@ from bpcontrol.nmpc import NMPC, NMPCConfig, RobustConfig
 from models import Model, load_model
 
 DOMPC_ROBUST = "do-mpc robust"
-Y_X_VALUES = (0.5, 0.4, 0.3)  # mol/mol, first: nominal
-S_IN_VALUES = (200.0, 220.0, 180.0)  # mol/L, first: nominal
 UNCERTAIN: dict[int, dict[str, tuple[float, ...]]] = {  # scenarios -> values
     1: {"Y_x": (0.5,)},
     3: {"Y_x": Y_X_VALUES},
@@ -96,55 +89,9 @@ SCALING = {f"{solver}-S{s}": (solver, s) for solver in ("ipopt-warm", "rti") for
 
 
 # --- do-mpc ----------------------------------------------------------------------------
-def dompc_robust_mpc(model: Any) -> Any:
-    """do-mpc's MPC of the example with ``n_robust = 1`` (nmpc_vs_dompc.dompc_mpc's
-    settings otherwise)."""
-    mpc = do_mpc.controller.MPC(model)
-    mpc.settings.n_horizon = N_HORIZON
-    mpc.settings.n_robust = 1
-    mpc.settings.open_loop = False
-    mpc.settings.t_step = T_STEP
-    mpc.settings.state_discretization = "collocation"
-    mpc.settings.collocation_type = "radau"
-    mpc.settings.collocation_deg = 2
-    mpc.settings.collocation_ni = 2
-    mpc.settings.store_full_solution = True
-    mpc.settings.supress_ipopt_output()
-    mpc.set_objective(mterm=-model.x["P_s"], lterm=-model.x["P_s"])
-    mpc.set_rterm(inp=1.0)
-    for name, (lo, hi) in BOUNDS_X.items():
-        mpc.bounds["lower", "_x", name] = lo
-        if np.isfinite(hi):
-            mpc.bounds["upper", "_x", name] = hi
-    mpc.bounds["lower", "_u", "inp"] = BOUND_U[0]
-    mpc.bounds["upper", "_u", "inp"] = BOUND_U[1]
-    mpc.set_uncertainty_values(Y_x=np.array(Y_X_VALUES), S_in=np.array(S_IN_VALUES))
-    mpc.setup()
-    return mpc
-
-
-def plant_simulator(model: Any, y_x: float, s_in: float) -> Any:
-    """The do-mpc plant of ``nmpc_vs_dompc.dompc_simulator`` at other parameter values."""
-    sim = do_mpc.simulator.Simulator(model)
-    sim.settings.integration_tool = "cvodes"
-    sim.settings.abstol = 1e-10
-    sim.settings.reltol = 1e-10
-    sim.settings.t_step = T_STEP
-    p_template = sim.get_p_template()
-
-    def p_fun(t_now: float) -> Any:
-        p_template["Y_x"] = y_x
-        p_template["S_in"] = s_in
-        return p_template
-
-    sim.set_p_fun(p_fun)
-    sim.setup()
-    return sim
-
-
 def _use_plant(loop: AbstractLoop, plant_model: Any, plant: tuple[float, float] | None) -> None:
     if plant is not None:
-        loop.sim = plant_simulator(plant_model, *plant)
+        loop.sim = dompc_simulator(plant_model, *plant)
         loop.sim.x0 = X0.copy()
 
 
@@ -158,7 +105,7 @@ class DompcRobustLoop(DompcLoop):
         _use_plant(self, plant_model, plant)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            self.mpc = dompc_robust_mpc(dompc_model())
+            self.mpc = dompc_mpc(dompc_model(), n_robust=1)
         self.build_s = time.perf_counter() - t0
         self.mpc.x0 = X0.copy()
         self.mpc.set_initial_guess()

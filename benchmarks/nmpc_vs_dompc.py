@@ -111,10 +111,15 @@ def dompc_model() -> Any:
     return model
 
 
-def dompc_mpc(model: Any) -> Any:
+Y_X_VALUES = (0.5, 0.4, 0.3)  # mol/mol, do-mpc's uncertainty values; first: nominal
+S_IN_VALUES = (200.0, 220.0, 180.0)  # mol/L, first: nominal
+
+
+def dompc_mpc(model: Any, *, n_robust: int = 0) -> Any:
+    """do-mpc's MPC of the example (``n_robust = 1``: its 9-scenario robust MPC)."""
     mpc = do_mpc.controller.MPC(model)
     mpc.settings.n_horizon = N_HORIZON
-    mpc.settings.n_robust = 0
+    mpc.settings.n_robust = n_robust
     mpc.settings.open_loop = False
     mpc.settings.t_step = T_STEP
     mpc.settings.state_discretization = "collocation"
@@ -131,12 +136,13 @@ def dompc_mpc(model: Any) -> Any:
             mpc.bounds["upper", "_x", name] = hi
     mpc.bounds["lower", "_u", "inp"] = BOUND_U[0]
     mpc.bounds["upper", "_u", "inp"] = BOUND_U[1]
-    mpc.set_uncertainty_values(Y_x=np.array([0.5, 0.4, 0.3]), S_in=np.array([200.0, 220.0, 180.0]))
+    mpc.set_uncertainty_values(Y_x=np.array(Y_X_VALUES), S_in=np.array(S_IN_VALUES))
     mpc.setup()
     return mpc
 
 
-def dompc_simulator(model: Any) -> Any:
+def dompc_simulator(model: Any, y_x: float = 0.5, s_in: float = 200.0) -> Any:
+    """do-mpc's CVODES plant at parameters ``y_x`` (mol/mol), ``s_in`` (mol/L)."""
     sim = do_mpc.simulator.Simulator(model)
     sim.settings.integration_tool = "cvodes"
     sim.settings.abstol = 1e-10
@@ -145,8 +151,8 @@ def dompc_simulator(model: Any) -> Any:
     p_template = sim.get_p_template()
 
     def p_fun(t_now: float) -> Any:
-        p_template["Y_x"] = 0.5
-        p_template["S_in"] = 200.0
+        p_template["Y_x"] = y_x
+        p_template["S_in"] = s_in
         return p_template
 
     sim.set_p_fun(p_fun)
