@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import casadi as ca
 import numpy as np
 
+from bpcontrol.nmpc._buffered import BufferedFunction
 from bpcontrol.nmpc._condensing import CONDENSED
 from bpcontrol.nmpc._config import NMPCConfig, schedule_at
 from bpcontrol.nmpc._ocp import OCP, build_ocp
@@ -189,6 +190,8 @@ class NMPC:
         # defaults with the adaptive barrier update, built on first need
         self._retry_opts = {**cold_opts, "ipopt.mu_strategy": "adaptive"}
         self._ipopt_retry: Any = None
+        # cost and slacks of a solution, evaluated in place (no DM per step)
+        self._report = BufferedFunction(self.ocp.report_fn)
         self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
             qps = [cfg.qp_solver]
@@ -436,7 +439,8 @@ class NMPC:
             elapsed = time.perf_counter() - t0
             if not np.all(np.isfinite(w)):
                 raise FloatingPointError("solver returned non-finite values")
-            report = self.ocp.report_fn.call([w, par])
+            cost, slack, slack_rel = (float(r[0]) for r in self._report(w, par))
+            report = (cost, slack, slack_rel)
             status, iters, msg = self._status(stats, use_rti, elapsed, report)
             if "retried_after" in stats:
                 warm_end = stats["retried_after"]
@@ -473,13 +477,17 @@ class NMPC:
 
     # --- internals -----------------------------------------------------------------
     def _status(
-        self, stats: dict[str, Any], rti: bool, elapsed: float, report: list[Any]
+        self,
+        stats: dict[str, Any],
+        rti: bool,
+        elapsed: float,
+        report: tuple[float, float, float],
     ) -> tuple[SolveStatus, int, str]:
         ret = str(stats.get("return_status", ""))
         iters = int(stats.get("iter_count", 1 if rti else 0))
         has_slack = bool(self.ocp.layout.S.size)
-        slack = float(report[1]) if has_slack else 0.0
-        slack_rel = float(report[2]) if has_slack else 0.0
+        slack = report[1] if has_slack else 0.0
+        slack_rel = report[2] if has_slack else 0.0
         if rti:
             ok = bool(stats.get("success"))
             status = SolveStatus.SOLVED if ok else SolveStatus.FAILED
@@ -525,7 +533,7 @@ class NMPC:
         iters: int,
         elapsed: float,
         msg: str,
-        report: list[Any],
+        report: tuple[float, float, float],
         u_bounds: tuple[np.ndarray, np.ndarray],
     ) -> Plan:
         lay = self.ocp.layout
@@ -548,8 +556,8 @@ class NMPC:
             status=status,
             iterations=iters,
             solve_time_s=elapsed,
-            cost=float(report[0]),
-            slack_max=float(report[1]) if lay.S.size else 0.0,
+            cost=report[0],
+            slack_max=report[1] if lay.S.size else 0.0,
             message=msg,
             scenario_X=None if lay.tree is None else w[lay.XS],
             scenario_moves=None if lay.tree is None else w[lay.US],
