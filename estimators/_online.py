@@ -89,10 +89,6 @@ class SensorRuns:
     trusted: tuple[bool, ...]
     gated_run: tuple[int, ...]
 
-    @classmethod
-    def fresh(cls, n: int) -> SensorRuns:
-        return cls(trusted=(False,) * n, gated_run=(0,) * n)
-
     def after(self, accepted: StateArray, gated: StateArray) -> SensorRuns:
         """The counts after one update: an accepted reading trusts its sensor and ends its
         run, a gated one extends it, an absent one leaves it."""
