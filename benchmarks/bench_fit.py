@@ -39,7 +39,7 @@ from _machine import cpu_model  # benchmarks/ is on sys.path when run as a scrip
 from hil.synthetic import OfflineAssays, SyntheticRun, generate
 from models import InputProfile, Model, load_model, simulate
 from services.fitting import ErrorModel, FitOptions, FitResult, fit
-from services.historian.readback import BatchData, Series
+from services.historian.readback import BatchData, series_from_rows
 
 DOMPC_PARAMS = ("mu_m", "K_m", "Y_x", "v_par")
 DOMPC_START = {"mu_m": 1.3, "K_m": 0.7, "Y_x": 1.2, "v_par": 0.8}
@@ -58,10 +58,8 @@ def to_batch(data: Any, batch_id: str, keep_every: Mapping[str, int] | None = No
         rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
     series = {}
     for name, rs in rows.items():
-        a = np.array(sorted(rs))
         step = (keep_every or {}).get(name, 1)
-        a = a[step - 1 :: step]
-        series[name] = Series(name, a[:, 0], a[:, 1], a[:, 2])
+        series[name] = series_from_rows(name, sorted(rs)[step - 1 :: step])
     return BatchData(batch_id, f"synthetic {batch_id}", series, data.inputs, {}, {})
 
 

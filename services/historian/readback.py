@@ -43,6 +43,7 @@ __all__ = [
     "ReadbackError",
     "Series",
     "open_source",
+    "series_from_rows",
     "write_csv",
 ]
 
@@ -149,7 +150,9 @@ def _unknown_batch(origin: str, batch_id: str, ids: Sequence[str]) -> ReadbackEr
     return ReadbackError(f"{origin}: no batch {batch_id!r} (batches: {', '.join(ids) or 'none'})")
 
 
-def _series(sensor: str, rows: list[tuple[float, float, float]], unit: str | None) -> Series:
+def series_from_rows(
+    sensor: str, rows: list[tuple[float, float, float]], unit: str | None = None
+) -> Series:
     """rows of (t_sample_h, value, t_h) -> a Series sorted by sample time, NaN dropped."""
     arr = np.array(rows, dtype=float).reshape(-1, 3)
     arr = arr[np.isfinite(arr[:, 1])]
@@ -283,7 +286,7 @@ class EmbeddedBatchSource:
             batch_id=batch_id,
             origin=origin,
             measurements=MappingProxyType(
-                {s: _series(s, rows, units.get(s)) for s, rows in sorted(meas.items())}
+                {s: series_from_rows(s, rows, units.get(s)) for s, rows in sorted(meas.items())}
             ),
             inputs=_profile(origin, batch_id, steps),
             initial_state=MappingProxyType(initial),
@@ -449,7 +452,7 @@ class CsvBatchSource:
             origin=origin,
             measurements=MappingProxyType(
                 {
-                    s: _series(s, rows, units.get(s))
+                    s: series_from_rows(s, rows, units.get(s))
                     for s, rows in sorted(self._meas[batch_id].items())
                 }
             ),

@@ -45,6 +45,7 @@ from services.historian.readback import (
     ReadbackError,
     Series,
     open_source,
+    series_from_rows,
     write_csv,
 )
 
@@ -83,10 +84,7 @@ def synthetic_batch(seed: int, batch_id: str, profile: Mapping[str, Any]) -> Bat
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for r in data.records:
         rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {}
-    for name, rs in rows.items():
-        a = np.array(sorted(rs))
-        series[name] = Series(name, a[:, 0], a[:, 1], a[:, 2])
+    series = {name: series_from_rows(name, rs) for name, rs in rows.items()}
     return BatchData(batch_id, f"synthetic seed {seed}", series, steps, {}, {})
 
 
