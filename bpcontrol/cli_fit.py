@@ -25,7 +25,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bpcontrol.cli_common import EXIT_FAILURE, check_output_file, fail, user_errors
+from bpcontrol.cli_common import (
+    EXIT_FAILURE,
+    check_output_file,
+    check_output_folder,
+    fail,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from services.fitting import FitResult
@@ -110,6 +116,16 @@ def fit_command(
     out: Annotated[
         Path, typer.Option("--out", help="Result file (TOML: [parameters] for a pack).")
     ] = Path("fit.toml"),
+    write_pack: Annotated[
+        bool,
+        typer.Option("--write-pack", help="Also write the fitted values into --pack's pack.toml."),
+    ] = False,
+    into_pack: Annotated[
+        Path | None,
+        typer.Option(
+            "--into-pack", help="Also write a copy of --pack with the fitted values (new folder)."
+        ),
+    ] = None,
 ) -> None:
     """Fit model parameters to recorded batches; print the fit, write the parameters (TOML).
 
@@ -122,6 +138,12 @@ def fit_command(
         if starts < 1:
             raise ValueError(f"--starts must be >= 1, got {starts}")
         check_output_file(out, "--out")
+        if (write_pack or into_pack is not None) and pack is None:
+            raise ValueError("--write-pack and --into-pack need --pack DIR (the pack to fit)")
+        if write_pack and into_pack is not None:
+            raise ValueError("give --write-pack (this pack) or --into-pack DIR2 (a copy), not both")
+        if into_pack is not None:
+            check_output_folder(into_pack.parent, "--into-pack", given=into_pack)
         names = _names(params)
         if not names:
             raise ValueError("--params names no parameter")
@@ -186,6 +208,19 @@ def fit_command(
     text = result_toml(
         result, data=str(data.resolve()), pack=None if pack is None else str(pack.resolve())
     )
+    update = None
+    if pack is not None and (write_pack or into_pack is not None):
+        from services.fitting.handover import fitted_from_result, plan_pack_update
+
+        with user_errors():  # checked before anything is written
+            fitted = fitted_from_result(
+                result, data=str(data.resolve()), result_file=str(out.resolve())
+            )
+            update = plan_pack_update(fitted, pack, into=into_pack)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {out}")
+    if update is not None:
+        from services.fitting.handover import apply_pack_update
+
+        typer.echo(f"wrote {apply_pack_update(update)} (fitted [parameters])")

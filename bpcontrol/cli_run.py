@@ -172,6 +172,10 @@ def run_command(
     ] = False,
     out: Annotated[Path, typer.Option(help="Root folder of run folders.")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
+    parameters: Annotated[
+        Path | None,
+        typer.Option(help="A `bpcontrol fit` result file: its [parameters] over the pack's."),
+    ] = None,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
     from bpcontrol.run_status import write_json
@@ -192,6 +196,10 @@ def run_command(
             base: RunSpec = load_run_spec(spec)
         else:
             base = spec_for(choose_pack(pack, model, recipe, control, ekf))
+        if parameters is not None:  # issue 18's hand-over file, checked against the ranges
+            from services.fitting.handover import pack_with_parameters
+
+            base = replace(base, pack=pack_with_parameters(base.pack, parameters))
         if seed is not None:
             if not 0 <= seed < 2**63:
                 raise ValueError(f"--seed must be in [0, 2^63), got {seed}")

@@ -26,6 +26,13 @@ from services.fitting._result import (
     Timing,
 )
 from services.fitting._toml import result_toml
+from services.fitting.handover import (
+    FittedParameters,
+    HandoverError,
+    pack_with_parameters,
+    read_fitted,
+    write_into_pack,
+)
 
 __all__ = [
     "CORRELATION_LIMIT",
@@ -37,10 +44,15 @@ __all__ = [
     "FitOptions",
     "FitResult",
     "FitWarning",
+    "FittedParameters",
+    "HandoverError",
     "Identifiability",
     "ResidualSeries",
     "StartOutcome",
     "Timing",
     "fit",
+    "pack_with_parameters",
+    "read_fitted",
     "result_toml",
+    "write_into_pack",
 ]
