@@ -116,6 +116,13 @@ def fit_command(
     out: Annotated[
         Path, typer.Option("--out", help="Result file (TOML: [parameters] for a pack).")
     ] = Path("fit.toml"),
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="HTML report of the fit [default: the result file's name, .html]."
+        ),
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Write no HTML report.")] = False,
     write_pack: Annotated[
         bool,
         typer.Option("--write-pack", help="Also write the fitted values into --pack's pack.toml."),
@@ -138,6 +145,11 @@ def fit_command(
         if starts < 1:
             raise ValueError(f"--starts must be >= 1, got {starts}")
         check_output_file(out, "--out")
+        report_path = None if no_report else (report or out.with_suffix(".html"))
+        if report_path is not None:
+            check_output_file(report_path, "--report")
+            if report_path.resolve() == out.resolve():
+                raise ValueError(f"--report {report_path}: is the result file (--out)")
         if (write_pack or into_pack is not None) and pack is None:
             raise ValueError("--write-pack and --into-pack need --pack DIR (the pack to fit)")
         if write_pack and into_pack is not None:
@@ -220,6 +232,17 @@ def fit_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {out}")
+    if report_path is not None:
+        from services.fitting import write_fit_report
+
+        write_fit_report(
+            result,
+            report_path,
+            data=str(data.resolve()),
+            result_file=str(out.resolve()),
+            units={o.name: o.unit for o in the_model.outputs},
+        )
+        typer.echo(f"wrote {report_path}")
     if update is not None:
         from services.fitting.handover import apply_pack_update
 

@@ -14,6 +14,7 @@ the :class:`FitResult`; the format of the data and of the result file in docs/fi
 
 from services.fitting._data import DEFAULT_SIGMA_FRACTION, ErrorModel, FitError
 from services.fitting._fit import FitOptions, fit
+from services.fitting._report import fit_report_html, write_fit_report
 from services.fitting._result import (
     CORRELATION_LIMIT,
     EIGEN_RATIO_LIMIT,
@@ -51,8 +52,10 @@ __all__ = [
     "StartOutcome",
     "Timing",
     "fit",
+    "fit_report_html",
     "pack_with_parameters",
     "read_fitted",
     "result_toml",
+    "write_fit_report",
     "write_into_pack",
 ]
