@@ -331,12 +331,14 @@ def synth_command(
         typer.echo(f"wrote {path}")
 
 
+from bpcontrol.cli_compare import compare_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_fit import fit_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_run import run_command  # noqa: E402
 
 app.command("run")(run_command)
 app.command("fit")(fit_command)
+app.command("compare")(compare_command)
 app.add_typer(pack_app, name="pack")
 
 
