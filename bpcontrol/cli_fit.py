@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["fit_command"]
 
+_WHOLE_DATA_ERRORS = ("too few measurements", "the batches share no recorded series")
+"""Starts of the fit's errors about the batches together, which name no file themselves."""
+
 
 def _names(values: list[str] | None) -> list[str]:
     """Comma-separated or repeated option values as one list (blanks dropped)."""
@@ -160,7 +163,7 @@ def fit_command(
         if not names:
             raise ValueError("--params names no parameter")
 
-        from services.fitting import ErrorModel, FitOptions, fit, result_toml
+        from services.fitting import ErrorModel, FitError, FitOptions, fit, result_toml
         from services.historian.readback import open_source
 
         errors: dict[str, ErrorModel] = {}
@@ -181,6 +184,9 @@ def fit_command(
         ids = _names(batches) or list(source.batch_ids())
         if not ids:
             raise ValueError(f"--data {data}: holds no batches")
+        twice = sorted({b for b in ids if ids.count(b) > 1})
+        if twice:
+            raise ValueError(f"--batches: {', '.join(twice)} given more than once")
         recorded = [source.batch(b) for b in ids]
         if initial:  # a batch without a recorded initial state starts as the recipe says
             recorded = [replace(b, initial_state={**initial, **b.initial_state}) for b in recorded]
@@ -191,16 +197,21 @@ def fit_command(
                 for s in errors
                 if all(s in b.measurements and len(b.measurements[s]) for b in recorded)
             ] or None
-        result = fit(
-            the_model,
-            recorded,
-            names,
-            sensors=chosen,
-            errors=errors,
-            per_batch=_names(per_batch),
-            estimate_x0=_names(estimate_x0),
-            options=FitOptions(n_starts=starts, seed=seed),
-        )
+        try:
+            result = fit(
+                the_model,
+                recorded,
+                names,
+                sensors=chosen,
+                errors=errors,
+                per_batch=_names(per_batch),
+                estimate_x0=_names(estimate_x0),
+                options=FitOptions(n_starts=starts, seed=seed),
+            )
+        except FitError as exc:
+            if str(exc).startswith(_WHOLE_DATA_ERRORS):  # about all batches: name the data
+                raise FitError(f"--data {data} (batches {', '.join(ids)}): {exc}") from None
+            raise
     console = Console()
     console.print(fit_table(result))
     typer.echo(
