@@ -43,7 +43,7 @@ def compare_command(
     ],
     batches: Annotated[
         list[str] | None,
-        typer.Option("--batches", help="Batch ids, comma-separated or repeated [default: all]."),
+        typer.Option("--batches", help="Batch ids, comma-separated or repeated (default: all)."),
     ] = None,
     golden: Annotated[str | None, typer.Option("--golden", help="The golden batch's id.")] = None,
     golden_kpi: Annotated[
@@ -51,7 +51,7 @@ def compare_command(
         typer.Option(
             "--golden-kpi",
             help="Golden = the best of --batches by this KPI (NAME, NAME:max, NAME:min) "
-            "[default: product].",
+            "(default: product).",
         ),
     ] = None,
     align: Annotated[
@@ -59,15 +59,15 @@ def compare_command(
     ] = "time",
     sensors: Annotated[
         list[str] | None,
-        typer.Option("--sensors", help="Series to overlay [default: those every batch has]."),
+        typer.Option("--sensors", help="Series to overlay (default: those every batch has)."),
     ] = None,
     product: Annotated[
         str | None,
-        typer.Option("--product", help="Product sensor [default: the one named P or P_*]."),
+        typer.Option("--product", help="Product sensor (default: the one named P or P_*)."),
     ] = None,
     feed: Annotated[
         str | None,
-        typer.Option("--feed", help="Feed input for the yield [default: the only input]."),
+        typer.Option("--feed", help="Feed input for the yield (default: the only input)."),
     ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="HTML report with the overlays.")

@@ -100,11 +100,11 @@ def fit_command(
     ] = None,
     batches: Annotated[
         list[str] | None,
-        typer.Option("--batches", help="Batch ids, comma-separated or repeated [default: all]."),
+        typer.Option("--batches", help="Batch ids, comma-separated or repeated (default: all)."),
     ] = None,
     sensors: Annotated[
         list[str] | None,
-        typer.Option("--sensors", help="Sensors to fit [default: all recorded in every batch]."),
+        typer.Option("--sensors", help="Sensors to fit (default: all recorded in every batch)."),
     ] = None,
     per_batch: Annotated[
         list[str] | None,
@@ -122,7 +122,7 @@ def fit_command(
     report: Annotated[
         Path | None,
         typer.Option(
-            "--report", help="HTML report of the fit [default: the result file's name, .html]."
+            "--report", help="HTML report of the fit (default: the result file's name, .html)."
         ),
     ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Write no HTML report.")] = False,
