@@ -159,6 +159,11 @@ def fit_command(
             raise ValueError("give --write-pack (this pack) or --into-pack DIR2 (a copy), not both")
         if into_pack is not None:
             check_output_folder(into_pack.parent, "--into-pack", given=into_pack)
+        if pack is not None and out.suffix == ".toml" and out.resolve().parent == pack.resolve():
+            raise ValueError(
+                f"--out {out}: inside the pack folder, where the pack loader refuses unknown "
+                ".toml files; write the result next to the pack"
+            )
         names = _names(params)
         if not names:
             raise ValueError("--params names no parameter")
@@ -229,7 +234,10 @@ def fit_command(
             EXIT_FAILURE,
         )
     text = result_toml(
-        result, data=str(data.resolve()), pack=None if pack is None else str(pack.resolve())
+        result,
+        data=str(data.resolve()),
+        pack=None if pack is None else str(pack.resolve()),
+        report=None if report_path is None else str(report_path.resolve()),
     )
     update = None
     if pack is not None and (write_pack or into_pack is not None):

@@ -25,9 +25,12 @@ def _num(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
 
 
-def result_toml(result: FitResult, *, data: str, pack: str | None = None) -> str:
+def result_toml(
+    result: FitResult, *, data: str, pack: str | None = None, report: str | None = None
+) -> str:
     """The result file's text (module docstring); ``data``: the path the batches came from;
-    ``pack``: the pack folder whose model was fitted, if any."""
+    ``pack``: the pack folder whose model was fitted, if any; ``report``: the fit's HTML
+    report, if one is written."""
     by_name = {e.name: e for e in result.estimates}
     params = {
         name: {"value": value, "unit": by_name[name].unit}
@@ -55,6 +58,8 @@ def result_toml(result: FitResult, *, data: str, pack: str | None = None) -> str
     }
     if pack is not None:
         fit["pack"] = pack
+    if report is not None:
+        fit["report"] = report
     per_batch = {
         e.name: {"value": e.value, "unit": e.unit, "se": _num(e.se)}
         for e in result.estimates

@@ -227,6 +227,8 @@ def test_cli_refusals_are_one_line_and_write_nothing(
             r"not both",
         ),
     ]
+    in_pack = [*base[:5], "--pack", str(pack_dir), "--out", str(pack_dir / "fit.toml")]
+    cases.append((in_pack, r"--out .*fit\.toml: inside the pack folder"))
     bad = tmp_path / "bad.toml"
     bad.write_text('[parameters]\nmu_m = { value = 7.0, unit = "1/h" }\n', encoding="utf-8")
     run_args = ["run", "--pack", str(pack_dir), "--duration", "1", "--out", str(tmp_path / "r")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html as html_text
 import math
 import shutil
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,8 @@ def test_cli_writes_the_report_next_to_the_result_or_where_asked(
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "a" / "fit.toml")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a" / "fit.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    doc = tomllib.loads((tmp_path / "a" / "fit.toml").read_text(encoding="utf-8"))
+    assert doc["fit"]["report"] == str((tmp_path / "a" / "fit.html").resolve())
     res = runner.invoke(
         app,
         [*base, "--out", str(tmp_path / "b.toml"), "--report", str(tmp_path / "r" / "x.html")],
