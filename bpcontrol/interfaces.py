@@ -15,7 +15,8 @@ The loop (:mod:`bpcontrol.loop`) talks only to these. Implementations:
 Contracts the loop relies on (and that implementations must keep):
 
 - Every call may fail: ``Plant.read``/``Plant.apply`` may raise (device offline, timeout);
-  the loop records an event and goes on. ``Plant.apply`` returns what the device confirms
+  the loop records an event and goes on; :class:`PlantLinkLost` also sends the supervisor
+  to FALLBACK. ``Plant.apply`` returns what the device confirms
   it holds, which may differ from what was asked (a device clamp, a late confirmation).
 - ``Historian.write`` never blocks the loop and never loses an accepted record; ``flush``
   waits (bounded) until everything written is stored.
@@ -66,11 +67,23 @@ __all__ = [
     "InputLimitsAware",
     "Plant",
     "PlantError",
+    "PlantLinkLost",
 ]
 
 
 class PlantError(RuntimeError):
     """A plant (device, gateway, simulator) could not read or apply; the loop goes on."""
+
+
+class PlantLinkLost(PlantError):
+    """The link to the device is lost (no connection, or the device reports that the
+    controller's heartbeat is missing and it holds its local safe setpoints).
+
+    The edge gateways (``services.edge``) raise it from ``read``/``apply``; the loop then
+    counts the estimate as unusable for the next control step, so the supervisor goes to
+    FALLBACK (recipe profile, with its alarm event) and returns by its usual rule, at the
+    rate limits, once the link is back.
+    """
 
 
 @runtime_checkable

@@ -306,6 +306,7 @@ class Supervisor:
         solve_time_s: float | None,
         estimate_ok: bool,
         controller_allowed: bool = True,
+        link_ok: bool = True,
     ) -> tuple[SupervisorOutput, SupervisorState]:
         """The setpoints to apply at ``t_h`` (h) and the next state.
 
@@ -313,7 +314,9 @@ class Supervisor:
         the plan comes from this step's solve (``Plan.status.usable``); ``solve_time_s``:
         wall time of the solve (None when not measured); ``estimate_ok``: whether the
         estimate is healthy; ``controller_allowed``: whether the recipe phase lets the
-        controller act (False: AUTO follows the recipe with source ``"recipe"``). Only AUTO,
+        controller act (False: AUTO follows the recipe with source ``"recipe"``);
+        ``link_ok``: False when the link to the device was lost since the last step
+        (:class:`bpcontrol.interfaces.PlantLinkLost`), a cause for FALLBACK. Only AUTO,
         and a FALLBACK counting toward auto-resume, look at the plan. Raises ValueError only
         when ``t_h`` is not finite or earlier than the last step (a clock fault in the
         caller).
@@ -325,6 +328,8 @@ class Supervisor:
         audits: list[AuditRecord] = []
         mode, cause, good = state.mode, state.fallback_cause, state.good_plans
         causes = self.plan_problems(plan_u, plan_ok, solve_time_s, estimate_ok)
+        if not link_ok:
+            causes.insert(0, "plant link lost")
         resume_after = cfg.auto_resume_after
 
         if mode is Mode.AUTO and controller_allowed and causes:
