@@ -305,11 +305,11 @@ class DeviceServer:
         await nodes.confirmed_id.write_value(cid, ua.VariantType.UInt64)
 
     async def _go_safe(self, nodes: DeviceNodes, now: float) -> None:
-        self._state.safe = True
         await self._apply(nodes, self.mapping.safe_setpoints(), 0)
         await nodes.state.write_value("SafeState")
         await nodes.link_ok.write_value(False)
         self.safe_events.append((time.monotonic(), self._watch.silent_s(now)))
+        self._state.safe = True  # last: whoever sees it sees the log and events too
         _log.warning("device %s: heartbeat lost, safe setpoints applied", self.mapping.name)
 
     async def _sample(self, nodes: DeviceNodes) -> None:
