@@ -17,10 +17,11 @@ their sample time. Four parameters (mu_m, K_m, Y_x, v_par) from one start off th
   residuals and scaling (parameters divided by their start value).
 
 Imports are done before timing (SciPy's statistics module, which the fit imports lazily);
-each fit's wall time includes building its NLP. The 3-batch E. coli fit of issue 18 is not
-here yet (see docs/fitting.md, "Not yet built").
+each fit's wall time includes building its NLP; every method is run ``--repeats`` times
+side by side in one process and the medians are compared. The 3-batch E. coli fit is
+benchmarks/bench_fit_ecoli.py.
 
-    .venv/bin/python benchmarks/bench_fit.py
+    .venv/bin/python benchmarks/bench_fit.py [--repeats 5]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -149,12 +151,14 @@ def describe(res: FitResult) -> str:
     )
 
 
-def part1() -> list[str]:
+def part1(repeats: int) -> list[str]:
     model = load_model("dompc_batch_reactor")
     batches = dompc_batches(model)
     start = {p: model.p0[model.index(p)] * f for p, f in DOMPC_START.items()}
     lines = ["### Part 1: do-mpc batch reactor, 2 batches, 4 parameters, one start", ""]
-    lines.append("| method | wall (s) | evaluations | converged | objective (1/2 SSR) |")
+    lines.append(
+        f"| method | median wall of {repeats} (s) | evaluations | converged | objective (1/2 SSR) |"
+    )
     lines.append("|---|---:|---|---|---:|")
     fits = {}
     for label, opts in (
@@ -162,15 +166,19 @@ def part1() -> list[str]:
         ("bpcontrol fit, CVODES", FitOptions(n_starts=1, integrator="cvodes")),
         ("bpcontrol fit, RK4 x4 (integrator='rk')", FitOptions(n_starts=1, integrator="rk")),
     ):
-        t0 = time.perf_counter()
-        r = fit(model, batches, DOMPC_PARAMS, errors=DOMPC_ERRORS, start=start, options=opts)
-        wall = time.perf_counter() - t0
+        walls = []
+        for _ in range(repeats):  # each repeat a fresh fit, its NLP built again
+            t0 = time.perf_counter()
+            r = fit(model, batches, DOMPC_PARAMS, errors=DOMPC_ERRORS, start=start, options=opts)
+            walls.append(time.perf_counter() - t0)
+        wall = statistics.median(walls)
         fits[label] = (r, wall)
         lines.append(
             f"| {label}: {r.integrator} | {wall:.2f} | {describe(r)} | {r.converged} | "
             f"{r.ssr / 2:.4f} |"
         )
-    sp = scipy_fit(model, batches, DOMPC_PARAMS, start)
+    sps = [scipy_fit(model, batches, DOMPC_PARAMS, start) for _ in range(repeats)]
+    sp = sorted(sps, key=lambda d: d["wall_s"])[len(sps) // 2]  # the median run
     lines.append(
         f"| SciPy least_squares, 2-point FD, single shooting | {sp['wall_s']:.2f} | "
         f"{sp['nfev']} residual + {sp['njev']} FD Jacobian evaluations "
@@ -203,17 +211,20 @@ def part1() -> list[str]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5, help="fits per method (median)")
+    args = ap.parse_args()
     load = os.getloadavg()
     out = [
         "## Model fitting (issue 18): multiple shooting + IPOPT vs SciPy least squares",
         "",
-        f"`.venv/bin/python benchmarks/bench_fit.py`; {cpu_model()}, {os.cpu_count()} cores, "
+        f"`.venv/bin/python benchmarks/bench_fit.py --repeats {args.repeats}`; "
+        f"{cpu_model()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; load average at start "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
     ]
-    out += [*part1(), ""]
+    out += [*part1(args.repeats), ""]
     load = os.getloadavg()
     out.append(f"Load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.")
     print("\n".join(out))
