@@ -15,7 +15,7 @@ The loop (:mod:`bpcontrol.loop`) talks only to these. Implementations:
 Contracts the loop relies on (and that implementations must keep):
 
 - Every call may fail: ``Plant.read``/``Plant.apply`` may raise (device offline, timeout);
-  the loop records an event and goes on; :class:`PlantLinkLost` also sends the supervisor
+  the loop records an event and goes on; :class:`PlantLinkLostError` also sends the supervisor
   to FALLBACK. ``Plant.apply`` returns what the device confirms
   it holds, which may differ from what was asked (a device clamp, a late confirmation).
 - ``Historian.write`` never blocks the loop and never loses an accepted record; ``flush``
@@ -67,7 +67,7 @@ __all__ = [
     "InputLimitsAware",
     "Plant",
     "PlantError",
-    "PlantLinkLost",
+    "PlantLinkLostError",
 ]
 
 
@@ -75,7 +75,7 @@ class PlantError(RuntimeError):
     """A plant (device, gateway, simulator) could not read or apply; the loop goes on."""
 
 
-class PlantLinkLost(PlantError):
+class PlantLinkLostError(PlantError):
     """The link to the device is lost (no connection, or the device reports that the
     controller's heartbeat is missing and it holds its local safe setpoints).
 

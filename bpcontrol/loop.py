@@ -18,8 +18,9 @@ not confirm; on the last tick, a ``batch-end`` event.
 Faults never stop the batch: a plant read or write that fails, a controller that raises,
 hangs past its deadline or returns garbage, an unhealthy estimate — each becomes an event
 and, for the controller, a switch to FALLBACK within that control step; so does a lost
-link to the device (:class:`bpcontrol.interfaces.PlantLinkLost` from a read or write since
-the last control step, cause ``plant link lost``). The return to AUTO is the supervisor's rule (``SupervisorConfig.auto_resume_after``) or an operator's request.
+link to the device (:class:`bpcontrol.interfaces.PlantLinkLostError` from a read or write
+since the last control step, cause ``plant link lost``). The return to AUTO is the
+supervisor's rule (``SupervisorConfig.auto_resume_after``) or an operator's request.
 
 A recipe phase whose ``auto`` is false ("recipe only") keeps the controller's hands off the
 plant: the supervisor applies the recipe profile (source ``"recipe"``) while the controller
@@ -56,7 +57,7 @@ from bpcontrol.interfaces import (
     Historian,
     InputLimitsAware,
     Plant,
-    PlantLinkLost,
+    PlantLinkLostError,
 )
 from bpcontrol.nmpc import Plan, StateEstimate
 from bpcontrol.recipe import Recipe
@@ -231,7 +232,7 @@ class ControlLoop:
         self._last_estimate: EstimateRecord | None = None
         self._estimate: StateEstimate | None = None
         self._healthy_since_control = True
-        self._link_lost_since_control = False  # a PlantLinkLost since the last control step
+        self._link_lost_since_control = False  # a PlantLinkLostError since the last control step
         self._snapshot = LoopSnapshot(
             self.t0_h, "", mode, self._named(self._applied), None, None, False, identity
         )
@@ -381,7 +382,7 @@ class ControlLoop:
             readings = list(self.plant.read(t))
         except Exception as exc:  # a device fault must not stop the batch
             self.summary.plant_reads_failed += 1
-            self._link_lost_since_control |= isinstance(exc, PlantLinkLost)
+            self._link_lost_since_control |= isinstance(exc, PlantLinkLostError)
             self._write(
                 EventRecord(
                     t,
@@ -506,7 +507,7 @@ class ControlLoop:
             confirmed = self.plant.apply(t, asked)
             held = np.array([float(confirmed[n]) for n in names])
         except Exception as exc:  # the device keeps what it held
-            self._link_lost_since_control |= isinstance(exc, PlantLinkLost)
+            self._link_lost_since_control |= isinstance(exc, PlantLinkLostError)
             self._write(
                 EventRecord(
                     t,

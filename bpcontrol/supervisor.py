@@ -316,7 +316,7 @@ class Supervisor:
         estimate is healthy; ``controller_allowed``: whether the recipe phase lets the
         controller act (False: AUTO follows the recipe with source ``"recipe"``);
         ``link_ok``: False when the link to the device was lost since the last step
-        (:class:`bpcontrol.interfaces.PlantLinkLost`), a cause for FALLBACK. Only AUTO,
+        (:class:`bpcontrol.interfaces.PlantLinkLostError`), a cause for FALLBACK. Only AUTO,
         and a FALLBACK counting toward auto-resume, look at the plan. Raises ValueError only
         when ``t_h`` is not finite or earlier than the last step (a clock fault in the
         caller).

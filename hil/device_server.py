@@ -36,10 +36,10 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
-from asyncua.crypto.permission_rules import User, UserRole
 
 from bpcontrol.interfaces import Clock, Plant
 from services.edge.link import HeartbeatWatch, free_port

@@ -17,7 +17,7 @@ pinned (the session's keys come from the trusted certificate, so an impostor can
 answer). Policy None needs ``allow_insecure=True`` and logs a warning.
 
 A lost link (no session, or the device reporting LinkOk false: it missed the heartbeat and
-holds its safe setpoints) raises :class:`bpcontrol.interfaces.PlantLinkLost`.
+holds its safe setpoints) raises :class:`bpcontrol.interfaces.PlantLinkLostError`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from typing import Any, TypeVar
 from asyncua import Client, Node, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from bpcontrol.interfaces import PlantError, PlantLinkLost
+from bpcontrol.interfaces import PlantError, PlantLinkLostError
 from estimators import Reading
 from services.edge.link import Backoff
 from services.edge.mapping import DeviceMapping
+from services.edge.setpoints import Exchange, device_setpoints
 
 __all__ = ["ClientSecurity", "Exchange", "OpcUaPlant"]
 
@@ -58,18 +59,6 @@ class ClientSecurity:
     server_cert: Path
     user: str
     password: str
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One setpoint write: command id, loop time (h), values sent and held (model units),
-    wall seconds from the write to the confirmation (NaN: not confirmed)."""
-
-    command_id: int
-    t_h: float
-    sent: dict[str, float]
-    held: dict[str, float]
-    confirm_s: float
 
 
 class OpcUaPlant:
@@ -134,7 +123,7 @@ class OpcUaPlant:
         return self._connected.is_set()
 
     def read(self, t_h: float) -> Sequence[Reading]:
-        """New samples since the last call (model units; raises PlantLinkLost, PlantError)."""
+        """New samples since the last call (model units; raises PlantLinkLostError, PlantError)."""
         return self._call(self._read(t_h), 5.0)
 
     def apply(self, t_h: float, setpoints: Mapping[str, float]) -> Mapping[str, float]:
@@ -176,33 +165,14 @@ class OpcUaPlant:
 
     def _check(self, setpoints: Mapping[str, float]) -> dict[str, float]:
         """Device values of ``setpoints``; refuses a missing, non-finite or out-of-range one."""
-        device: dict[str, float] = {}
-        for m in self.mapping.inputs:
-            if m.name not in setpoints:
-                raise PlantError(
-                    f"setpoint {m.name!r} missing; the device needs {', '.join(self.input_names)}"
-                )
-            value = float(setpoints[m.name])
-            d = m.to_device(value)
-            tol = 1e-9 * max(1.0, abs(m.lower), abs(m.upper))
-            if not math.isfinite(d) or d < m.lower - tol or d > m.upper + tol:
-                raise PlantError(
-                    f"setpoint {m.name} = {value:g} ({d:g} {m.unit}) is outside the device range "
-                    f"[{m.lower:g}, {m.upper:g}] {m.unit} ({self.mapping.source}); nothing sent"
-                )
-            device[m.name] = min(max(d, m.lower), m.upper)
-        unknown = sorted(set(setpoints) - set(self.input_names))
-        if unknown:
-            raise PlantError(
-                f"unknown setpoint(s) {unknown}; the device takes {', '.join(self.input_names)}"
-            )
-        return device
+        return device_setpoints(self.mapping, setpoints)
 
     def _session(self) -> Client:
         client = self._client
         if client is None or not self._connected.is_set():
-            raise PlantLinkLost(
-                f"no session to the OPC UA device {self.endpoint} ({self._last_error}); reconnecting"
+            raise PlantLinkLostError(
+                f"no session to the OPC UA device {self.endpoint} ({self._last_error}); "
+                "reconnecting"
             )
         return client
 
@@ -272,13 +242,14 @@ class OpcUaPlant:
             )
         except Exception as exc:
             await self._lost(exc)
-            raise PlantLinkLost(
+            raise PlantLinkLostError(
                 f"reading the OPC UA device failed ({type(exc).__name__}: {exc})"
             ) from None
         link_ok, t_dev = bool(values[0]), float(values[1])
         if not link_ok:
-            raise PlantLinkLost(
-                f"the device {self.mapping.name} reports the controller's heartbeat lost; it holds its safe setpoints"
+            raise PlantLinkLostError(
+                f"the device {self.mapping.name} reports the controller's heartbeat lost; "
+                "it holds its safe setpoints"
             )
         if self._offset_h is None:
             self._offset_h = t_dev - t_h
@@ -315,14 +286,16 @@ class OpcUaPlant:
             raise PlantError(f"the device refused the setpoints ({exc})") from None
         except Exception as exc:
             await self._lost(exc)
-            raise PlantLinkLost(f"writing setpoints failed ({type(exc).__name__}: {exc})") from None
+            raise PlantLinkLostError(
+                f"writing setpoints failed ({type(exc).__name__}: {exc})"
+            ) from None
         deadline = t0 + self.mapping.confirm_timeout_s
         while True:
             try:
                 got = await client.read_values([n.confirmed, *n.currents])
             except Exception as exc:
                 await self._lost(exc)
-                raise PlantLinkLost(
+                raise PlantLinkLostError(
                     f"confirming setpoints failed ({type(exc).__name__}: {exc})"
                 ) from None
             if int(got[0]) == cid:
@@ -330,7 +303,8 @@ class OpcUaPlant:
             if time.perf_counter() > deadline:
                 self.exchanges.append(Exchange(cid, t_h, sent, {}, math.nan))
                 raise PlantError(
-                    f"the device did not confirm command {cid} within {self.mapping.confirm_timeout_s:g} s"
+                    f"the device did not confirm command {cid} within "
+                    f"{self.mapping.confirm_timeout_s:g} s"
                 )
             await asyncio.sleep(0.0005)
         held = {

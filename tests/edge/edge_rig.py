@@ -129,7 +129,8 @@ def start_broker(folder: Path, port: int | None = None) -> Broker:
         if process.poll() is not None:
             err = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(
-                f"mosquitto exited ({process.returncode}): {err} {log.read_text() if log.exists() else ''}"
+                f"mosquitto exited ({process.returncode}): {err} "
+                f"{log.read_text() if log.exists() else ''}"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

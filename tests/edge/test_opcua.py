@@ -11,7 +11,7 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from edge_rig import Pki, client_security
 
-from bpcontrol.interfaces import PlantError, PlantLinkLost
+from bpcontrol.interfaces import PlantError, PlantLinkLostError
 from hil.device_server import DeviceServer
 from services.edge.mapping import DeviceMapping
 from services.edge.opcua_gateway import OpcUaPlant
@@ -114,7 +114,7 @@ def test_anonymous_and_policy_none_are_refused(
         await client.connect()
         await client.disconnect()
 
-    with pytest.raises(Exception, match="Identity|identity|Bad"):
+    with pytest.raises(Exception, match=r"Identity|identity|Bad"):
         asyncio.run(anonymous())
     assert _commands(device) == writes
 
@@ -146,7 +146,7 @@ def test_heartbeat_loss_drops_the_device_to_safe_setpoints(
 def _link_ok(plant: OpcUaPlant, device: DeviceServer) -> bool:
     try:
         plant.read(device.clock.now())
-    except PlantLinkLost:
+    except PlantLinkLostError:
         return False
     return True
 
@@ -158,9 +158,9 @@ def test_outage_raises_link_lost_and_the_gateway_reconnects(
         plant.apply(own_device.clock.now(), SETPOINTS)
         own_device.stop()
         assert _wait(lambda: not plant.connected, 5.0)
-        with pytest.raises(PlantLinkLost, match="no session"):
+        with pytest.raises(PlantLinkLostError, match="no session"):
             plant.read(own_device.clock.now())
-        with pytest.raises(PlantLinkLost):
+        with pytest.raises(PlantLinkLostError):
             plant.apply(own_device.clock.now(), SETPOINTS)
         writes = len(own_device.write_log)
         own_device.start()  # same port, same plant
