@@ -14,6 +14,8 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
     discretization = "collocation" # or "rk4"
     collocation_degree = 3
     smoothing = 1e-3               # smooth min/max kinks in the controller's model copy
+    # smoothing_kind = "one-sided" # exact on min/max's first argument's branch; the
+    #                              # default "symmetric" is eps/2 off on both sides
     max_iter = 500
     # manipulated = ["F", "T_set"] # default: every input; the others follow the recipe
     # control_period_min = 10      # default: the recipe's
@@ -157,6 +159,7 @@ class ControlSpec(_Strict):
     collocation_degree: int = Field(default=3, ge=1, le=9)
     rk4_substeps: int = Field(default=4, ge=1, le=100)
     smoothing: float = Field(default=0.0, ge=0)
+    smoothing_kind: Literal["one-sided", "symmetric"] = "symmetric"
     max_iter: int = Field(default=500, ge=1, le=100_000)
     slack_tolerance: float = Field(default=1e-6, gt=0)
     deadline_s: float | None = Field(default=None, gt=0, le=86_400)
@@ -361,6 +364,7 @@ def nmpc_config(
         qp_solver=spec.qp_solver,
         jit=spec.jit,
         smoothing=spec.smoothing,
+        smoothing_kind=spec.smoothing_kind,
         initial_inputs=recipe.fallback,
         max_iter=spec.max_iter,
         time_limit_s=deadline,

@@ -60,11 +60,12 @@ mu_max and Y_xs 20 % off, seeds 1-5, 8 h): above (plant faster) the MHE meets th
 (pooled RMS of biomass and mu_max 0.935 and 0.926 times the EKF's); below (plant
 slower) NOT yet: 1.10 and 1.07 times the EKF's (margin 1.05), mostly seed 4, where the
 1 h window without assays cannot tell acetate uptake with a lower mu_max from the EKF's
-trajectory (both costs plausible). Found on the way: the symmetric smoothing of the model's clamps
-(``fmax(S, 0)`` = eps/2 at S = 0) gave an uptake after glucose exhaustion that the bound
-S >= 0 met only with huge process noise: wrong minima and failed solves at 3-4 h, hence
-the one-sided smoothing (:class:`_FirstExactMath`); without ``arrival_inflation`` the
-EKF's nearly singular covariance makes the window ill-conditioned (IPOPT's fallbacks).
+trajectory (both costs plausible). Found on the way: the symmetric smoothing of the
+model's clamps (``fmax(S, 0)`` = eps/2 at S = 0) gave an uptake after glucose exhaustion
+that the bound S >= 0 met only with huge process noise: wrong minima and failed solves at
+3-4 h, hence the one-sided smoothing (:class:`models.OneSidedSmoothCasadiMath`); without
+``arrival_inflation`` the EKF's nearly singular covariance makes the window
+ill-conditioned (IPOPT's fallbacks).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ from estimators._config import EKFConfig, EstimatorConfigError, default_scale
 from estimators._ekf_compiled import CompiledEKF
 from estimators._filter_base import ROS2_GAMMA
 from estimators._online import EstimatorState, FilterEvent, OnlineEstimator, Reading, StepReport
-from models import CasadiModel, Model, SmoothCasadiMath
+from models import CasadiModel, Model, OneSidedSmoothCasadiMath
 
 _T_EPS = 1e-9  # h: as OnlineEstimator
 
@@ -98,8 +99,8 @@ class MHEConfig:
     ``max_iter``, ``tol``: IPOPT's iteration limit and tolerance; ``max_wall_s``: IPOPT's
     wall-time limit per solve (s); past any limit the step falls back to the EKF.
     ``smoothing``: width (model units) over which the model's ``fmin``/``fmax`` kinks are
-    smoothed in the NLP, on one side only (:class:`_FirstExactMath`: exact where the
-    first argument is the result, e.g. ``fmax(S, 0)`` for S >= 0; 0: the exact model).
+    smoothed in the NLP, on one side only (:class:`models.OneSidedSmoothCasadiMath`: exact
+    where the first argument is the result, e.g. ``fmax(S, 0)`` for S >= 0; 0: the exact model).
     IPOPT needs a twice-differentiable problem: the E. coli model switches at S = 0,
     A = 0 and at the overflow flux, where the exact model made most solves past glucose
     exhaustion stop at the iteration limit. ``arrival_inflation``: the arrival covariance
@@ -272,7 +273,7 @@ class MovingHorizonEstimator:
     def _build(self) -> None:
         e, cfg = self.ekf, self.mhe
         cm = (
-            CasadiModel(self.model, _FirstExactMath(cfg.smoothing))
+            CasadiModel(self.model, OneSidedSmoothCasadiMath(cfg.smoothing))
             if cfg.smoothing > 0
             else self.model.to_casadi()
         )
@@ -664,28 +665,6 @@ class MovingHorizonEstimator:
                 guess[k] = states[max(i, 0)]
         guess[0] = z_bar[: self.nx]
         return guess, np.asarray(th, dtype=float)
-
-
-class _FirstExactMath(SmoothCasadiMath):
-    """CasADi operations with ``fmin``/``fmax`` smoothed on one side only: exact where the
-    first argument is the result, twice differentiable everywhere (what IPOPT needs).
-
-    ``fmax(a, b) = b + r(a - b)`` and ``fmin(a, b) = b - r(b - a)`` with ``r(d) = d`` for
-    d >= 0 and ``eps tanh(d / eps)`` below (monotone; within eps of the exact value). The
-    symmetric smoothing (:class:`models.SmoothCasadiMath`) is off by eps/2 at the kink, and
-    a model's clamps sit there: ``fmax(S, 0)`` at S = 0 gave a glucose uptake after
-    exhaustion, which the bound S >= 0 of the window could only meet with process noise
-    hundreds of standard deviations large. Models write the usual branch first
-    (``fmax(S, 0)``, ``fmin(qS, qS_crit)``), so the window's model is exact there."""
-
-    def _r(self, d: Any) -> Any:
-        return ca.if_else(d >= 0, d, self.eps * ca.tanh(d / self.eps))
-
-    def fmax(self, a: Any, b: Any) -> Any:
-        return b + self._r(a - b)
-
-    def fmin(self, a: Any, b: Any) -> Any:
-        return b - self._r(b - a)
 
 
 def _inverse_cholesky(P: np.ndarray, prior: np.ndarray) -> np.ndarray:

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from models._casadi import CasadiModel
 from models._jit import BackgroundBuild, compile_functions, compile_in_background
-from models._math import CASADI, JAX, NUMPY, MathNamespace, SmoothCasadiMath
+from models._math import (
+    CASADI,
+    JAX,
+    NUMPY,
+    MathNamespace,
+    OneSidedSmoothCasadiMath,
+    SmoothCasadiMath,
+    smooth_casadi_math,
+)
 from models._registry import available_models, load_model
 from models._simulate import InputProfile, SimulationError, Trajectory, simulate
 from models._spec import Input, Model, ModelError, Output, Parameter, State, Values
@@ -39,6 +47,7 @@ __all__ = [
     "MathNamespace",
     "Model",
     "ModelError",
+    "OneSidedSmoothCasadiMath",
     "Output",
     "Parameter",
     "SimulationError",
@@ -51,4 +60,5 @@ __all__ = [
     "compile_in_background",
     "load_model",
     "simulate",
+    "smooth_casadi_math",
 ]

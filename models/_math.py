@@ -80,6 +80,43 @@ class SmoothCasadiMath(_CasadiMath):
         return 0.5 * (a + b + ca.sqrt((a - b) ** 2 + self.eps**2))
 
 
+class OneSidedSmoothCasadiMath(SmoothCasadiMath):
+    """CasADi operations with ``fmin``/``fmax`` smoothed on one side only: exact wherever
+    the first argument is the result, twice differentiable everywhere (what IPOPT needs).
+
+    ``fmax(a, b) = b + r(a - b)`` and ``fmin(a, b) = b - r(b - a)`` with ``r(d) = d`` for
+    d >= 0 and ``eps tanh(d / eps)`` below (monotone; within eps of the exact value, and
+    r' and r'' continuous at 0). The symmetric smoothing (:class:`SmoothCasadiMath`) is
+    off by eps/2 at the kink, and a model's clamps sit there: ``fmax(A, 0)`` at A = 0
+    keeps an uptake of a substrate that is gone, so an optimizer predicts negative
+    concentrations and slows down at exactly the states an estimator clipped to zero.
+    Models write the usual branch first (``fmax(S, 0)``, ``fmin(qS, qS_crit)``), so the
+    smoothed model is exact on it."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__(eps)
+        self.name = f"casadi-one-sided({eps:g})"
+
+    def _r(self, d: Any) -> Any:
+        return ca.if_else(d >= 0, d, self.eps * ca.tanh(d / self.eps))
+
+    def fmax(self, a: Any, b: Any) -> Any:
+        return b + self._r(a - b)
+
+    def fmin(self, a: Any, b: Any) -> Any:
+        return b - self._r(b - a)
+
+
+def smooth_casadi_math(eps: float, kind: str = "one-sided") -> SmoothCasadiMath:
+    """The smoothed CasADi namespace of width ``eps`` of ``kind`` ``one-sided`` (exact on
+    the first argument's branch) or ``symmetric`` (within eps/2 everywhere)."""
+    if kind == "one-sided":
+        return OneSidedSmoothCasadiMath(eps)
+    if kind == "symmetric":
+        return SmoothCasadiMath(eps)
+    raise ValueError(f"smoothing kind must be 'one-sided' or 'symmetric', got {kind!r}")
+
+
 def _jnp() -> Any:
     """jax.numpy, imported when a model is first traced in JAX (models._jax sets float64)."""
     import jax.numpy as jnp

@@ -68,6 +68,7 @@ def test_ecoli_pack_controller_is_the_presets_economic_problem() -> None:
     assert cfg.rate_limits == {"F": 0.2, "Q_air": 20.0, "N_stir": 1200.0, "T_set": 3.0}
     assert cfg.input_bounds["F"] == (0.0, 0.5)
     assert (cfg.horizon, cfg.dt_h, cfg.solver) == (20, pytest.approx(1 / 6), "ipopt")
+    assert (cfg.smoothing, cfg.smoothing_kind) == (1e-3, "one-sided")
     assert run.deadline_s == 2.0 and run.auto_resume_after == 3
     assert run.kpis.product == "P_total" and run.kpis.minimum == {"DO": 30.0}
 

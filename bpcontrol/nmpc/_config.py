@@ -302,7 +302,11 @@ class NMPCConfig:
     ``qp_fallback``: QP solver for an RTI step whose ``qp_solver`` result fails the
     feasibility check (``None``: report the step as failed instead).
     ``smoothing`` (> 0) replaces the model's min/max kinks by smooth ones of that width in
-    the controller's copy (Newton solvers stall on kinks; the plant stays exact).
+    the controller's copy (Newton solvers stall on kinks; the plant stays exact);
+    ``smoothing_kind``: ``symmetric`` (default: within eps/2 of the kink on both sides) or
+    ``one-sided`` (exact on the first argument's branch, so ``fmax(A, 0)`` is exact for
+    A >= 0, see :class:`models.OneSidedSmoothCasadiMath`); which solves faster depends on
+    the model (docs/packs.md).
     ``ipopt_options``: extra IPOPT options by name without the ``ipopt.`` prefix (e.g.
     ``{"warm_start_init_point": "yes"}``); they override the defaults.
     ``robust``: a scenario tree over uncertain parameters (:class:`RobustConfig`); None:
@@ -334,6 +338,7 @@ class NMPCConfig:
     qp_solver: str = "condensed"
     qp_fallback: str | None = "qpoases"
     smoothing: float = 0.0
+    smoothing_kind: Literal["one-sided", "symmetric"] = "symmetric"
     initial_inputs: Callable[[float], Any] | None = None
     input_schedule: Callable[[float], Any] | None = None
     jit: bool = False
@@ -444,6 +449,10 @@ class NMPCConfig:
                 )
         if not (math.isfinite(self.smoothing) and self.smoothing >= 0):
             raise NMPCConfigError(f"smoothing must be >= 0, got {self.smoothing}")
+        if self.smoothing_kind not in ("one-sided", "symmetric"):
+            raise NMPCConfigError(
+                f"smoothing_kind must be 'one-sided' or 'symmetric', got {self.smoothing_kind!r}"
+            )
         if not self.time_limit_s > 0:
             raise NMPCConfigError("time_limit_s must be > 0")
         if self.input_schedule is not None:

@@ -43,7 +43,7 @@ import casadi as ca
 import numpy as np
 
 from bpcontrol.nmpc._config import NMPCConfig, ScenarioTree
-from models import CASADI, CasadiModel, Model, SmoothCasadiMath, Values
+from models import CASADI, CasadiModel, Model, Values, smooth_casadi_math
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     nx, nu, N = model.nx, model.nu, cfg.horizon
     # the controller's view of the model: kinks smoothed if asked (the plant stays exact)
     cm = (
-        CasadiModel(model, SmoothCasadiMath(cfg.smoothing))
+        CasadiModel(model, smooth_casadi_math(cfg.smoothing, cfg.smoothing_kind))
         if cfg.smoothing > 0
         else model.to_casadi()
     )

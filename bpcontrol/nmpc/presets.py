@@ -94,6 +94,7 @@ def ecoli_nmpc_config(
         discretization="collocation",
         collocation_degree=3,
         smoothing=1e-3,
+        smoothing_kind="one-sided",  # max(A, 0) exact at A = 0 (docs/packs.md)
         initial_inputs=ecoli_recipe(model),
         solver=solver,
         max_iter=500,
