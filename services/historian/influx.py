@@ -1,0 +1,682 @@
+"""The InfluxDB historian: every record to InfluxDB, through a durable store-and-forward buffer.
+
+Path of a record (see ``docs/historian.md``):
+
+1. :meth:`InfluxHistorian.write` (the loop's thread) checks and encodes the record into
+   line protocol (:mod:`services.historian.lineprotocol`); a malformed record is refused
+   there with an event (:class:`HistorianEvent`, kind ``refused``) and never buffered.
+   The lines go onto an in-memory queue; ``write`` returns (a few microseconds; it never
+   touches the disk or the network, so an outage cannot block or slow the loop).
+2. The *buffer thread* commits what is queued to the SQLite buffer file
+   (:mod:`services.historian.buffer`) every ``batch_interval_s`` (one transaction per
+   batch). From then on the record survives a crash of the process.
+3. The *forwarder thread* sends the oldest buffered batches (up to ``batch_points`` lines
+   per request) to ``/write`` and deletes them from the buffer only after a 2xx answer.
+   While the server is down (connection refused, timeout, 5xx) it retries the same batch
+   with exponential backoff (``0.05 s`` doubling up to ``max_backoff_s``); when the server
+   returns it drains the buffer in write order. A request answered 4xx is split in halves
+   and re-sent until the lines the server refuses are alone; those are set aside in the
+   buffer's ``dead_letter`` table with an event (``set-aside``) and the rest goes on.
+   Re-sending is idempotent: a line has the same series and timestamp every time, so the
+   server overwrites it (no duplicates after a crash between the answer and the delete).
+
+The buffer is bounded (``max_buffer_points``, ``max_buffer_bytes``): at ``alarm_fraction``
+of either an event ``buffer-high`` is raised, and when full, records are refused with an
+event ``buffer-full`` (counted in :attr:`InfluxHistorian.refused`), so that a long outage
+cannot fill the disk. Events also report the server going away and coming back, a missing
+database created, an authentication failure. They are kept for :meth:`events` (the caller
+drains them, e.g. into the loop's event records) and passed to ``on_event`` if given.
+
+A historian opened on a buffer file that still holds batches (the process was killed while
+the server was down) forwards them first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import enum
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from bpcontrol.records import (
+    AuditRecord,
+    EstimateRecord,
+    EventRecord,
+    MeasurementRecord,
+    PlanRecord,
+    Record,
+    RunIdentity,
+    SetpointRecord,
+)
+from services.historian.buffer import ForwardBuffer, ForwardBufferError
+from services.historian.embedded import HistorianClosedError, HistorianError
+from services.historian.influx_client import InfluxClient, InfluxConfig, InfluxQueryError
+from services.historian.lineprotocol import LineEncoder, RecordRefusedError
+
+__all__ = ["HistorianEvent", "HistorianEventKind", "InfluxHistorian"]
+
+_log = logging.getLogger(__name__)
+
+_RECORD_TYPES: Final = (
+    MeasurementRecord,
+    EstimateRecord,
+    PlanRecord,
+    SetpointRecord,
+    EventRecord,
+    AuditRecord,
+)
+_STOP: Final = object()
+_WAKE: Final = object()
+
+
+class HistorianEventKind(enum.StrEnum):
+    """What a :class:`HistorianEvent` reports."""
+
+    REFUSED = "refused"
+    """A malformed record was refused before the buffer (the message says why)."""
+    BUFFER_HIGH = "buffer-high"
+    """The buffer passed its alarm level (``alarm_fraction`` of its size)."""
+    BUFFER_FULL = "buffer-full"
+    """The buffer is full: records are refused until the server takes some."""
+    BUFFER_OK = "buffer-ok"
+    """The buffer fell back below its alarm level."""
+    SERVER_DOWN = "server-down"
+    """A batch could not be delivered (no connection, timeout, 5xx); retrying."""
+    SERVER_UP = "server-up"
+    """Delivery works again after a failure (the buffer drains)."""
+    AUTH_FAILED = "auth-failed"
+    """The server refused the credentials (401/403); retrying, nothing set aside."""
+    SET_ASIDE = "set-aside"
+    """Lines the server refused with a 4xx were set aside in the dead-letter table."""
+    DATABASE_CREATED = "database-created"
+    """The configured database was missing and was created."""
+    BUFFER_FAILED = "buffer-failed"
+    """The buffer file could not be written (disk full, say); retrying."""
+
+
+@dataclass(frozen=True)
+class HistorianEvent:
+    """Something the historian wants a person to know (``t_utc``: when, ISO-8601 UTC)."""
+
+    kind: HistorianEventKind
+    message: str
+    t_utc: str
+
+
+def _now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _positive(name: str, value: float, *, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if not (ok and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} > 0, got {value!r}")
+
+
+class InfluxHistorian:
+    """A :class:`bpcontrol.interfaces.Historian` that stores records in InfluxDB.
+
+    Args:
+        config: where the server is (:class:`services.historian.influx_client.InfluxConfig`).
+        buffer_path: the store-and-forward buffer file (e.g. ``runs/<id>/influx-buffer.sqlite``
+            or one per host); batches left in it by an earlier process are sent first.
+        identity: stamped on records that carry no run identity (the loop stamps its own).
+        batch_points: the most lines sent in one request (and committed in one buffer batch).
+        batch_interval_s: how long (s) the buffer thread gathers lines before it commits them.
+        max_buffer_points: the buffer's size in lines (queued + buffered).
+        max_buffer_bytes: the buffer's size in bytes of buffered line protocol (queued lines
+            count by their length).
+        alarm_fraction: the share of either size at which ``buffer-high`` is raised.
+        max_backoff_s: the longest wait (s) between retries of an undelivered batch.
+        drain_on_close_s: how long (s) :meth:`close` lets the forwarder deliver; what is
+            left stays in the buffer file for the next start.
+        strict: raise :class:`RecordRefusedError` from :meth:`write` for a malformed record
+            (besides the event); by default the record is refused with the event only, so
+            that bad data never stops the loop.
+        on_event: called with every :class:`HistorianEvent` (from the historian's threads
+            or from ``write``; must return quickly; its exceptions are ignored).
+        max_events: how many undrained events :meth:`events` keeps (the oldest go first).
+
+    Raises:
+        HistorianError: the buffer file cannot be opened.
+        ValueError: a size or time setting that is not a positive number.
+    """
+
+    def __init__(
+        self,
+        config: InfluxConfig,
+        buffer_path: str | Path,
+        *,
+        identity: RunIdentity | None = None,
+        batch_points: int = 5000,
+        batch_interval_s: float = 0.1,
+        max_buffer_points: int = 10_000_000,
+        max_buffer_bytes: int = 2 * 1024**3,
+        alarm_fraction: float = 0.8,
+        max_backoff_s: float = 2.0,
+        drain_on_close_s: float = 5.0,
+        strict: bool = False,
+        on_event: Callable[[HistorianEvent], None] | None = None,
+        max_events: int = 1000,
+    ) -> None:
+        _positive("batch_points", batch_points, integer=True)
+        _positive("max_buffer_points", max_buffer_points, integer=True)
+        _positive("max_buffer_bytes", max_buffer_bytes, integer=True)
+        _positive("max_events", max_events, integer=True)
+        for name, value in (
+            ("batch_interval_s", batch_interval_s),
+            ("max_backoff_s", max_backoff_s),
+            ("drain_on_close_s", drain_on_close_s),
+        ):
+            _positive(name, value)
+        if not (isinstance(alarm_fraction, float | int) and 0 < alarm_fraction <= 1):
+            raise ValueError(f"alarm_fraction must be in (0, 1], got {alarm_fraction!r}")
+        self.config = config
+        self.buffer_path = Path(buffer_path)
+        self._batch_points = batch_points
+        self._interval = float(batch_interval_s)
+        self._max_points = max_buffer_points
+        self._max_bytes = max_buffer_bytes
+        self._alarm = float(alarm_fraction)
+        self._max_backoff = float(max_backoff_s)
+        self._drain_s = float(drain_on_close_s)
+        self._strict = strict
+        self._on_event = on_event
+        self._events: deque[HistorianEvent] = deque(maxlen=max_events)
+        self._events_lock = threading.Lock()
+        self._encoder = LineEncoder(identity)
+
+        try:
+            self._writer_buf = ForwardBuffer(self.buffer_path)
+            self._forward_buf = ForwardBuffer(self.buffer_path)
+        except ForwardBufferError as exc:
+            raise HistorianError(str(exc)) from exc
+        start_points, start_bytes = self._writer_buf.totals()
+
+        self._lock = threading.Lock()  # counters shared by write() and the threads
+        self._progress = threading.Condition(self._lock)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued_points = 0
+        self._queued_bytes = 0
+        self._buffered_points = start_points  # committed, not yet acknowledged
+        self._buffered_bytes = start_bytes
+        self._accepted_points = start_points  # target of flush(): earlier leftovers first
+        self._committed_points = start_points
+        self._settled_points = 0  # delivered or set aside
+        self._delivered_points = 0
+        self._set_aside_points = 0
+        self._accepted = 0
+        self._refused = 0
+        self._high = False
+        self._full = False
+        self._closed = False
+        self._stop_forwarding = threading.Event()
+        self._drain_deadline: float | None = None
+        self._new_data = threading.Event()
+        if start_points:
+            self._new_data.set()
+        self._last_error: BaseException | None = None
+        self._client = InfluxClient(config)
+        self._db_ready = not config.create_database
+
+        self._buffer_thread = threading.Thread(
+            target=self._buffer_loop, name=f"influx-buffer:{self.buffer_path.name}", daemon=True
+        )
+        self._forward_thread = threading.Thread(
+            target=self._forward_loop, name=f"influx-forward:{self.buffer_path.name}", daemon=True
+        )
+        self._buffer_thread.start()
+        self._forward_thread.start()
+        atexit.register(self._close_at_exit)
+        self._check_level()
+
+    # -- public API ------------------------------------------------------------------
+
+    def write(self, record: Record) -> None:
+        """Check, encode and queue ``record``; returns at once (never waits for disk or network).
+
+        A malformed record, or one that does not fit in a full buffer, is refused with an
+        event (and with :class:`RecordRefusedError` when ``strict``); nothing of it is kept.
+
+        Raises:
+            TypeError: ``record`` is not a record of :mod:`bpcontrol.records`.
+            HistorianClosedError: the historian was closed.
+            RecordRefusedError: only when ``strict`` (see above).
+        """
+        if not isinstance(record, _RECORD_TYPES):
+            raise TypeError(
+                "InfluxHistorian.write takes a bpcontrol.records record "
+                f"(MeasurementRecord, EstimateRecord, ...), got {type(record).__name__}"
+            )
+        with self._lock:
+            if self._closed:
+                raise HistorianClosedError(
+                    f"InfluxDB historian ({self.buffer_path}) is closed; "
+                    f"{type(record).__name__} at t_h={record.t_h} h not stored"
+                )
+            try:
+                lines = self._encoder.encode(record)
+            except RecordRefusedError as exc:
+                self._refused += 1
+                refusal = exc
+            else:
+                nbytes = sum(map(len, lines)) + len(lines)
+                points = self._queued_points + self._buffered_points + len(lines)
+                size = self._queued_bytes + self._buffered_bytes + nbytes
+                if points > self._max_points or size > self._max_bytes:
+                    self._refused += 1
+                    refusal = RecordRefusedError(
+                        f"buffer full ({points - len(lines)} of {self._max_points} points, "
+                        f"{size - nbytes} of {self._max_bytes} bytes): "
+                        f"{type(record).__name__} at t_h={record.t_h} h refused"
+                    )
+                    if not self._full:
+                        self._full = True
+                        self._emit(HistorianEventKind.BUFFER_FULL, str(refusal))
+                    if self._strict:
+                        raise refusal
+                    return
+                self._queue.put(lines)
+                self._queued_points += len(lines)
+                self._queued_bytes += nbytes
+                self._accepted_points += len(lines)
+                self._accepted += 1
+                if not self._high and (
+                    points >= self._alarm * self._max_points
+                    or size >= self._alarm * self._max_bytes
+                ):
+                    self._high = True
+                    self._emit(
+                        HistorianEventKind.BUFFER_HIGH,
+                        f"store-and-forward buffer at {points} of {self._max_points} points, "
+                        f"{size} of {self._max_bytes} bytes (alarm at {self._alarm:.0%}); "
+                        f"the server at {self.config.url} is not taking records fast enough",
+                    )
+                return
+        self._emit(HistorianEventKind.REFUSED, f"record refused: {refusal}")
+        if self._strict:
+            raise refusal
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every record accepted so far (and what an earlier process left in the
+        buffer) is delivered to the server or set aside; False when ``timeout_s`` ran out
+        (the server is down, say: the records stay safe in the buffer)."""
+        self._queue.put(_WAKE)
+        with self._lock:
+            target = self._accepted_points
+        self._new_data.set()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._progress:
+            while self._settled_points < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not self._forward_thread.is_alive():
+                    return False
+                self._progress.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def wait_buffered(self, timeout_s: float | None = None) -> bool:
+        """Wait until every record accepted so far is committed to the buffer file (safe from
+        a crash of this process); False when ``timeout_s`` ran out."""
+        self._queue.put(_WAKE)
+        with self._lock:
+            target = self._accepted_points
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._progress:
+            while self._committed_points < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not self._buffer_thread.is_alive():
+                    return False
+                self._progress.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Refuse further writes, commit what is queued to the buffer file, let the forwarder
+        deliver for up to ``drain_on_close_s`` and stop (idempotent). What is not delivered
+        stays in the buffer file and is sent by the next historian opened on it.
+
+        Raises:
+            HistorianError: the queued records could not be committed within ``timeout_s``.
+        """
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
+        self._buffer_thread.join(timeout_s)
+        if self._buffer_thread.is_alive():
+            raise HistorianError(
+                f"InfluxDB historian: {self._queued_points} points not yet in the buffer file "
+                f"{self.buffer_path} after {timeout_s} s (last error: {self._last_error!r})"
+            )
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self._drain_s
+        self._stop_forwarding.set()
+        self._new_data.set()
+        self._forward_thread.join(self._drain_s + self.config.timeout_s + 5.0)
+        if not self._forward_thread.is_alive():
+            self._client.close()
+            with contextlib.suppress(Exception):
+                self._writer_buf.close()
+                self._forward_buf.close()
+        atexit.unregister(self._close_at_exit)
+
+    def events(self) -> list[HistorianEvent]:
+        """The events since the last call, oldest first (they are removed)."""
+        with self._events_lock:
+            out = list(self._events)
+            self._events.clear()
+        return out
+
+    @property
+    def pending_points(self) -> int:
+        """Lines accepted and not yet delivered or set aside (queued + buffered)."""
+        with self._lock:
+            return self._queued_points + self._buffered_points
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of line protocol waiting in the buffer file (plus the queue)."""
+        with self._lock:
+            return self._buffered_bytes + self._queued_bytes
+
+    @property
+    def delivered_points(self) -> int:
+        """Lines the server acknowledged since this historian was opened."""
+        return self._delivered_points
+
+    @property
+    def set_aside_points(self) -> int:
+        """Lines the server refused (4xx), kept in the dead-letter table."""
+        return self._set_aside_points
+
+    @property
+    def accepted(self) -> int:
+        """Records accepted by :meth:`write`."""
+        return self._accepted
+
+    @property
+    def refused(self) -> int:
+        """Records refused by :meth:`write` (malformed, or the buffer was full)."""
+        return self._refused
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The most recent delivery or buffer error."""
+        return self._last_error
+
+    def __enter__(self) -> InfluxHistorian:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"InfluxHistorian({self.config.url!r}, db={self.config.database!r}, "
+            f"buffer={str(self.buffer_path)!r}, pending={self.pending_points})"
+        )
+
+    # -- events ----------------------------------------------------------------------
+
+    def _emit(self, kind: HistorianEventKind, message: str) -> None:
+        event = HistorianEvent(kind, message, _now_utc())
+        with self._events_lock:
+            self._events.append(event)
+        _log.warning("%s: %s", kind.value, message)
+        if self._on_event is not None:
+            with contextlib.suppress(Exception):
+                self._on_event(event)
+
+    def _check_level(self) -> None:
+        """Clear the full/high marks (with an event) once the buffer fell below the alarm
+        level less a tenth of its size; raise the high mark for leftovers at start."""
+        with self._lock:
+            points = self._queued_points + self._buffered_points
+            size = self._queued_bytes + self._buffered_bytes
+            level = max(points / self._max_points, size / self._max_bytes)
+            back = self._high and level < self._alarm - 0.1
+            if back:
+                self._high = self._full = False
+            elif self._full and level < 1.0 - 0.1:
+                self._full = False
+            up = not self._high and level >= self._alarm
+            if up:
+                self._high = True
+        if back:
+            self._emit(
+                HistorianEventKind.BUFFER_OK,
+                f"store-and-forward buffer back to {points} points, {size} bytes",
+            )
+        if up:
+            self._emit(
+                HistorianEventKind.BUFFER_HIGH,
+                f"store-and-forward buffer at {points} of {self._max_points} points "
+                f"(alarm at {self._alarm:.0%})",
+            )
+
+    # -- the buffer thread -----------------------------------------------------------
+
+    def _gather(self, batch: list[str], block: bool) -> bool:
+        """Move queued lines into ``batch`` (see EmbeddedHistorian); True at the stop mark."""
+        q = self._queue
+        try:
+            item = q.get() if block else q.get_nowait()
+        except queue.Empty:
+            return False
+        deadline = time.monotonic() + self._interval
+        urgent = stop = False
+        while True:
+            if item is _STOP:
+                stop = urgent = True
+            elif item is _WAKE:
+                urgent = True
+            else:
+                batch.extend(item)
+            if len(batch) >= self._batch_points:
+                return stop
+            remaining = 0.0 if urgent else deadline - time.monotonic()
+            try:
+                item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+            except queue.Empty:
+                return stop
+
+    def _buffer_loop(self) -> None:
+        batch: list[str] = []
+        stop = False
+        backoff = 0.0
+        failing = False
+        while True:
+            if not stop:
+                stop = self._gather(batch, block=not batch)
+            if batch:
+                try:
+                    nbytes = self._writer_buf.append(batch)
+                except Exception as exc:  # disk full, file locked: keep the batch, retry
+                    self._last_error = exc
+                    if not failing:
+                        failing = True
+                        self._emit(
+                            HistorianEventKind.BUFFER_FAILED,
+                            f"cannot write the buffer file {self.buffer_path}: {exc}; retrying",
+                        )
+                    backoff = min(max(2 * backoff, 0.05), self._max_backoff)
+                    time.sleep(backoff)
+                    continue
+                failing = False
+                backoff = 0.0
+                n = len(batch)
+                qbytes = sum(map(len, batch)) + n
+                with self._progress:
+                    self._queued_points -= n
+                    self._queued_bytes -= qbytes
+                    self._buffered_points += n
+                    self._buffered_bytes += nbytes
+                    self._committed_points += n
+                    self._progress.notify_all()
+                batch = []
+                self._new_data.set()
+            if stop and not batch:
+                return
+
+    # -- the forwarder thread --------------------------------------------------------
+
+    def _forward_loop(self) -> None:
+        backoff = 0.0
+        down = False
+        while True:
+            if self._stop_forwarding.is_set():
+                deadline = self._drain_deadline or 0.0
+                if time.monotonic() >= deadline:
+                    return
+            try:
+                ids, lines, nbytes = self._forward_buf.oldest(self._batch_points)
+            except Exception as exc:  # the file is locked by a writer for long: retry
+                self._last_error = exc
+                time.sleep(0.05)
+                continue
+            if not ids:
+                if self._stop_forwarding.is_set() and self._buffer_thread.is_alive() is False:
+                    return
+                self._new_data.wait(1.0)
+                self._new_data.clear()
+                continue
+            try:
+                refused = self._deliver(lines)
+            except _RetryLaterError as exc:
+                self._last_error = exc.cause
+                if not down:
+                    down = True
+                    self._emit(exc.kind, exc.message)
+                backoff = min(max(2 * backoff, 0.05), self._max_backoff)
+                self._sleep(backoff)
+                continue
+            self._forward_buf.remove(ids, refused)
+            n_refused = sum(len(r[0]) for r in refused)
+            with self._progress:
+                self._buffered_points -= len(lines)
+                self._buffered_bytes -= nbytes
+                self._settled_points += len(lines)
+                self._delivered_points += len(lines) - n_refused
+                self._set_aside_points += n_refused
+                self._progress.notify_all()
+            for bad, status, reason in refused:
+                self._emit(
+                    HistorianEventKind.SET_ASIDE,
+                    f"{len(bad)} line(s) refused by the server ({status}: {reason}) set aside "
+                    f"in the dead-letter table of {self.buffer_path}; first: {bad[0][:200]!r}",
+                )
+            if down:
+                down = False
+                self._emit(
+                    HistorianEventKind.SERVER_UP,
+                    f"delivering to {self.config.url} again; draining "
+                    f"{self._buffered_points} buffered points",
+                )
+            backoff = 0.0
+            self._check_level()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` unless close() asks the forwarder to stop (then returns early)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop_forwarding.is_set() and time.monotonic() >= (self._drain_deadline or 0):
+                return
+            time.sleep(min(left, 0.05))
+
+    def _ensure_database(self) -> None:
+        """Create the database once (when configured to); _RetryLaterError when unreachable."""
+        if self._db_ready:
+            return
+        try:
+            self._client.create_database()
+        except InfluxQueryError as exc:
+            raise _RetryLaterError(
+                HistorianEventKind.SERVER_DOWN,
+                f"cannot create database {self.config.database!r} at {self.config.url}: "
+                f"{exc}; records stay in the buffer, retrying",
+                exc,
+            ) from exc
+        self._db_ready = True
+
+    def _deliver(self, lines: list[str]) -> list[tuple[list[str], int, str]]:
+        """Send ``lines``; the refused sub-batches (lines, status, reason). Raises _RetryLaterError
+        when nothing could be decided (server down, 5xx, authentication)."""
+        self._ensure_database()
+        body = "\n".join(lines).encode("utf-8")
+        try:
+            r = self._client.write(body)
+        except httpx.HTTPError as exc:
+            raise _RetryLaterError(
+                HistorianEventKind.SERVER_DOWN,
+                f"InfluxDB at {self.config.url} unreachable ({type(exc).__name__}: {exc}); "
+                "records stay in the buffer, retrying",
+                exc,
+            ) from exc
+        status = r.status_code
+        if 200 <= status < 300:
+            return []
+        reason = r.text.strip()[:300]
+        if status in (401, 403):
+            raise _RetryLaterError(
+                HistorianEventKind.AUTH_FAILED,
+                f"InfluxDB at {self.config.url} refused the credentials ({status}: {reason}); "
+                "check the token or user; records stay in the buffer, retrying",
+                RuntimeError(reason),
+            )
+        if status == 404 and "database not found" in reason:
+            self._db_ready = not self.config.create_database
+            if self._db_ready:
+                raise _RetryLaterError(
+                    HistorianEventKind.SERVER_DOWN,
+                    f"database {self.config.database!r} does not exist at {self.config.url} "
+                    "(create_database is off); records stay in the buffer, retrying",
+                    RuntimeError(reason),
+                )
+            self._ensure_database()
+            self._emit(
+                HistorianEventKind.DATABASE_CREATED,
+                f"created database {self.config.database!r} at {self.config.url}",
+            )
+            return self._deliver(lines)
+        if status >= 500 or status in (404, 408, 429):
+            raise _RetryLaterError(
+                HistorianEventKind.SERVER_DOWN,
+                f"InfluxDB at {self.config.url} answered {status} ({reason}); retrying",
+                RuntimeError(reason),
+            )
+        # 4xx: the data. Split until the refused lines are alone (re-sends overwrite).
+        if len(lines) == 1:
+            return [(lines, status, reason)]
+        mid = len(lines) // 2
+        return self._deliver(lines[:mid]) + self._deliver(lines[mid:])
+
+    def _close_at_exit(self) -> None:
+        """At interpreter exit, commit what is queued to the buffer file (bounded)."""
+        with contextlib.suppress(HistorianError):
+            self.close(timeout_s=10.0)
+
+
+class _RetryLaterError(Exception):
+    """Delivery of a batch must be retried later (the event to raise, the cause)."""
+
+    def __init__(self, kind: HistorianEventKind, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.cause = cause
