@@ -153,6 +153,11 @@ class MqttTopics:
         return f"{self.base}/controller"
 
     @property
+    def state(self) -> str:
+        """The device's unit state (retained ``Running`` / ``SafeState``)."""
+        return f"{self.base}/state"
+
+    @property
     def link(self) -> str:
         """The device's link state (retained ``ok`` / ``lost``)."""
         return f"{self.base}/link"

@@ -7,6 +7,7 @@ server is a real asyncua server in a thread, stopped by the fixture.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -81,9 +82,42 @@ class Broker:
         """Terminate the broker (kill after 5 s)."""
         _stop(self.process)
 
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL: no goodbye to its clients)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5.0)
+
+    def restart(self) -> Broker:
+        """A new broker on the same port and files (after :meth:`kill` or :meth:`stop`)."""
+        return start_broker(self.log.parent, self.port)
+
 
 BROKER_USERS = {"r1-controller": "pw-r1c", "r1-device": "pw-r1d", "r2-controller": "pw-r2c"}
 """Users of the test broker; the ACL gives each only its own reactor's topics."""
+
+
+ACL = """\
+# the controller of r1 sends commands, beats and its presence, and reads the rest of r1
+user r1-controller
+topic write bpcontrol/lab1/r1/+/set
+topic write bpcontrol/lab1/r1/heartbeat
+topic readwrite bpcontrol/lab1/r1/controller
+topic read bpcontrol/lab1/r1/#
+
+# the device of r1 publishes its signals, confirmations and link, and reads r1's commands
+user r1-device
+topic readwrite bpcontrol/lab1/r1/#
+
+# the controller of r2: nothing of r1
+user r2-controller
+topic write bpcontrol/lab1/r2/+/set
+topic write bpcontrol/lab1/r2/heartbeat
+topic readwrite bpcontrol/lab1/r2/controller
+topic read bpcontrol/lab1/r2/#
+"""
+"""The broker's ACL: each user only its own reactor's topics (and the controller cannot
+publish measurements)."""
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -108,17 +142,13 @@ def start_broker(folder: Path, port: int | None = None) -> Broker:
             [MOSQUITTO_PASSWD, "-b", str(passwd), user, password], check=True, capture_output=True
         )
     acl = folder / "acl"
-    acl.write_text(
-        "user r1-controller\ntopic readwrite bpcontrol/lab1/r1/#\n\n"
-        "user r1-device\ntopic readwrite bpcontrol/lab1/r1/#\n\n"
-        "user r2-controller\ntopic readwrite bpcontrol/lab1/r2/#\n",
-        encoding="utf-8",
-    )
+    acl.write_text(ACL, encoding="utf-8")
     log = folder / "mosquitto.log"
     conf = folder / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
-        f"acl_file {acl}\npersistence false\nlog_dest file {log}\nlog_type all\n",
+        f"acl_file {acl}\npersistence false\nlog_dest file {log}\nlog_type all\n"
+        f"user {getpass.getuser()}\n",  # as root it would drop to user mosquitto
         encoding="utf-8",
     )
     process = subprocess.Popen(

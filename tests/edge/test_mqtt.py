@@ -1,0 +1,189 @@
+"""The MQTT gateway against the simulated device through a real Mosquitto on loopback.
+
+The broker denies anonymous clients, checks a password file and applies a per-reactor ACL
+(``edge_rig.ACL``); the device (``hil.device_mqtt``) and the gateway are paho clients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from edge_rig import Broker
+
+from bpcontrol.clock import PacedClock
+from bpcontrol.interfaces import PlantError, PlantLinkLostError
+from hil.device_mqtt import DeviceMqtt
+from hil.plant import ecoli_plant
+from models import Model
+from services.edge.mapping import DeviceMapping
+from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
+
+SETPOINTS = {"F": 0.12, "Q_air": 12.0, "N_stir": 900.0, "T_set": 36.5}
+CONTROLLER = MqttSecurity("r1-controller", "pw-r1c")
+DEVICE = MqttSecurity("r1-device", "pw-r1d")
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _commands(device: DeviceMqtt) -> list[int]:
+    """The controller command ids the device applied, in order (its safe fallbacks aside)."""
+    return [e.command_id for e in device.write_log if e.command_id != 0]
+
+
+@pytest.fixture
+def mqtt_device(model: Model, mapping: DeviceMapping, broker: Broker) -> Iterator[DeviceMqtt]:
+    """The simulated E. coli reactor on the test's broker, its clock 600x."""
+    device = DeviceMqtt(
+        ecoli_plant(model, seed=3),
+        PacedClock(600.0),
+        mapping,
+        host="127.0.0.1",
+        port=broker.port,
+        security=DEVICE,
+    )
+    device.start()
+    try:
+        yield device
+    finally:
+        device.stop()
+
+
+def _gateway(broker: Broker, mapping: DeviceMapping, security: MqttSecurity | None) -> MqttPlant:
+    return MqttPlant("127.0.0.1", broker.port, mapping, security=security, connect_timeout_s=5.0)
+
+
+def test_round_trip_setpoints_and_readings(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    with _gateway(broker, mapping, CONTROLLER) as plant:
+        assert plant.input_names == ("F", "Q_air", "N_stir", "T_set")
+        held = plant.apply(mqtt_device.clock.now(), SETPOINTS)
+        assert held == pytest.approx(SETPOINTS, rel=1e-12)
+        (exchange,) = plant.exchanges
+        assert exchange.confirmed and exchange.held == pytest.approx(SETPOINTS, rel=1e-12)
+        entry = mqtt_device.write_log[-1]
+        assert entry.command_id == exchange.command_id
+        assert entry.held == pytest.approx(SETPOINTS, rel=1e-12)
+        time.sleep(0.3)  # 600x: 3 min of process time, at least 2 new 1-min samples
+        readings = plant.read(mqtt_device.clock.now())
+        assert {"DO_probe", "y_O2_out", "y_CO2_out", "V_meas"} <= {r.sensor for r in readings}
+        do = [r for r in readings if r.sensor == "DO_probe"]
+        assert len(do) >= 2  # every sample, not only the latest
+        assert all(0.0 <= r.value <= 200.0 for r in do)  # the probe's range (% saturation)
+        times = [float(r.t_sample or 0.0) for r in do]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        # the device heard the controller's presence
+        assert "online" in mqtt_device.controller_presence
+
+
+def test_out_of_range_setpoint_is_refused_before_sending(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    with _gateway(broker, mapping, CONTROLLER) as plant:
+        plant.apply(mqtt_device.clock.now(), SETPOINTS)
+        applied, sent = _commands(mqtt_device), len(plant.exchanges)
+        with pytest.raises(PlantError, match=r"N_stir = 1500 \(1500 rpm\) is outside"):
+            plant.apply(mqtt_device.clock.now(), {**SETPOINTS, "N_stir": 1500.0})
+        with pytest.raises(PlantError, match="F = nan"):
+            plant.apply(mqtt_device.clock.now(), {**SETPOINTS, "F": math.nan})
+        time.sleep(0.1)
+        assert _commands(mqtt_device) == applied and len(plant.exchanges) == sent
+
+
+@pytest.mark.parametrize(
+    "login",
+    [None, MqttSecurity("r1-controller", "guess"), MqttSecurity("nobody", "x")],
+    ids=["no credentials", "wrong password", "unknown user"],
+)
+def test_refused_logins_write_nothing(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker, login: MqttSecurity | None
+) -> None:
+    with pytest.raises(PlantError, match=r"cannot connect \(refused: Not authorized"):
+        _gateway(broker, mapping, login)
+    time.sleep(0.1)
+    assert _commands(mqtt_device) == []
+
+
+def test_another_reactors_controller_cannot_write(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    # r2's controller logs in fine but the ACL refuses every publish on r1's topics
+    with _gateway(broker, mapping, MqttSecurity("r2-controller", "pw-r2c")) as intruder:
+        with pytest.raises(PlantError, match=r"broker refused the setpoints .* \(Not authorized\)"):
+            intruder.apply(mqtt_device.clock.now(), SETPOINTS)
+        assert not intruder.exchanges[-1].confirmed
+    time.sleep(0.2)
+    assert _commands(mqtt_device) == []
+    # and the controller cannot pose as the device: its measurement publish is refused
+    with _gateway(broker, mapping, CONTROLLER) as plant:
+        info = plant._client.publish("bpcontrol/lab1/r1/DO_probe", '{"v":1,"t":0,"now":0}', qos=1)
+        info.wait_for_publish(2.0)
+        assert _wait(lambda: info.mid in plant._refused, 2.0)
+
+
+def test_heartbeat_loss_drops_the_device_to_safe_setpoints(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    plant = _gateway(broker, mapping, CONTROLLER)
+    plant.apply(mqtt_device.clock.now(), SETPOINTS)
+    plant.close()  # the controller is gone: no more heartbeats
+    t0 = time.monotonic()
+    timeout = mapping.heartbeat_timeout_s
+    assert _wait(lambda: mqtt_device.safe, timeout + 2.0)
+    reached = time.monotonic() - t0
+    entry = mqtt_device.write_log[-1]
+    assert entry.command_id == 0 and entry.held == pytest.approx(mapping.safe_setpoints())
+    ((_, silent_s),) = mqtt_device.safe_events
+    # the watch runs every poll (2 ms): safe no earlier than the timeout after the last beat,
+    # and within it plus a 0.25 s margin (poll, thread wake-ups on 2 busy cores)
+    assert timeout <= silent_s <= timeout + 0.25
+    assert reached <= timeout + 0.25
+    assert mqtt_device.controller_presence[-1] == "offline"
+    # a controller that comes back sees the lost link until its beat arrives, then commands
+    with _gateway(broker, mapping, CONTROLLER) as again:
+        assert _wait(lambda: _link_ok(again, mqtt_device), 3.0)
+        held = again.apply(mqtt_device.clock.now(), SETPOINTS)
+        assert held == pytest.approx(SETPOINTS) and not mqtt_device.safe
+
+
+def _link_ok(plant: MqttPlant, device: DeviceMqtt) -> bool:
+    try:
+        plant.read(device.clock.now())
+    except PlantLinkLostError:
+        return False
+    return True
+
+
+def test_broker_outage_raises_link_lost_and_the_gateway_reconnects(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    with _gateway(broker, mapping, CONTROLLER) as plant:
+        plant.apply(mqtt_device.clock.now(), SETPOINTS)
+        broker.kill()
+        assert _wait(lambda: not plant.connected, 10.0)
+        with pytest.raises(PlantLinkLostError, match="no connection"):
+            plant.read(mqtt_device.clock.now())
+        with pytest.raises(PlantLinkLostError):
+            plant.apply(mqtt_device.clock.now(), SETPOINTS)
+        time.sleep(1.0)  # a short outage (below the device's heartbeat timeout)
+        again = broker.restart()
+        try:
+            assert _wait(lambda: plant.connected and mqtt_device.connected, 15.0)
+            held = plant.apply(mqtt_device.clock.now(), {**SETPOINTS, "F": 0.2})
+            assert held["F"] == pytest.approx(0.2)
+            # the device's write log and the gateway's records agree: each confirmed
+            # command applied once, nothing applied that was not confirmed
+            confirmed = [x.command_id for x in plant.exchanges if x.confirmed]
+            assert _commands(mqtt_device) == confirmed
+        finally:
+            again.stop()
