@@ -331,6 +331,7 @@ def synth_command(
         typer.echo(f"wrote {path}")
 
 
+from bpcontrol.cli_audit import audit_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_compare import compare_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_fit import fit_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
@@ -340,6 +341,7 @@ app.command("run")(run_command)
 app.command("fit")(fit_command)
 app.command("compare")(compare_command)
 app.add_typer(pack_app, name="pack")
+app.add_typer(audit_app, name="audit")
 
 
 if __name__ == "__main__":  # python -m bpcontrol.cli

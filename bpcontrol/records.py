@@ -466,6 +466,19 @@ class AuditRecord:
         accepted: whether the supervisor carried it out.
         reason: why it was refused (empty when accepted).
         run: the run it belongs to (stamped by the loop; None when not known).
+        wall_utc: when it was asked, ISO-8601 UTC wall time (empty when the writer does
+            not know it: the loop and the supervisor stamp process time only).
+        old_value: the value before the write, as text (e.g. ``"FALLBACK"``, ``"0.1"``).
+        new_value: the value asked for, as text.
+        result: the outcome in one word with its detail (``"accepted"``, ``"refused
+            (422)"``); empty when only ``accepted`` is known.
+        seq: the entry's number in a tamper-evident audit file (1, 2, ...; 0 when the
+            record is not in one, :mod:`services.api.audit`).
+        prev_hash: SHA-256 (hex) of the previous entry of that file ("" for the first).
+        hash: SHA-256 (hex) over this entry's canonical JSON and ``prev_hash``.
+
+    The fields after ``run`` are keyword-only with defaults, so writers that predate them
+    (the supervisor, the loop, the historians) build and read the same records as before.
     """
 
     t_h: float
@@ -475,10 +488,22 @@ class AuditRecord:
     accepted: bool
     reason: str = ""
     run: RunIdentity | None = field(default=None, kw_only=True)
+    wall_utc: str = field(default="", kw_only=True)
+    old_value: str = field(default="", kw_only=True)
+    new_value: str = field(default="", kw_only=True)
+    result: str = field(default="", kw_only=True)
+    seq: int = field(default=0, kw_only=True)
+    prev_hash: str = field(default="", kw_only=True)
+    hash: str = field(default="", kw_only=True)
 
     def __post_init__(self) -> None:
         _check_time(self.t_h)
         _check_run(self.run)
+        for name in ("wall_utc", "old_value", "new_value", "result", "prev_hash", "hash"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"AuditRecord.{name} must be str, got {getattr(self, name)!r}")
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 0:
+            raise ValueError(f"AuditRecord.seq must be an integer >= 0, got {self.seq!r}")
 
 
 Record = (
