@@ -336,12 +336,14 @@ from bpcontrol.cli_compare import compare_command  # noqa: E402  (light: heavy i
 from bpcontrol.cli_fit import fit_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_run import run_command  # noqa: E402
+from bpcontrol.cli_serve import serve_command  # noqa: E402  (light: heavy imports inside)
 
 app.command("run")(run_command)
 app.command("fit")(fit_command)
 app.command("compare")(compare_command)
 app.add_typer(pack_app, name="pack")
 app.add_typer(audit_app, name="audit")
+app.command("serve")(serve_command)
 
 
 if __name__ == "__main__":  # python -m bpcontrol.cli

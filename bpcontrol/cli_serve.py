@@ -1,0 +1,242 @@
+"""``bpcontrol serve``: run loops (one per reactor) and the live API in one process.
+
+Part of the composition root (it may import ``hil`` and ``services``). Each reactor is a
+run spec (``--spec FILE``) or a pack (``--pack NAME_OR_DIR``, repeated or ``--reactors N``
+copies, named R1, R2, ...); its loop runs in its own thread against the pack's simulated
+plant on a paced clock, writing to an embedded historian (``<out>/<reactor>/records.sqlite``)
+through the API's record tee (:class:`services.api.reactors.RecordTee`). The API (uvicorn)
+serves on the main thread; Ctrl-C or SIGTERM stops the server, then the loops at their next
+tick, closes the historians and prints the audit file's head (``SEQ:HASH``, for
+``bpcontrol audit verify --head``).
+
+Without ``--config`` it runs in demo mode, and says so: a random token secret and one user
+per role with a random password printed once, loopback only. With ``--config`` the
+settings file must name a secret and users (:mod:`services.api.settings`); there are no
+default credentials.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from bpcontrol.cli_common import check_output_folder, fail, parse_speed_up, user_errors
+
+if TYPE_CHECKING:
+    from bpcontrol.clock import PacedClock
+    from bpcontrol.loop import RunSummary
+    from bpcontrol.runspec import RunSpec
+    from services.api.reactors import ReactorHandle
+
+__all__ = ["Served", "build_served", "serve_command", "specs_for"]
+
+
+@dataclass
+class Served:
+    """One reactor's running loop: its API handle, clock and thread."""
+
+    handle: ReactorHandle
+    clock: PacedClock
+    duration_h: float | None = None
+    summary: RunSummary | None = None
+    error: BaseException | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start the loop's clock and thread."""
+        self.thread = threading.Thread(target=self._run, name=f"loop-{self.handle.id}")
+        self.thread.daemon = True
+        self.clock.restart()
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.handle.loop.run(self.duration_h)
+        except BaseException as exc:  # reported by stop(); the API keeps serving the rest
+            self.error = exc
+
+    def stop(self, reason: str, timeout_s: float = 30.0) -> None:
+        """Stop the loop at its next tick, wait for it, close the historian (ends streams)."""
+        self.handle.loop.request_stop(reason)
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+        self.handle.tee.close()
+
+
+def build_served(
+    spec: RunSpec, *, folder: Path, speed_up: float, duration_h: float | None = None
+) -> Served:
+    """Build one reactor's loop (not started): simulated plant, historian in ``folder``."""
+    from bpcontrol.assembly import build_loop
+    from bpcontrol.clock import PacedClock
+    from bpcontrol.runspec import resolve
+    from hil.runner import pack_scenario, simulated_plant
+    from services.api.reactors import ReactorHandle, RecordTee
+    from services.historian import EmbeddedHistorian
+
+    run = resolve(spec)
+    plant = simulated_plant(run, pack_scenario(run), seed=spec.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.toml").write_text(spec.to_toml(), encoding="utf-8")
+    path = folder / "records.sqlite"
+    tee = RecordTee(EmbeddedHistorian(path))
+    clock = PacedClock(speed_up)
+    assembled = build_loop(run, plant=plant, historian=tee, clock=clock)
+    handle = ReactorHandle(
+        id=spec.identity.reactor,
+        loop=assembled.loop,
+        tee=tee,
+        records_path=path,
+        state_names=tuple(run.model.state_names),
+    )
+    return Served(handle, clock, duration_h)
+
+
+def specs_for(
+    packs: list[str], spec_files: list[Path], reactors: int, *, controller: str | None, seed: int
+) -> list[RunSpec]:
+    """The run specs to serve: one per spec file and pack, or ``reactors`` copies of one
+    pack (default: the E. coli pack), named R1, R2, ... unless a spec names its reactor."""
+    from bpcontrol.records import RunIdentity
+    from bpcontrol.runspec import load_run_spec, spec_for
+
+    specs = [load_run_spec(p) for p in spec_files]
+    names = packs or ([] if specs else ["ecoli_fedbatch"])
+    if reactors < 1:
+        raise ValueError(f"--reactors must be >= 1, got {reactors}")
+    if reactors > 1 and len(names) > 1:
+        raise ValueError("--reactors N copies one pack; give one --pack with it")
+    copies = names * reactors if len(names) == 1 and not specs else names
+    for k, name in enumerate(copies, start=len(specs) + 1):
+        identity = RunIdentity.start(site="demo", reactor=f"R{k}", batch_id=f"B{k}")
+        specs.append(spec_for(name, identity=identity, seed=seed + k))
+    if controller is not None:
+        if controller not in ("nmpc", "recipe"):
+            raise ValueError(f"--controller must be nmpc or recipe, got {controller!r}")
+        specs = [replace(s, controller=controller) for s in specs]  # type: ignore[arg-type]
+    specs = [s if s.pack.control is not None else replace(s, controller="recipe") for s in specs]
+    ids = [s.identity.reactor for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two run specs name the same reactor: {ids}")
+    return specs
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(
+    pack: Annotated[
+        list[str] | None, typer.Option(help="Pack folder or built-in name (repeatable).")
+    ] = None,
+    spec: Annotated[
+        list[Path] | None, typer.Option(help="Run spec file, one reactor each (repeatable).")
+    ] = None,
+    reactors: Annotated[int, typer.Option(help="Copies of the one pack (R1..RN).")] = 1,
+    config: Annotated[
+        Path | None, typer.Option(help="API settings (secret, users); omit for demo mode.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one, printed).")] = 8000,
+    speed_up: Annotated[
+        str, typer.Option(help="Process seconds per wall second (1 = live).")
+    ] = "60",
+    controller: Annotated[
+        str | None, typer.Option(help="nmpc or recipe (default: the pack's).")
+    ] = None,
+    duration_h: Annotated[
+        float | None, typer.Option(help="Hours to run (default: the batch).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for records and audit.")] = None,
+    seed: Annotated[int, typer.Option(help="Plant seed (reactor k gets seed + k).")] = 1,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    hash_password: Annotated[
+        bool, typer.Option(help="Read a password on stdin, print its argon2 hash, exit.")
+    ] = False,
+) -> None:
+    """Run loops and the live API; demo mode (random credentials) without --config."""
+    if hash_password:
+        from services.api.auth import hash_password as make_hash
+
+        text = sys.stdin.readline().rstrip("\n")
+        if not text:
+            fail(ValueError("no password on stdin"), 2)
+        typer.echo(make_hash(text))
+        return
+    import uvicorn
+
+    from services.api.app import create_app
+    from services.api.audit import AuditChain
+    from services.api.settings import demo_settings, load_settings
+
+    tls = tls_cert is not None or tls_key is not None
+    with user_errors():
+        if tls and (tls_cert is None or tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port must be 0..65535, got {port}")
+        pace = parse_speed_up(speed_up)
+        if math.isinf(pace):
+            raise ValueError("--speed-up max would end the batches at once; give a number")
+        settings = load_settings(config, tls=tls) if config else demo_settings(tls=tls)
+        if settings.demo and not _loopback(host):
+            raise ValueError(f"demo mode serves loopback only; --host {host} needs --config")
+        root = out or Path("runs") / f"serve-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        check_output_folder(root, "--out")
+        specs = specs_for(pack or [], spec or [], reactors, controller=controller, seed=seed)
+        audit = AuditChain(root / "audit.jsonl")
+        served = [
+            build_served(s, folder=root / s.identity.reactor, speed_up=pace, duration_h=duration_h)
+            for s in specs
+        ]
+    app = create_app(settings=settings, reactors=[s.handle for s in served], audit=audit)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        fail(ValueError(f"--host/--port: cannot listen on {host}:{port} ({exc})"), 2)
+    scheme = "https" if tls else "http"
+    bound = sock.getsockname()[1]
+    if settings.demo:
+        typer.echo("DEMO MODE: simulated plants, random credentials (shown once), loopback only")
+        for name, password in settings.demo_passwords.items():
+            typer.echo(f"  user {name:9s} password {password}")
+    typer.echo(f"reactors: {', '.join(s.handle.id for s in served)}; records in {root}")
+    typer.echo(f"serving on {scheme}://{host}:{bound}/api/v1 (audit file {audit.path})")
+    sys.stdout.flush()
+    for s in served:
+        s.start()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            access_log=False,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for s in served:
+            s.stop("the server stopped")
+        for s in served:
+            if s.error is not None:
+                typer.echo(f"error: reactor {s.handle.id}: {s.error}", err=True)
+        typer.echo(f"audit head {audit.head} ({audit.path})")
