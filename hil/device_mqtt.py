@@ -218,18 +218,21 @@ class DeviceMqtt:
 
     def _run(self) -> None:
         self._publish_held(self._held())
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.is_set():
             try:
                 self._tick()
             except Exception:  # a plant failure is logged; the device stays up
                 _log.exception("MQTT device %s: tick failed", self.mapping.name)
 
     def _tick(self) -> None:
+        """Wait (<= ``poll_s``) for the first message, handle all that came, watch, sample."""
+        wait: float | None = self.poll_s
         while True:
             try:
-                item = self._inbox.get_nowait()
+                item = self._inbox.get(timeout=wait) if wait else self._inbox.get_nowait()
             except queue.Empty:
                 break
+            wait = None
             if isinstance(item, float):
                 self._alive(item)
             else:  # a command is a sign of life too
@@ -281,14 +284,15 @@ class DeviceMqtt:
         if self._safe:
             self._safe = False
             self._publish(self.topics.state, "Running", retain=True)
-        entry = self._apply(setpoints, c.command_id)
+        entry = self._apply(setpoints, c.command_id, publish=False)
         done = {
             "id": c.command_id,
             "held": {m.name: m.to_device(entry.held[m.name]) for m in self.mapping.inputs},
             "t_h": entry.t_h,
         }
         self._confirmed = {c.command_id: done}
-        self._publish(self.topics.confirm, json.dumps(done))
+        self._publish(self.topics.confirm, json.dumps(done))  # first: the controller waits
+        self._publish_held(entry.held)
 
     def _held(self) -> dict[str, float]:
         """What the plant holds now: the last write, else its inputs at the start."""
@@ -306,13 +310,17 @@ class DeviceMqtt:
             doc = {"v": m.to_device(float(held[m.name])), "t": self.clock.now()}
             self._publish(self.topics.signal(m.name), json.dumps(doc), retain=True)
 
-    def _apply(self, setpoints: Mapping[str, float], command_id: int) -> WriteEntry:
+    def _apply(
+        self, setpoints: Mapping[str, float], command_id: int, *, publish: bool = True
+    ) -> WriteEntry:
+        """Apply ``setpoints`` to the plant now, log it, publish the held values (retained)."""
         t = self.clock.now()
         held = self.plant.apply(t, setpoints)
         entry = WriteEntry(time.monotonic(), t, command_id, {k: float(v) for k, v in held.items()})
         with self._lock:
             self.write_log.append(entry)
-        self._publish_held(entry.held)
+        if publish:
+            self._publish_held(entry.held)
         return entry
 
     def _go_safe(self, now: float) -> None:

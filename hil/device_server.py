@@ -232,7 +232,15 @@ class DeviceServer:
         written = asyncio.Event()
         server, nodes = await self._make_server()
 
+        command_node = nodes.command_id.nodeid
+        applying = asyncio.Lock()  # the callback and the poll never apply one command twice
+
         async def on_write(event: Any, dispatcher: Any) -> None:
+            # a command is applied before the write is answered: its confirmation is there
+            # at the controller's first read (asyncua awaits PostWrite before responding)
+            if any(w.NodeId == command_node for w in event.request_params.NodesToWrite):
+                async with applying:
+                    await self._apply_command(nodes)
             written.set()
 
         server.subscribe_server_callback(CallbackType.PostWrite, on_write)
@@ -251,7 +259,8 @@ class DeviceServer:
                     if not await nodes.link_ok.read_value():
                         await nodes.link_ok.write_value(True)
                 last_beat = beat
-                await self._apply_command(nodes)
+                async with applying:
+                    await self._apply_command(nodes)
                 if self._watch.lost(now) and not self._state.safe:
                     await self._go_safe(nodes, now)
                 if self._running_batch:

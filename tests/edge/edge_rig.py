@@ -148,7 +148,7 @@ def start_broker(folder: Path, port: int | None = None) -> Broker:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
         f"acl_file {acl}\npersistence false\nlog_dest file {log}\nlog_type all\n"
-        f"user {getpass.getuser()}\n",  # as root it would drop to user mosquitto
+        f"user {getpass.getuser()}\nset_tcp_nodelay true\n",  # root would drop to mosquitto
         encoding="utf-8",
     )
     process = subprocess.Popen(
