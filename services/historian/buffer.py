@@ -4,9 +4,11 @@ One file (WAL journal, ``synchronous=NORMAL``: a committed batch survives a cras
 process), two tables:
 
 - ``pending`` (``id`` INTEGER PRIMARY KEY AUTOINCREMENT, ``points``, ``nbytes``,
-  ``lines``: a JSON list of lines): what was accepted and not yet acknowledged by the
-  server, in the order it was written (ids are never reused, so ``ORDER BY id`` is the
-  write order even across restarts);
+  ``body``: the lines joined by newlines, as they are sent; ``lengths``: NULL, or a JSON
+  list of the line lengths when a string field holds a line break, so that the lines can
+  be told apart again): what was accepted and not yet acknowledged by the server, in the
+  order it was written (ids are never reused, so ``ORDER BY id`` is the write order even
+  across restarts);
 - ``dead_letter`` (``id``, ``t_utc``, ``status``, ``reason``, ``points``, ``lines``): lines
   the server refused with a 4xx, set aside so that they do not block the rest; an operator
   can look at them (``sqlite3 buffer.sqlite 'select * from dead_letter'``) and re-send.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -28,7 +31,7 @@ __all__ = ["ForwardBuffer", "ForwardBufferError"]
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-    "points INTEGER NOT NULL, nbytes INTEGER NOT NULL, lines TEXT NOT NULL)",
+    "points INTEGER NOT NULL, nbytes INTEGER NOT NULL, body TEXT NOT NULL, lengths TEXT)",
     "CREATE TABLE IF NOT EXISTS dead_letter (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "t_utc TEXT NOT NULL, status INTEGER NOT NULL, reason TEXT NOT NULL, "
     "points INTEGER NOT NULL, lines TEXT NOT NULL)",
@@ -37,6 +40,27 @@ _SCHEMA: Final = (
 
 class ForwardBufferError(RuntimeError):
     """The buffer file cannot be opened or is not a buffer file."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One buffered batch: its id, points, bytes and body (lines joined by newlines)."""
+
+    id: int
+    points: int
+    nbytes: int
+    body: str
+    lengths: str | None = None
+
+    def lines(self) -> list[str]:
+        """The batch's lines again (a line break inside a string field kept)."""
+        if self.lengths is None:
+            return self.body.split("\n")
+        out, at = [], 0
+        for n in json.loads(self.lengths):
+            out.append(self.body[at : at + n])
+            at += n + 1
+        return out
 
 
 class ForwardBuffer:
@@ -62,31 +86,33 @@ class ForwardBuffer:
 
     def append(self, lines: Sequence[str]) -> int:
         """Commit ``lines`` as one batch (one transaction); returns its size in bytes."""
-        text = json.dumps(list(lines), ensure_ascii=False, separators=(",", ":"))
-        nbytes = len(text.encode("utf-8"))
+        body = "\n".join(lines)
+        lengths = None
+        if body.count("\n") != len(lines) - 1:  # a string field with a line break
+            lengths = json.dumps([len(line) for line in lines])
+        nbytes = len(body.encode("utf-8"))
         self._conn.execute(
-            "INSERT INTO pending (points, nbytes, lines) VALUES (?, ?, ?)",
-            (len(lines), nbytes, text),
+            "INSERT INTO pending (points, nbytes, body, lengths) VALUES (?, ?, ?, ?)",
+            (len(lines), nbytes, body, lengths),
         )
         return nbytes
 
-    def oldest(self, max_points: int) -> tuple[list[int], list[str], int]:
-        """The oldest batches, together up to ``max_points`` lines (at least one batch):
-        (their ids, their lines in order, their bytes)."""
-        ids: list[int] = []
-        lines: list[str] = []
-        nbytes = 0
-        cur = self._conn.execute("SELECT id, points, nbytes, lines FROM pending ORDER BY id")
+    def oldest(self, max_points: int) -> list[Batch]:
+        """The oldest batches, together up to ``max_points`` lines (at least one batch)."""
+        out: list[Batch] = []
+        total = 0
+        cur = self._conn.execute(
+            "SELECT id, points, nbytes, body, lengths FROM pending ORDER BY id"
+        )
         try:
-            for row_id, points, size, text in cur:
-                if ids and len(lines) + points > max_points:
+            for row_id, points, size, body, lengths in cur:
+                if out and total + points > max_points:
                     break
-                ids.append(row_id)
-                lines.extend(json.loads(text))
-                nbytes += size
+                out.append(Batch(row_id, points, size, body, lengths))
+                total += points
         finally:
             cur.close()
-        return ids, lines, nbytes
+        return out
 
     def remove(
         self, ids: Sequence[int], refused: Sequence[tuple[Sequence[str], int, str]] = ()

@@ -60,7 +60,7 @@ from bpcontrol.records import (
     RunIdentity,
     SetpointRecord,
 )
-from services.historian.buffer import ForwardBuffer, ForwardBufferError
+from services.historian.buffer import Batch, ForwardBuffer, ForwardBufferError
 from services.historian.embedded import HistorianClosedError, HistorianError
 from services.historian.influx_client import InfluxClient, InfluxConfig, InfluxQueryError
 from services.historian.lineprotocol import LineEncoder, RecordRefusedError
@@ -545,19 +545,22 @@ class InfluxHistorian:
                 if time.monotonic() >= deadline:
                     return
             try:
-                ids, lines, nbytes = self._forward_buf.oldest(self._batch_points)
+                batches = self._forward_buf.oldest(self._batch_points)
             except Exception as exc:  # the file is locked by a writer for long: retry
                 self._last_error = exc
                 time.sleep(0.05)
                 continue
-            if not ids:
-                if self._stop_forwarding.is_set() and self._buffer_thread.is_alive() is False:
+            if not batches:
+                if self._stop_forwarding.is_set() and not self._buffer_thread.is_alive():
                     return
                 self._new_data.wait(1.0)
                 self._new_data.clear()
                 continue
+            ids = [b.id for b in batches]
+            n_lines = sum(b.points for b in batches)
+            nbytes = sum(b.nbytes for b in batches)
             try:
-                refused = self._deliver(lines)
+                refused = self._deliver_batches(batches)
             except _RetryLaterError as exc:
                 self._last_error = exc.cause
                 if not down:
@@ -569,10 +572,10 @@ class InfluxHistorian:
             self._forward_buf.remove(ids, refused)
             n_refused = sum(len(r[0]) for r in refused)
             with self._progress:
-                self._buffered_points -= len(lines)
+                self._buffered_points -= n_lines
                 self._buffered_bytes -= nbytes
-                self._settled_points += len(lines)
-                self._delivered_points += len(lines) - n_refused
+                self._settled_points += n_lines
+                self._delivered_points += n_lines - n_refused
                 self._set_aside_points += n_refused
                 self._progress.notify_all()
             for bad, status, reason in refused:
@@ -614,11 +617,22 @@ class InfluxHistorian:
             ) from exc
         self._db_ready = True
 
-    def _deliver(self, lines: list[str]) -> list[tuple[list[str], int, str]]:
-        """Send ``lines``; the refused sub-batches (lines, status, reason). Raises _RetryLaterError
-        when nothing could be decided (server down, 5xx, authentication)."""
+    def _deliver_batches(self, batches: list[Batch]) -> list[tuple[list[str], int, str]]:
+        """Send buffered ``batches`` in one request; split into lines only after a 4xx."""
+        body = "\n".join(b.body for b in batches).encode("utf-8")
+        lines: list[str] | None = None
+        return self._deliver(lines, body, batches)
+
+    def _deliver(
+        self, lines: list[str] | None, body: bytes | None = None, batches: list[Batch] | None = None
+    ) -> list[tuple[list[str], int, str]]:
+        """Send ``lines`` (or the ready ``body`` of ``batches``); the refused sub-batches
+        (lines, status, reason). Raises _RetryLaterError when nothing could be decided
+        (server down, 5xx, authentication)."""
         self._ensure_database()
-        body = "\n".join(lines).encode("utf-8")
+        if body is None:
+            assert lines is not None
+            body = "\n".join(lines).encode("utf-8")
         try:
             r = self._client.write(body)
         except httpx.HTTPError as exc:
@@ -653,7 +667,7 @@ class InfluxHistorian:
                 HistorianEventKind.DATABASE_CREATED,
                 f"created database {self.config.database!r} at {self.config.url}",
             )
-            return self._deliver(lines)
+            return self._deliver(lines, body, batches)
         if status >= 500 or status in (404, 408, 429):
             raise _RetryLaterError(
                 HistorianEventKind.SERVER_DOWN,
@@ -661,6 +675,9 @@ class InfluxHistorian:
                 RuntimeError(reason),
             )
         # 4xx: the data. Split until the refused lines are alone (re-sends overwrite).
+        if lines is None:
+            assert batches is not None
+            lines = [line for b in batches for line in b.lines()]
         if len(lines) == 1:
             return [(lines, status, reason)]
         mid = len(lines) // 2

@@ -45,7 +45,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Final
+from typing import Final, cast
 
 from bpcontrol.records import (
     AuditRecord,
@@ -176,6 +176,12 @@ class LineEncoder:
         self._keys: dict[tuple[str, str], str] = {}
         self._last: dict[str, tuple[int, int]] = {}  # series -> (last us, its offset ns)
         self._undo: list[tuple[str, tuple[int, int] | None]] = []
+        self._last_run: RunIdentity | None = None  # the identity object of the last record
+        self._last_start = 0
+        self._last_rid = ""
+        self._head_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._pred_run: RunIdentity | None = None
+        self._preds: list[str] = []  # plan_prediction series of _pred_run by node
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -243,10 +249,19 @@ class LineEncoder:
         self._last[series] = (us, offset)
         return ts + offset
 
+    def _heads(self, group: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        """``<group>.<name>=`` per name, escaped, cached per group and name set."""
+        found = self._head_cache.get((group, names))
+        if found is None:
+            found = tuple(f"{self._key(group, k)}=" for k in names)
+            self._head_cache[(group, names)] = found
+        return found
+
     def _floats(self, record: object, group: str, values: Mapping[str, float]) -> list[str]:
-        return [
-            f"{self._key(group, k)}={_num(record, f'{group}[{k!r}]', v)}" for k, v in values.items()
-        ]
+        """``<group>.<name>=<value>`` fields of a name -> float mapping (all finite)."""
+        numbers = tuple(values.values())
+        _finite(record, group, tuple(values), numbers)
+        return list(map(str.__add__, self._heads(group, tuple(values)), map(repr, numbers)))
 
     # -- the records -------------------------------------------------------------------
 
@@ -272,6 +287,10 @@ class LineEncoder:
             raise
         if new_run is not None:
             self._starts[new_run[0]] = new_run[1]
+        run = record.run
+        if run is not None and run is not self._last_run:  # checked and seen: the fast path
+            self._last_run, self._last_start = run, self._starts[run]
+            self._last_rid = escape_string(run.run_id)
         return lines
 
     def _encode(self, record: Record) -> tuple[list[str], tuple[RunIdentity, int] | None]:
@@ -280,8 +299,9 @@ class LineEncoder:
             raise RecordRefusedError(
                 f"not a bpcontrol.records record: {type(record).__name__} {record!r:.80}"
             )
+        known = record.run is not None and record.run is self._last_run
         try:
-            validate(record)
+            validate(record, check_run=not known)
         except (TypeError, ValueError) as exc:
             raise RecordRefusedError(str(exc)) from None
         # A record's own t_h check can be bypassed (object.__setattr__): check it again.
@@ -290,9 +310,14 @@ class LineEncoder:
             raise RecordRefusedError(
                 f"{type(record).__name__}.t_h is {t_h!r}; a finite process time is required"
             )
-        run, start, lines = self._run(record)
-        new_run = (run, start) if lines else None
-        rid = escape_string(run.run_id)
+        if known:
+            run = cast(RunIdentity, record.run)
+            start, rid, new_run = self._last_start, self._last_rid, None
+            lines: list[str] = []
+        else:
+            run, start, lines = self._run(record)
+            new_run = (run, start) if lines else None
+            rid = escape_string(run.run_id)
         if isinstance(record, MeasurementRecord):
             lines += self._measurement(record, run, start, rid)
         elif isinstance(record, EstimateRecord):
@@ -350,46 +375,79 @@ class LineEncoder:
 
     def _plan(self, record: PlanRecord, run: RunIdentity, start: int, rid: str) -> list[str]:
         t_h = float(record.t_h)
-        nodes: Sequence[float] = record.t_nodes_h
+        nodes = record.t_nodes_h
         n = len(nodes)
-        node_text = [_num(record, f"t_nodes_h[{k}]", t) for k, t in enumerate(nodes)]
+        _finite(record, "t_nodes_h", tuple(f"[{k}]" for k in range(n)), nodes)
         for name, xs in record.x_pred.items():
             if len(xs) != n:
                 raise RecordRefusedError(
                     f"PlanRecord.x_pred[{name!r}] has {len(xs)} values for {n} node times"
                 )
+            _finite(record, f"x_pred[{name!r}]", None, xs)
         for name, us in record.u_plan.items():
-            if len(us) not in (n - 1, n) or n == 0:
+            if n == 0 or len(us) != n - 1:
                 raise RecordRefusedError(
                     f"PlanRecord.u_plan[{name!r}] has {len(us)} values for {n} node times "
                     f"(expected {max(n - 1, 0)})"
                 )
-        x_keys = [(self._key("x", k), k) for k in record.x_pred]
-        u_keys = [(self._key("u", k), k) for k in record.u_plan]
+            _finite(record, f"u_plan[{name!r}]", None, us)
+        # one column of "key=value" texts per state and input, joined row-wise per node
+        x_heads = self._heads("x", tuple(record.x_pred))
+        u_heads = self._heads("u", tuple(record.u_plan))
+        cols = [
+            list(map(head.__add__, map(repr, xs)))
+            for head, xs in zip(x_heads, record.x_pred.values(), strict=True)
+        ]
+        ucols = [
+            list(map(head.__add__, map(repr, us)))
+            for head, us in zip(u_heads, record.u_plan.values(), strict=True)
+        ]
+        x_rows = list(map(",".join, zip(*cols, strict=True))) if cols else [""] * n
+        u_rows = list(map(",".join, zip(*ucols, strict=True))) if ucols else []
+        tail = f"plan_t_h={t_h!r},run_id={rid}"
         lines: list[str] = []
         for k in range(n):
-            fields = [
-                f"{key}={_num(record, f'x_pred[{name!r}][{k}]', record.x_pred[name][k])}"
-                for key, name in x_keys
-            ]
-            fields += [
-                f"{key}={_num(record, f'u_plan[{name!r}][{k}]', record.u_plan[name][k])}"
-                for key, name in u_keys
-                if k < len(record.u_plan[name])
-            ]
-            fields.append(f"plan_t_h={t_h!r}")
-            fields.append(f"t_h={node_text[k]}")
-            series = self._series("plan_prediction", run, (("k", str(k)),))
-            ts = self._stamp(record, series, start, float(nodes[k]))
-            lines.append(f"{series} {','.join(fields)},run_id={rid} {ts}")
+            series = self._pred_series(run, k)
+            node = nodes[k]
+            ts = self._stamp(record, series, start, node)
+            parts = [x_rows[k]] if x_rows[k] else []
+            if k < len(u_rows) and u_rows[k]:
+                parts.append(u_rows[k])
+            parts.append(f"t_h={node!r},{tail}")
+            lines.append(f"{series} {','.join(parts)} {ts}")
         series = self._series("plan", run, (("status", str(record.status)),))
         fields = []
         solve = float(record.solve_time_s)
         if not math.isnan(solve):
             fields.append(f"solve_time_s={_num(record, 'solve_time_s', solve)}")
         horizon = float(nodes[-1]) - float(nodes[0]) if n else 0.0
-        fields.append(f"n_nodes={n}i,horizon_h={_num(record, 'horizon', horizon)}")
+        fields.append(f"n_nodes={n}i,horizon_h={horizon!r}")
         fields.append(f"message={escape_string(record.message)}")
         ts = self._stamp(record, series, start, t_h)
         # the plan's own point first: its status is the step's outcome
         return [f"{series} {','.join(fields)},t_h={t_h!r},run_id={rid} {ts}", *lines]
+
+    def _pred_series(self, run: RunIdentity, k: int) -> str:
+        """The ``plan_prediction`` series of node ``k`` of ``run``'s plans, cached."""
+        if run is not self._pred_run:
+            self._pred_run, self._preds = run, []
+        preds = self._preds
+        while len(preds) <= k:
+            preds.append(self._series("plan_prediction", run, (("k", str(len(preds))),)))
+        return preds[k]
+
+
+def _finite(
+    record: object, what: str, names: Sequence[str] | None, values: Sequence[float]
+) -> None:
+    """Refuse ``record`` when one of ``values`` is NaN or infinite (names them)."""
+    if all(map(math.isfinite, values)):
+        return
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            where = f"{what}[{names[i]!r}]" if names is not None else f"{what}[{i}]"
+            if names is not None and names[i].startswith("["):
+                where = f"{what}{names[i]}"
+            raise RecordRefusedError(
+                f"{type(record).__name__}.{where} is {float(v)!r}; a finite number is required"
+            )

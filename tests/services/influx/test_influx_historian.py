@@ -13,7 +13,7 @@ from influx_producer import expected_points, records
 from influx_server import InfluxServer, free_port
 
 from bpcontrol.interfaces import Historian
-from bpcontrol.records import EstimateRecord, MeasurementRecord, RunIdentity
+from bpcontrol.records import EstimateRecord, EventRecord, MeasurementRecord, RunIdentity
 from services.historian import EmbeddedHistorian
 from services.historian.buffer import ForwardBuffer
 from services.historian.influx import HistorianEventKind, InfluxHistorian
@@ -88,14 +88,21 @@ def test_batch_answered_4xx_is_set_aside_and_the_rest_goes_on(
     h = InfluxHistorian(config, tmp_path / "b.sqlite", batch_points=400)
     stream = list(records(60, RUN))
     bad = EstimateRecord(0.5, {"bad": 1.0}, {"bad": 0.1}, run=RUN)
+    broken = 'two\nlines, a \\ and a "'  # a line break inside a line of the split batch
     for i, rec in enumerate(stream):
         h.write(rec)
         if i == len(stream) // 2:
             h.write(bad)
+            h.write(EventRecord(0.5, "phase", broken, "operator", run=RUN))
     assert h.flush(60.0)
     expected = expected_points(60)
     expected["estimate"] += 1  # the text point written above; the bad one is not there
+    expected["event"] += 1
     assert counts(influx_server, database) == expected
+    found = influx_server.query(
+        """SELECT "message" FROM "event" WHERE "source" = 'operator'""", database
+    )
+    assert found["results"][0]["series"][0]["values"][0][1] == broken  # type: ignore[index]
     assert h.set_aside_points == 1
     kinds = [e.kind for e in h.events()]
     assert kinds == [HistorianEventKind.SET_ASIDE]
