@@ -132,6 +132,8 @@ class AuditChain:
     def entries(self) -> list[AuditRecord]:
         """Every entry of the file, in order (for the API's audit read-back)."""
         with self._lock:
+            if not self.path.exists():
+                return []
             return [record_from_entry(e) for _, e, _ in _lines(self.path) if e is not None]
 
 

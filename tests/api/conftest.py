@@ -23,7 +23,7 @@ from services.api.auth import Role, User, UserStore, hash_password
 from services.api.settings import ApiSettings
 
 PASSWORDS = {role.name.lower(): f"pw-{role.name.lower()}-0123456789" for role in Role}
-SECRET = "test-secret-" + "x" * 40
+SECRET = "test-secret-" + "x" * 60
 
 
 def make_settings(**options: object) -> ApiSettings:
