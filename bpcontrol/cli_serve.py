@@ -17,11 +17,14 @@ default credentials.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
+import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +35,8 @@ import typer
 from bpcontrol.cli_common import check_output_folder, fail, parse_speed_up, user_errors
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from bpcontrol.clock import PacedClock
     from bpcontrol.loop import RunSummary
     from bpcontrol.runspec import RunSpec
@@ -130,6 +135,27 @@ def specs_for(
     return specs
 
 
+def _server_class(base: type[uvicorn.Server]) -> type[uvicorn.Server]:
+    """uvicorn's server, but a SIGINT or SIGTERM only stops it (uvicorn re-raises the
+    signal after shutting down, which would kill the process before the loops stop)."""
+
+    class Server(base):  # type: ignore[valid-type, misc]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -222,7 +248,7 @@ def serve_command(
     sys.stdout.flush()
     for s in served:
         s.start()
-    server = uvicorn.Server(
+    server = _server_class(uvicorn.Server)(
         uvicorn.Config(
             app,
             log_level="warning",
