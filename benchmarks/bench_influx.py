@@ -1,4 +1,4 @@
-"""Time the InfluxDB historian on a real influxd: whole path vs raw /write, read-back, buffer growth.
+"""Time the InfluxDB historian on a real influxd: whole path vs raw /write, read-back, growth.
 
 Starts ``influxd`` (1.x, ``/usr/bin/influxd``) on free 127.0.0.1 ports with its data in a
 temporary folder (the test fixture's helper, ``tests/services/influx/influx_server.py``),
@@ -6,7 +6,7 @@ then per run:
 
 * ``raw``: the loop-like record stream (``tests/services/influx/influx_producer.py``:
   per 1-min step 4 measurements, 1 estimate, 1 plan of 20 intervals (22 points), 1
-  setpoint, every 10th step an event and an audit record; 34.2 points per step) encoded
+  setpoint, every 10th step an event and an audit record; 28.2 points per step) encoded
   up front, then POSTed to ``/write`` in batches of ``--batch`` lines over one keep-alive
   ``httpx.Client``: points/s = points / time until the last answer. The peer: what the
   server takes with no buffer and no encoding on our side;
@@ -14,6 +14,8 @@ then per run:
   the SQLite buffer (committed), the forwarder (read, POST, acknowledge, delete) into a
   fresh database: points/s = points / (time from the first ``write`` until ``flush``
   returned); also ``write()`` per record (us, median and p99) as the loop pays it;
+* ``narrow``: the same two for a stream of measurements only (one narrow point per
+  record, 5x as many steps), the kind of points the raw figure of the issue was taken with;
 * ``readback``: a 30 h batch at 1-min steps (1800 steps: 7200 readings of 5 sensors,
   1800 setpoints of 3 inputs) read with ``InfluxBatchSource.batch`` (ms), side by side
   with ``EmbeddedBatchSource.batch`` on the same records in a SQLite file;
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT / "tests" / "services" / "influx"))
 from influx_producer import STEP_H, records  # noqa: E402
 from influx_server import InfluxServer, free_port  # noqa: E402
 
-from bpcontrol.records import Record, RunIdentity  # noqa: E402
+from bpcontrol.records import MeasurementRecord, Record, RunIdentity  # noqa: E402
 from services.historian import EmbeddedHistorian  # noqa: E402
 from services.historian.influx import InfluxHistorian  # noqa: E402
 from services.historian.influx_client import InfluxConfig  # noqa: E402
@@ -168,10 +170,19 @@ def growth(folder: Path, n_steps: int) -> dict[str, float]:
     }
 
 
+def narrow_records(n_steps: int) -> list[Record]:
+    """Only the 4 measurements of each step: one narrow point per record."""
+    return [r for r in records(n_steps, RUN) if isinstance(r, MeasurementRecord)]
+
+
 def one_run(server: InfluxServer, args: argparse.Namespace, folder: Path, i: int) -> dict[str, Any]:
     stream = list(records(args.steps, RUN))
     out: dict[str, Any] = {"raw_pts_s": raw_write(server, f"raw{i}", stream, args.batch)}
     out.update(whole_path(server, f"path{i}", stream, folder, args.batch))
+    narrow = narrow_records(args.steps * 5)
+    out["narrow_raw_pts_s"] = raw_write(server, f"nraw{i}", narrow, args.batch)
+    path = whole_path(server, f"npath{i}", narrow, folder, args.batch)
+    out["narrow_path_pts_s"] = path["path_pts_s"]
     out.update(readback(server, f"rb{i}", folder))
     out.update(growth(folder / f"g{i}", args.outage_steps))
     return out
@@ -181,6 +192,8 @@ COLUMNS = (
     ("raw_pts_s", "raw /write pts/s", "{:,.0f}"),
     ("path_pts_s", "whole path pts/s", "{:,.0f}"),
     ("accept_pts_s", "write() accepts pts/s", "{:,.0f}"),
+    ("narrow_raw_pts_s", "narrow: raw pts/s", "{:,.0f}"),
+    ("narrow_path_pts_s", "narrow: path pts/s", "{:,.0f}"),
     ("write_med_us", "write() med us", "{:.1f}"),
     ("write_p99_us", "write() p99 us", "{:.1f}"),
     ("readback_ms", "30 h read-back ms", "{:.0f}"),
@@ -203,7 +216,7 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=3000, help="control steps per run (34.2 pts each)")
+    p.add_argument("--steps", type=int, default=3000, help="control steps per run (28.2 pts each)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch", type=int, default=5000, help="lines per /write request")
     p.add_argument("--outage-steps", type=int, default=600, help="steps written during outage")
@@ -225,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     cmd = "python benchmarks/bench_influx.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (
-        f"\n## InfluxDB historian (issue 19): whole path vs raw /write, read-back, buffer growth\n\n"
+        "\n## InfluxDB historian (issue 19): whole path vs raw /write, read-back, "
+        "buffer growth\n\n"
         f"`{cmd}`; {cpu_model()}, {os.cpu_count()} cores, influxd 1.6.7 on loopback, "
         f"{started:%Y-%m-%d %H:%M} UTC, load average {' '.join(load_before)} before, "
         f"{' '.join(load_after)} after; {args.steps} steps per run "
