@@ -334,6 +334,7 @@ def synth_command(
 from bpcontrol.cli_audit import audit_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_compare import compare_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_fit import fit_command  # noqa: E402  (light: heavy imports inside)
+from bpcontrol.cli_hil import hil_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_run import run_command  # noqa: E402
 from bpcontrol.cli_serve import serve_command  # noqa: E402  (light: heavy imports inside)
@@ -343,6 +344,7 @@ app.command("fit")(fit_command)
 app.command("compare")(compare_command)
 app.add_typer(pack_app, name="pack")
 app.add_typer(audit_app, name="audit")
+app.add_typer(hil_app, name="hil")
 app.command("serve")(serve_command)
 
 
