@@ -229,6 +229,11 @@ class InfluxHistorian:
         if start_points:
             self._new_data.set()
         self._last_error: BaseException | None = None
+        self._failing_since: float | None = None  # the buffer file, not the server
+        self._failure_cause: BaseException | None = None
+        self._abandoned = False
+        self._batch_records = 0  # records in the buffer thread's current batch
+        self._stored = 0  # records committed to the buffer file
         self._client = InfluxClient(config)
         self._db_ready = not config.create_database
 
@@ -376,6 +381,38 @@ class InfluxHistorian:
                 self._forward_buf.close()
         atexit.unregister(self._close_at_exit)
 
+    def abandon(self) -> int:
+        """Give up (after a :meth:`close` that timed out on a buffer file that cannot be
+        written, a full disk say): both threads stop without waiting. Returns how many
+        accepted records never reached the buffer file (lost); what is in it stays there."""
+        with self._lock:
+            self._closed = True
+            self._abandoned = True
+            self._queue.put(_STOP)
+        self._drain_deadline = time.monotonic()
+        self._stop_forwarding.set()
+        self._new_data.set()
+        self._buffer_thread.join(self._max_backoff + 1.0)
+        self._forward_thread.join(self.config.timeout_s + 1.0)
+        atexit.unregister(self._close_at_exit)
+        return self._accepted - self._stored
+
+    def failing_for_s(self) -> float:
+        """How long (s) writing the *buffer file* has failed (0 when it works). A server
+        that is down is not a failure: records wait in the buffer (see ``pending_points``)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def failure_cause(self) -> BaseException | None:
+        """The error that began the current run of failed buffer writes, or None."""
+        return self._failure_cause if self._failing_since is not None else None
+
+    @property
+    def stored(self) -> int:
+        """Records committed to the buffer file (safe from a crash) since this was opened."""
+        return self._stored
+
     def events(self) -> list[HistorianEvent]:
         """The events since the last call, oldest first (they are removed)."""
         with self._events_lock:
@@ -488,6 +525,7 @@ class InfluxHistorian:
                 urgent = True
             else:
                 batch.extend(item)
+                self._batch_records += 1
             if len(batch) >= self._batch_points:
                 return stop
             remaining = 0.0 if urgent else deadline - time.monotonic()
@@ -509,8 +547,12 @@ class InfluxHistorian:
                     nbytes = self._writer_buf.append(batch)
                 except Exception as exc:  # disk full, file locked: keep the batch, retry
                     self._last_error = exc
+                    if self._abandoned:
+                        return
                     if not failing:
                         failing = True
+                        self._failing_since = time.monotonic()
+                        self._failure_cause = exc
                         self._emit(
                             HistorianEventKind.BUFFER_FAILED,
                             f"cannot write the buffer file {self.buffer_path}: {exc}; retrying",
@@ -519,6 +561,7 @@ class InfluxHistorian:
                     time.sleep(backoff)
                     continue
                 failing = False
+                self._failing_since = None
                 backoff = 0.0
                 n = len(batch)
                 qbytes = sum(map(len, batch)) + n
@@ -528,6 +571,8 @@ class InfluxHistorian:
                     self._buffered_points += n
                     self._buffered_bytes += nbytes
                     self._committed_points += n
+                    self._stored += self._batch_records
+                    self._batch_records = 0
                     self._progress.notify_all()
                 batch = []
                 self._new_data.set()

@@ -180,6 +180,8 @@ class LineEncoder:
         self._last_start = 0
         self._last_rid = ""
         self._head_cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._sensor_run: RunIdentity | None = None
+        self._sensors: dict[str, str] = {}  # measurement series of _sensor_run by sensor
         self._pred_run: RunIdentity | None = None
         self._preds: list[str] = []  # plan_prediction series of _pred_run by node
 
@@ -366,10 +368,20 @@ class LineEncoder:
     def _measurement(
         self, record: MeasurementRecord, run: RunIdentity, start: int, rid: str
     ) -> list[str]:
-        series = self._series("measurement", run, (("sensor", record.sensor),))
+        if run is not self._sensor_run:
+            self._sensor_run, self._sensors = run, {}
+        series = self._sensors.get(record.sensor)
+        if series is None:
+            series = self._series("measurement", run, (("sensor", record.sensor),))
+            self._sensors[record.sensor] = series
         ts_h = float(record.t_sample_h)
         value = float(record.value)
-        head = "value_nan=true" if math.isnan(value) else f"value={_num(record, 'value', value)}"
+        if math.isfinite(value):
+            head = f"value={value!r}"
+        elif math.isnan(value):
+            head = "value_nan=true"
+        else:
+            head = f"value={_num(record, 'value', value)}"  # refused: infinite
         ts = self._stamp(record, series, start, ts_h)
         return [f"{series} {head},t_h={float(record.t_h)!r},t_sample_h={ts_h!r},run_id={rid} {ts}"]
 

@@ -132,7 +132,9 @@ def test_buffer_alarm_and_full_refusal_while_the_server_is_away(tmp_path: Path) 
     assert HistorianEventKind.BUFFER_HIGH in kinds and HistorianEventKind.BUFFER_FULL in kinds
     assert HistorianEventKind.SERVER_DOWN in kinds
     assert kinds.index(HistorianEventKind.BUFFER_HIGH) < kinds.index(HistorianEventKind.BUFFER_FULL)
-    h.close()
+    assert h.stored == h.accepted == 99  # all in the buffer file
+    assert h.failing_for_s() == 0.0 and h.failure_cause is None  # a server away is no failure
+    assert h.abandon() == 0  # nothing lost: it stays in the file
     assert ForwardBuffer(tmp_path / "b.sqlite").totals()[0] == 100  # kept for the next start
 
 
