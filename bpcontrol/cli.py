@@ -333,6 +333,7 @@ def synth_command(
 
 from bpcontrol.cli_audit import audit_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_compare import compare_command  # noqa: E402  (light: heavy imports inside)
+from bpcontrol.cli_device import device_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_fit import fit_command  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_hil import hil_app  # noqa: E402  (light: heavy imports inside)
 from bpcontrol.cli_pack import pack_app  # noqa: E402  (light: heavy imports inside)
@@ -346,6 +347,7 @@ app.add_typer(pack_app, name="pack")
 app.add_typer(audit_app, name="audit")
 app.add_typer(hil_app, name="hil")
 app.command("serve")(serve_command)
+app.add_typer(device_app, name="device")
 
 
 if __name__ == "__main__":  # python -m bpcontrol.cli

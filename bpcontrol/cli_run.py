@@ -119,6 +119,73 @@ def _ending(result: RunResult) -> str:
     return f"run {result.state}: {result.reason} (what ran is kept in {result.run_dir})"
 
 
+def _device_plant(
+    url: str, mapping: Path | None, security: Path | None, run: Any, speed: float
+) -> Any:
+    """The gateway of ``--plant`` (connected), after checking the options that go with it."""
+    from urllib.parse import urlsplit
+
+    from bpcontrol.interfaces import PlantError
+    from services.edge.credentials import load_mqtt_security, load_opcua_security
+    from services.edge.mapping import load_mapping
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("opcua", "opc.tcp", "mqtt") or not parts.hostname or not parts.port:
+        raise ValueError(
+            f"--plant must be opcua://HOST:PORT[/PATH] or mqtt://HOST:PORT, got {url!r}"
+        )
+    if mapping is None or security is None:
+        raise ValueError("--plant needs --device-mapping FILE and --device-security FILE")
+    if math.isinf(speed):
+        raise ValueError("--plant needs --speed-up N, the device's clock speed (a device is paced)")
+    device_map = load_mapping(mapping, run.model)
+    try:
+        if parts.scheme == "mqtt":
+            from services.edge.mqtt_gateway import MqttPlant
+
+            login = load_mqtt_security(security)
+            return MqttPlant(parts.hostname, parts.port, device_map, security=login)
+        from services.edge.opcua_gateway import OpcUaPlant
+
+        endpoint = f"opc.tcp://{parts.hostname}:{parts.port}{parts.path or '/bpcontrol/'}"
+        return OpcUaPlant(endpoint, device_map, security=load_opcua_security(security))
+    except PlantError as exc:
+        fail(exc, 1)
+
+
+_TRUTH_KPIS = ("final_product_g", "do_min_percent", "biomass_rmse_last_20h_percent_of_final")
+
+
+def _device_kpis(kpis: dict[str, Any], run: Any, run_dir: Path) -> dict[str, Any]:
+    """KPIs of a run on a device: the plant's truth is unknown, so the product is the last
+    estimate's and the KPIs computed from the simulator's truth are dropped."""
+    import numpy as np
+
+    from bpcontrol.records import EstimateRecord, SetpointRecord
+    from bpcontrol.run_status import write_json
+    from hil.runner import product_value
+    from services.historian import read_records
+
+    records = read_records(run_dir / "records.sqlite")
+    out = {
+        k: v
+        for k, v in kpis.items()
+        if k not in _TRUTH_KPIS and not k.startswith("time_do_below") and "final_error" not in k
+    }
+    estimates = [r for r in records if isinstance(r, EstimateRecord)]
+    setpoints = [r for r in records if isinstance(r, SetpointRecord)]
+    model = run.model
+    if estimates and setpoints:
+        x = np.array([estimates[-1].x[n] for n in model.state_names])
+        u = np.array([setpoints[-1].values[n] for n in model.input_names])
+        out["final_product"] = product_value(run, x, u, None)
+    else:
+        out["final_product"] = math.nan
+    out["final_product_source"] = "estimate (a device: the plant's truth is not known)"
+    write_json(run_dir / "kpis.json", out)
+    return out
+
+
 def run_command(
     pack: Annotated[
         Path | None, typer.Option(help="Process pack folder (pack.toml, recipe.toml, ...).")
@@ -175,6 +242,23 @@ def run_command(
     parameters: Annotated[
         Path | None,
         typer.Option(help="A `bpcontrol fit` result file: its [parameters] over the pack's."),
+    ] = None,
+    plant: Annotated[
+        str | None,
+        typer.Option(
+            "--plant",
+            help="Drive a device instead of the in-process plant: opcua://HOST:PORT[/PATH] "
+            "or mqtt://HOST:PORT (needs --device-mapping, --device-security, --speed-up N).",
+        ),
+    ] = None,
+    device_mapping: Annotated[
+        Path | None, typer.Option(help="The device's mapping file (TOML) for --plant.")
+    ] = None,
+    device_security: Annotated[
+        Path | None,
+        typer.Option(
+            help="The controller's login for --plant (`bpcontrol device serve` writes one)."
+        ),
     ] = None,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
@@ -233,6 +317,15 @@ def run_command(
                 f"--oracle: {run.spec.pack.source('pack')} has no control.toml, whose "
                 "economic problem the oracle solves over the whole batch"
             )
+        device = None
+        if plant is not None:
+            if compare_recipe or oracle:
+                raise ValueError(
+                    "--plant drives a real device: --compare-recipe and --oracle need the simulator"
+                )
+            device = _device_plant(plant, device_mapping, device_security, run, speed)
+        elif device_mapping is not None or device_security is not None:
+            raise ValueError("--device-mapping and --device-security go with --plant")
         run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
         ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
         if spec is not None and batch is None:
@@ -246,6 +339,9 @@ def run_command(
             "duration_h": duration,
             "oracle": oracle,  # a failed oracle is an ``oracle_error`` KPI, the rest kept
         }
+        if device is not None:  # the device is the plant; the simulator's truth is unknown
+            kwargs["wrap_plant"] = lambda _sim: device
+            kwargs["report"] = False
         if console.is_terminal and not as_json:
             label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
             with progress_bar(label, console) as bar:
@@ -258,6 +354,9 @@ def run_command(
         else:
             result = run_batch(run, **kwargs)
         kpis = dict(result.kpis)
+        if device is not None:
+            device.close()
+            kpis = _device_kpis(kpis, run, result.run_dir)
         ending = result  # the run whose end decides the exit status
         if compare_recipe and run.spec.controller == "nmpc" and result.state == "completed":
             recipe_run = replace(run, spec=replace(run.spec, controller="recipe"))

@@ -3,7 +3,8 @@
 :class:`DeviceMqtt` connects to a broker (paho-mqtt 2.x, MQTT 5) as the device's user and,
 every ``poll_s`` of wall time, reads the plant at ``clock.now()`` and publishes each new
 sample of the mapped outputs as retained state on ``<base>/<output>``
-(``{"v": device value, "t": sample time h, "now": process time h}``, QoS 1). Commands
+(``{"v": device value, "t": sample time h, "now": process time h}``, QoS 1), then its
+process time on ``<base>/clock`` (``{"now": h}``: the samples of this poll are all out). Commands
 arrive one message per input on ``<base>/<input>/set`` (``{"id", "value", "expires"}``);
 once every input of a command id is in, the setpoints (clipped to the device range) are
 applied to the plant and confirmed on ``<base>/confirm`` (``{"id", "held", "t_h"}``) and the
@@ -333,11 +334,15 @@ class DeviceMqtt:
         _log.warning("MQTT device %s: heartbeat lost, safe setpoints applied", self.mapping.name)
 
     def _sample(self) -> None:
+        """Publish each new sample, then the process time: the set of this poll is complete."""
         t = self.clock.now()
-        for r in self.plant.read(t):
+        readings = self.plant.read(t)
+        for r in readings:
             if r.sensor not in self._outputs:
                 continue
             o = self._outputs[r.sensor]
             ts = t if r.t_sample is None else float(r.t_sample)
             doc = {"v": o.to_device(float(r.value)), "t": ts, "now": t}
             self._publish(self.topics.signal(o.name), json.dumps(doc), retain=True)
+        if readings:
+            self._publish(self.topics.clock, json.dumps({"now": t}))

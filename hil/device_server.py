@@ -323,7 +323,6 @@ class DeviceServer:
 
     async def _sample(self, nodes: DeviceNodes) -> None:
         t = self.clock.now()
-        await nodes.process_time.write_value(t, ua.VariantType.Double)
         readings = self.plant.read(t)
         latest: dict[str, tuple[float, float]] = {}
         for r in readings:
@@ -336,3 +335,5 @@ class DeviceServer:
                 await nodes.values[o.name].write_value(device, ua.VariantType.Double)
                 await nodes.raws[o.name].write_value(device, ua.VariantType.Double)
                 await nodes.sample_times[o.name].write_value(ts, ua.VariantType.Double)
+        # last: a controller that sees the process time at its tick sees the tick's samples
+        await nodes.process_time.write_value(t, ua.VariantType.Double)

@@ -153,6 +153,11 @@ class MqttTopics:
         return f"{self.base}/controller"
 
     @property
+    def clock(self) -> str:
+        """The device's process time (h), published after each set of samples."""
+        return f"{self.base}/clock"
+
+    @property
     def state(self) -> str:
         """The device's unit state (retained ``Running`` / ``SafeState``)."""
         return f"{self.base}/state"

@@ -2,10 +2,11 @@
 
 Topics are ``<prefix>/<site>/<reactor>/<signal>`` (:class:`services.edge.mapping.MqttTopics`,
 docs/device-mapping.md). The device publishes every sample of each mapped output as
-retained state (``{"v": device value, "t": sample time h, "now": device process time h}``)
-and its link (``ok`` / ``lost``, retained). :meth:`MqttPlant.apply` refuses values outside
-the device's declared ranges before anything is sent, then publishes one message per input
-on ``<base>/<input>/set`` at QoS 1, all with one new command id and an expiry (Unix s, so a
+retained state (``{"v": device value, "t": sample time h, "now": device process time h}``),
+then its process time on ``<base>/clock`` (the set is complete), and its link (``ok`` /
+``lost``, retained). :meth:`MqttPlant.apply` refuses values outside the device's declared
+ranges before anything is sent, then publishes one message per input on
+``<base>/<input>/set`` at QoS 1, all with one new command id and an expiry (Unix s, so a
 command queued through an outage is never applied late), and waits (``confirm_timeout_s``)
 for the device's confirmation on ``<base>/confirm`` with that id, which says what the
 device holds. :attr:`MqttPlant.exchanges` keeps every write sent and its confirmation.
@@ -43,7 +44,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bpcontrol.interfaces import PlantError, PlantLinkLostError
 from estimators import Reading
 from services.edge.mapping import DeviceMapping, MqttTopics
-from services.edge.setpoints import Exchange, device_setpoints
+from services.edge.setpoints import Exchange, device_setpoints, loop_time
 
 __all__ = ["MqttPlant", "MqttSecurity", "mqtt_client"]
 
@@ -201,7 +202,7 @@ class MqttPlant:
                 continue  # a retained message seen again after a reconnect
             self._last_sample[name] = ts
             o = self._outputs[name]
-            out.append(Reading(name, o.to_model(value), min(ts - offset, t_h)))
+            out.append(Reading(name, o.to_model(value), loop_time(ts, offset, t_h)))
         return out
 
     def apply(self, t_h: float, setpoints: Mapping[str, float]) -> Mapping[str, float]:
@@ -304,7 +305,8 @@ class MqttPlant:
         t = self.topics
         client.publish(t.controller, "online", qos=1, retain=True)
         client.subscribe(
-            [(t.signal(o.name), 1) for o in self.mapping.outputs] + [(t.confirm, 1), (t.link, 1)]
+            [(t.signal(o.name), 1) for o in self.mapping.outputs]
+            + [(t.confirm, 1), (t.link, 1), (t.clock, 1)]
         )
         with self._cond:
             self._connected = True
@@ -350,6 +352,11 @@ class MqttPlant:
                     self._link = text
                 return
             doc = json.loads(text)
+            if msg.topic == t.clock:  # the device's samples up to ``now`` are all out
+                with self._cond:
+                    self._device_now_h = max(self._device_now_h, float(doc["now"]))
+                    self._cond.notify_all()
+                return
             if msg.topic == t.confirm:
                 with self._cond:
                     self._confirms[int(doc["id"])] = doc
@@ -360,8 +367,6 @@ class MqttPlant:
                 sample = (o.name, float(doc["v"]), float(doc["t"]))
                 with self._cond:
                     self._samples.append(sample)
-                    self._device_now_h = max(self._device_now_h, float(doc["now"]))
-                    self._cond.notify_all()
         except (ValueError, KeyError, TypeError) as exc:
             _log.warning("MQTT gateway: bad message on %s ignored (%s)", msg.topic, exc)
 

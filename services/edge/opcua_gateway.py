@@ -40,7 +40,7 @@ from bpcontrol.interfaces import PlantError, PlantLinkLostError
 from estimators import Reading
 from services.edge.link import Backoff
 from services.edge.mapping import DeviceMapping
-from services.edge.setpoints import Exchange, device_setpoints
+from services.edge.setpoints import Exchange, device_setpoints, loop_time
 
 __all__ = ["ClientSecurity", "Exchange", "OpcUaPlant"]
 
@@ -70,6 +70,8 @@ class OpcUaPlant:
         security: the client's security; None only with ``allow_insecure``.
         allow_insecure: permit policy None (a warning is logged).
         connect_timeout_s: the first connection's deadline (wall s); later ones retry.
+        sample_wait_s: how long ``read`` waits for the device to reach the loop's tick
+            (wall s), so that the samples of the tick are not handed over a period late.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class OpcUaPlant:
         security: ClientSecurity | None,
         allow_insecure: bool = False,
         connect_timeout_s: float = 10.0,
+        sample_wait_s: float = 0.05,
     ) -> None:
         if security is None and not allow_insecure:
             raise ValueError(
@@ -91,6 +94,7 @@ class OpcUaPlant:
                 "OPC UA gateway to %s: policy None, nothing is signed or encrypted", endpoint
             )
         self.endpoint, self.mapping, self.security = endpoint, mapping, security
+        self.sample_wait_s = sample_wait_s
         self.exchanges: list[Exchange] = []
         self._client: Client | None = None
         self._connected = threading.Event()
@@ -236,23 +240,30 @@ class OpcUaPlant:
     async def _read(self, t_h: float) -> list[Reading]:
         client = self._session()
         n = self._nodes
-        try:
-            values = await client.read_values(
-                [n.link_ok, n.process_time, *n.values, *n.sample_times]
-            )
-        except Exception as exc:
-            await self._lost(exc)
-            raise PlantLinkLostError(
-                f"reading the OPC UA device failed ({type(exc).__name__}: {exc})"
-            ) from None
-        link_ok, t_dev = bool(values[0]), float(values[1])
-        if not link_ok:
-            raise PlantLinkLostError(
-                f"the device {self.mapping.name} reports the controller's heartbeat lost; "
-                "it holds its safe setpoints"
-            )
-        if self._offset_h is None:
-            self._offset_h = t_dev - t_h
+        deadline = time.monotonic() + self.sample_wait_s
+        while True:
+            try:
+                values = await client.read_values(
+                    [n.link_ok, n.process_time, *n.values, *n.sample_times]
+                )
+            except Exception as exc:
+                await self._lost(exc)
+                raise PlantLinkLostError(
+                    f"reading the OPC UA device failed ({type(exc).__name__}: {exc})"
+                ) from None
+            link_ok, t_dev = bool(values[0]), float(values[1])
+            if not link_ok:
+                raise PlantLinkLostError(
+                    f"the device {self.mapping.name} reports the controller's heartbeat lost; "
+                    "it holds its safe setpoints"
+                )
+            if self._offset_h is None:
+                self._offset_h = t_dev - t_h
+            # the device writes ProcessTime after its samples: once it reached the tick,
+            # the samples of the tick are there (else they would come a period late)
+            if t_dev >= t_h + self._offset_h - 1e-9 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.001)
         k = len(self.mapping.outputs)
         out = []
         for o, value, ts in zip(
@@ -262,7 +273,9 @@ class OpcUaPlant:
             if ts < 0 or ts <= self._last_sample.get(o.name, -math.inf):
                 continue
             self._last_sample[o.name] = ts
-            out.append(Reading(o.name, o.to_model(float(value)), min(ts - self._offset_h, t_h)))
+            out.append(
+                Reading(o.name, o.to_model(float(value)), loop_time(ts, self._offset_h, t_h))
+            )
         return out
 
     async def _apply(

@@ -15,7 +15,21 @@ from dataclasses import dataclass
 from bpcontrol.interfaces import PlantError
 from services.edge.mapping import DeviceMapping
 
-__all__ = ["Exchange", "device_setpoints"]
+__all__ = ["CURRENT_WITHIN_H", "Exchange", "device_setpoints", "loop_time"]
+
+
+CURRENT_WITHIN_H = 10.0 / 3600.0
+"""A sample this close (h of process time) before the loop's tick counts as taken at the
+tick: the device's clock is known to the gateway only to about a round trip (times the
+speed-up on an accelerated clock), and an online sample stamped a hair before the tick
+would otherwise be re-fused by the estimator as a late one."""
+
+
+def loop_time(ts_device_h: float, offset_h: float, t_h: float) -> float:
+    """The loop's process time (h) of a sample the device stamped ``ts_device_h``, given the
+    device clock's ``offset_h`` (device minus loop), at the loop's tick ``t_h``."""
+    ts = ts_device_h - offset_h
+    return t_h if ts > t_h - CURRENT_WITHIN_H else ts
 
 
 @dataclass(frozen=True)

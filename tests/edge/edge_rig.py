@@ -7,22 +7,25 @@ server is a real asyncua server in a thread, stopped by the fixture.
 
 from __future__ import annotations
 
-import getpass
-import shutil
-import socket
-import subprocess
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hil.device_server import DeviceSecurity
-from services.edge.link import free_port
-from services.edge.opcua_gateway import ClientSecurity
+from bpcontrol.clock import PacedClock
+from bpcontrol.interfaces import Plant
+from bpcontrol.loop import LoopSnapshot
+from bpcontrol.runspec import RunSpec
+from hil.device_mqtt import DeviceMqtt
+from hil.device_server import DeviceSecurity, DeviceServer
+from hil.runner import RunResult, run_batch
+from services.edge.broker import Mosquitto, reactor_acl, start_mosquitto
+from services.edge.mapping import DeviceMapping, MqttTopics
+from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
+from services.edge.opcua_gateway import ClientSecurity, OpcUaPlant
 from services.edge.pki import AppCertificate, make_certificate
 
 MAPPING = Path(__file__).resolve().parents[2] / "services" / "edge" / "data" / "ecoli_reactor.toml"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 @dataclass(frozen=True)
@@ -68,25 +71,8 @@ def client_security(
     return ClientSecurity(c.cert, c.key, c.uri, pki.device.cert, USER, password)
 
 
-@dataclass(frozen=True)
-class Broker:
-    """A running Mosquitto: its port, users ``{name: password}``, PID and log file."""
-
-    port: int
-    users: dict[str, str]
-    pid: int
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        """Terminate the broker (kill after 5 s)."""
-        _stop(self.process)
-
-    def kill(self) -> None:
-        """Kill the broker at once (SIGKILL: no goodbye to its clients)."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5.0)
+class Broker(Mosquitto):
+    """The test broker (:class:`services.edge.broker.Mosquitto`) that can come back."""
 
     def restart(self) -> Broker:
         """A new broker on the same port and files (after :meth:`kill` or :meth:`stop`)."""
@@ -96,78 +82,97 @@ class Broker:
 BROKER_USERS = {"r1-controller": "pw-r1c", "r1-device": "pw-r1d", "r2-controller": "pw-r2c"}
 """Users of the test broker; the ACL gives each only its own reactor's topics."""
 
-
-ACL = """\
-# the controller of r1 sends commands, beats and its presence, and reads the rest of r1
-user r1-controller
-topic write bpcontrol/lab1/r1/+/set
-topic write bpcontrol/lab1/r1/heartbeat
-topic readwrite bpcontrol/lab1/r1/controller
-topic read bpcontrol/lab1/r1/#
-
-# the device of r1 publishes its signals, confirmations and link, and reads r1's commands
-user r1-device
-topic readwrite bpcontrol/lab1/r1/#
-
-# the controller of r2: nothing of r1
-user r2-controller
-topic write bpcontrol/lab1/r2/+/set
-topic write bpcontrol/lab1/r2/heartbeat
-topic readwrite bpcontrol/lab1/r2/controller
-topic read bpcontrol/lab1/r2/#
-"""
+ACL = reactor_acl(
+    MqttTopics("bpcontrol", "lab1", "r1"), controller="r1-controller", device="r1-device"
+) + reactor_acl(
+    MqttTopics("bpcontrol", "lab1", "r2"), controller="r2-controller", device="r2-device"
+)
 """The broker's ACL: each user only its own reactor's topics (and the controller cannot
 publish measurements)."""
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5.0)
 
 
 def start_broker(folder: Path, port: int | None = None) -> Broker:
     """Mosquitto on 127.0.0.1 (a free port unless given), no anonymous clients, a password
     file and a per-reactor ACL; waits (<= 10 s) until it accepts connections."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    passwd = folder / "passwd"
-    passwd.write_text("", encoding="utf-8")
-    for user, password in BROKER_USERS.items():
-        subprocess.run(
-            [MOSQUITTO_PASSWD, "-b", str(passwd), user, password], check=True, capture_output=True
-        )
-    acl = folder / "acl"
-    acl.write_text(ACL, encoding="utf-8")
-    log = folder / "mosquitto.log"
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
-        f"acl_file {acl}\npersistence false\nlog_dest file {log}\nlog_type all\n"
-        f"user {getpass.getuser()}\nset_tcp_nodelay true\n",  # root would drop to mosquitto
-        encoding="utf-8",
-    )
-    process = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 10.0
-    while True:
-        if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(
-                f"mosquitto exited ({process.returncode}): {err} "
-                f"{log.read_text() if log.exists() else ''}"
+    b = start_mosquitto(folder, BROKER_USERS, ACL, port=port)
+    return Broker(b.port, b.users, b.log, b.process)
+
+
+@dataclass
+class EdgeRun:
+    """A batch run through a gateway and the simulated device: the run's result, the
+    device (its write log) and the gateway (its exchange records)."""
+
+    result: RunResult
+    device: DeviceServer | DeviceMqtt
+    gateway: OpcUaPlant | MqttPlant
+
+
+def run_through_device(
+    kind: str,
+    spec: RunSpec,
+    run_dir: Path,
+    mapping: DeviceMapping,
+    *,
+    speed_up: float,
+    pki: Pki | None = None,
+    broker_port: int | None = None,
+    duration_h: float | None = None,
+    progress: Callable[[LoopSnapshot], None] | None = None,
+) -> EdgeRun:
+    """``run_batch`` with the loop's plant behind a gateway: the simulated plant is served by
+    the device (``kind`` ``opcua``: the asyncua server, SignAndEncrypt; ``mqtt``: the MQTT
+    device on the broker at ``broker_port``), on a clock ``speed_up`` that starts with the
+    controller's first command, as the loop's does."""
+    made: dict[str, Any] = {}
+
+    def wrap(sim: Plant) -> Plant:
+        clock = PacedClock(speed_up)
+        if kind == "opcua":
+            assert pki is not None
+            device = DeviceServer(
+                sim, clock, mapping, security=device_security(pki), start_on_first_command=True
             )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError("mosquitto did not accept connections within 10 s") from None
-            time.sleep(0.05)
-    return Broker(port, dict(BROKER_USERS), process.pid, log, process)
+            device.start()
+            made["device"] = device
+            gateway: OpcUaPlant | MqttPlant = OpcUaPlant(
+                device.endpoint, mapping, security=client_security(pki)
+            )
+        else:
+            assert broker_port is not None
+            mdevice = DeviceMqtt(
+                sim,
+                clock,
+                mapping,
+                host="127.0.0.1",
+                port=broker_port,
+                security=MqttSecurity("r1-device", BROKER_USERS["r1-device"]),
+                start_on_first_command=True,
+            )
+            mdevice.start()
+            made["device"] = mdevice
+            gateway = MqttPlant(
+                "127.0.0.1",
+                broker_port,
+                mapping,
+                security=MqttSecurity("r1-controller", BROKER_USERS["r1-controller"]),
+            )
+        made["gateway"] = gateway
+        return gateway
+
+    try:
+        result = run_batch(
+            spec,
+            run_dir=run_dir,
+            speed_up=speed_up,
+            duration_h=duration_h,
+            wrap_plant=wrap,
+            progress=progress,
+            report=False,
+        )
+    finally:
+        if "gateway" in made:
+            made["gateway"].close()
+        if "device" in made:
+            made["device"].stop()
+    return EdgeRun(result, made["device"], made["gateway"])
