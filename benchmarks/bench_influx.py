@@ -19,6 +19,10 @@ then per run:
 * ``readback``: a 30 h batch at 1-min steps (1800 steps: 7200 readings of 5 sensors,
   1800 setpoints of 3 inputs) read with ``InfluxBatchSource.batch`` (ms), side by side
   with ``EmbeddedBatchSource.batch`` on the same records in a SQLite file;
+* ``lateness``: the loop's tick lateness (``PacedClock.sleep_until``, ms; median and
+  p99) and the time spent in ``write()`` per step, for an accelerated run of
+  ``--lateness-steps`` steps at ``--step-s`` s each with the server up throughout, side
+  by side with the steps of a run during which influxd was SIGKILLed (20 %-80 % of it);
 * ``growth``: the server unreachable, ``--outage-steps`` steps written at once (the
   loop's records of that many minutes), waited into the buffer file: bytes of line
   protocol buffered and growth of the file (after a WAL checkpoint), scaled per hour of
@@ -50,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "services" / "influx"))
 
 from influx_producer import STEP_H, records  # noqa: E402
+from influx_run import run_with_outage  # noqa: E402
 from influx_server import InfluxServer, free_port  # noqa: E402
 
 from bpcontrol.records import MeasurementRecord, Record, RunIdentity  # noqa: E402
@@ -175,6 +180,35 @@ def narrow_records(n_steps: int) -> list[Record]:
     return [r for r in records(n_steps, RUN) if isinstance(r, MeasurementRecord)]
 
 
+def lateness(folder: Path, n_steps: int, step_s: float) -> dict[str, float]:
+    """The loop's tick lateness and write() time per step (ms): a run where the server
+    stayed up against one where it was SIGKILLed for the middle 60 % of the run."""
+    out: dict[str, float] = {}
+    for name, outage in (
+        ("up", None),
+        ("outage", (0.2 * n_steps * step_s, 0.8 * n_steps * step_s)),
+    ):
+        server = InfluxServer(folder / f"lateness-{name}")
+        server.start()
+        try:
+            config = InfluxConfig(url=server.url, database="late", timeout_s=2.0)
+            h = InfluxHistorian(config, folder / f"lateness-{name}.sqlite", max_backoff_s=0.5)
+            stats = run_with_outage(h, server, n_steps, step_s, outage)
+            if not h.flush(120.0):
+                raise RuntimeError(f"lateness run {name}: not delivered")
+            h.close()
+        finally:
+            server.stop()
+        late = sorted(stats.lateness_up_s + stats.lateness_down_s)
+        spent = sorted(stats.write_up_s + stats.write_down_s)
+        if outage is not None:  # the steps while the server was down only
+            late, spent = sorted(stats.lateness_down_s), sorted(stats.write_down_s)
+        out[f"late_{name}_med_ms"] = 1e3 * statistics.median(late)
+        out[f"late_{name}_p99_ms"] = 1e3 * late[int(0.99 * (len(late) - 1))]
+        out[f"step_write_{name}_med_ms"] = 1e3 * statistics.median(spent)
+    return out
+
+
 def one_run(server: InfluxServer, args: argparse.Namespace, folder: Path, i: int) -> dict[str, Any]:
     stream = list(records(args.steps, RUN))
     out: dict[str, Any] = {"raw_pts_s": raw_write(server, f"raw{i}", stream, args.batch)}
@@ -185,6 +219,7 @@ def one_run(server: InfluxServer, args: argparse.Namespace, folder: Path, i: int
     out["narrow_path_pts_s"] = path["path_pts_s"]
     out.update(readback(server, f"rb{i}", folder))
     out.update(growth(folder / f"g{i}", args.outage_steps))
+    out.update(lateness(folder / f"l{i}", args.lateness_steps, args.step_s))
     return out
 
 
@@ -198,19 +233,27 @@ COLUMNS = (
     ("write_p99_us", "write() p99 us", "{:.1f}"),
     ("readback_ms", "30 h read-back ms", "{:.0f}"),
     ("embedded_ms", "same, embedded ms", "{:.0f}"),
+)
+COLUMNS_2 = (
+    ("late_up_med_ms", "tick late ms, up: med", "{:.2f}"),
+    ("late_up_p99_ms", "up: p99", "{:.2f}"),
+    ("late_outage_med_ms", "server down: med", "{:.2f}"),
+    ("late_outage_p99_ms", "down: p99", "{:.2f}"),
+    ("step_write_up_med_ms", "write/step ms up", "{:.3f}"),
+    ("step_write_outage_med_ms", "write/step ms down", "{:.3f}"),
     ("buffer_b_per_h", "buffer B/h outage", "{:,.0f}"),
     ("file_b_per_h", "file B/h outage", "{:,.0f}"),
 )
 
 
-def table(runs: list[dict[str, Any]]) -> str:
-    head = "| run | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    sep = "|---|" + "---:|" * len(COLUMNS)
+def table(runs: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]) -> str:
+    head = "| run | " + " | ".join(c[1] for c in columns) + " |"
+    sep = "|---|" + "---:|" * len(columns)
     rows = [head, sep]
     for i, run in enumerate(runs, 1):
-        rows.append(f"| {i} | " + " | ".join(f.format(run[k]) for k, _, f in COLUMNS) + " |")
-    med = {k: statistics.median(r[k] for r in runs) for k, _, _ in COLUMNS}
-    rows.append("| **median** | " + " | ".join(f.format(med[k]) for k, _, f in COLUMNS) + " |")
+        rows.append(f"| {i} | " + " | ".join(f.format(run[k]) for k, _, f in columns) + " |")
+    med = {k: statistics.median(r[k] for r in runs) for k, _, _ in columns}
+    rows.append("| **median** | " + " | ".join(f.format(med[k]) for k, _, f in columns) + " |")
     return "\n".join(rows)
 
 
@@ -220,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch", type=int, default=5000, help="lines per /write request")
     p.add_argument("--outage-steps", type=int, default=600, help="steps written during outage")
+    p.add_argument("--lateness-steps", type=int, default=1000, help="steps of a lateness run")
+    p.add_argument("--step-s", type=float, default=0.01, help="wall s per step (lateness)")
     p.add_argument("--append", action="store_true", help="append to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
@@ -245,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{' '.join(load_after)} after; {args.steps} steps per run "
         f"({runs[0]['points']:,} points), batches of {args.batch} lines; read-back: "
         f"{runs[0]['readback_points']:,} readings of a 30 h batch; growth: "
-        f"{args.outage_steps} steps buffered with the server away.\n\n{table(runs)}\n"
+        f"{args.outage_steps} steps buffered with the server away; lateness: "
+        f"{args.lateness_steps} steps at {args.step_s} s.\n\n"
+        f"{table(runs, COLUMNS)}\n\n{table(runs, COLUMNS_2)}\n"
     )
     print(text)
     if args.append:
