@@ -266,6 +266,8 @@ class InfluxHistorian:
                 "InfluxHistorian.write takes a bpcontrol.records record "
                 f"(MeasurementRecord, EstimateRecord, ...), got {type(record).__name__}"
             )
+        event: tuple[HistorianEventKind, str] | None = None  # emitted after the lock
+        refusal: RecordRefusedError | None = None
         with self._lock:
             if self._closed:
                 raise HistorianClosedError(
@@ -277,6 +279,7 @@ class InfluxHistorian:
             except RecordRefusedError as exc:
                 self._refused += 1
                 refusal = exc
+                event = (HistorianEventKind.REFUSED, f"record refused: {exc}")
             else:
                 nbytes = sum(map(len, lines)) + len(lines)
                 points = self._queued_points + self._buffered_points + len(lines)
@@ -290,29 +293,26 @@ class InfluxHistorian:
                     )
                     if not self._full:
                         self._full = True
-                        self._emit(HistorianEventKind.BUFFER_FULL, str(refusal))
-                    if self._strict:
-                        raise refusal
-                    return
-                self._queue.put(lines)
-                self._queued_points += len(lines)
-                self._queued_bytes += nbytes
-                self._accepted_points += len(lines)
-                self._accepted += 1
-                if not self._high and (
-                    points >= self._alarm * self._max_points
-                    or size >= self._alarm * self._max_bytes
-                ):
-                    self._high = True
-                    self._emit(
-                        HistorianEventKind.BUFFER_HIGH,
-                        f"store-and-forward buffer at {points} of {self._max_points} points, "
-                        f"{size} of {self._max_bytes} bytes (alarm at {self._alarm:.0%}); "
-                        f"the server at {self.config.url} is not taking records fast enough",
-                    )
-                return
-        self._emit(HistorianEventKind.REFUSED, f"record refused: {refusal}")
-        if self._strict:
+                        event = (HistorianEventKind.BUFFER_FULL, str(refusal))
+                else:
+                    self._queue.put(lines)
+                    self._queued_points += len(lines)
+                    self._queued_bytes += nbytes
+                    self._accepted_points += len(lines)
+                    self._accepted += 1
+                    level = max(points / self._max_points, size / self._max_bytes)
+                    if level >= self._alarm and not self._high:
+                        self._high = True
+                        event = (
+                            HistorianEventKind.BUFFER_HIGH,
+                            f"store-and-forward buffer at {points} of {self._max_points} "
+                            f"points, {size} of {self._max_bytes} bytes (alarm at "
+                            f"{self._alarm:.0%}); the server at {self.config.url} is not "
+                            "taking records fast enough",
+                        )
+        if event is not None:
+            self._emit(*event)
+        if refusal is not None and self._strict:
             raise refusal
 
     def flush(self, timeout_s: float | None = None) -> bool:

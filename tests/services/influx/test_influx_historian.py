@@ -16,7 +16,7 @@ from bpcontrol.interfaces import Historian
 from bpcontrol.records import EstimateRecord, EventRecord, MeasurementRecord, RunIdentity
 from services.historian import EmbeddedHistorian
 from services.historian.buffer import ForwardBuffer
-from services.historian.influx import HistorianEventKind, InfluxHistorian
+from services.historian.influx import HistorianEvent, HistorianEventKind, InfluxHistorian
 from services.historian.influx_client import InfluxConfig
 from services.historian.influx_readback import InfluxBatchSource
 from services.historian.lineprotocol import RecordRefusedError
@@ -115,6 +115,12 @@ def test_batch_answered_4xx_is_set_aside_and_the_rest_goes_on(
 def test_buffer_alarm_and_full_refusal_while_the_server_is_away(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = InfluxConfig(url=url, database="d", timeout_s=0.5)
+    seen: list[tuple[HistorianEventKind, int]] = []
+    made: list[InfluxHistorian] = []
+
+    def on_event(event: HistorianEvent) -> None:  # asks the historian back: must not deadlock
+        seen.append((event.kind, made[0].pending_points if made else -1))
+
     h = InfluxHistorian(
         config,
         tmp_path / "b.sqlite",
@@ -122,7 +128,9 @@ def test_buffer_alarm_and_full_refusal_while_the_server_is_away(tmp_path: Path) 
         alarm_fraction=0.8,
         max_backoff_s=0.2,
         drain_on_close_s=0.1,
+        on_event=on_event,
     )
+    made.append(h)
     for k in range(100):  # one point each, plus the run point first
         h.write(MeasurementRecord(k / 60, "DO", 1.0, k / 60, run=RUN))
     assert h.accepted == 99 and h.refused == 1  # 1 run point + 99 = 100 = full
@@ -132,6 +140,7 @@ def test_buffer_alarm_and_full_refusal_while_the_server_is_away(tmp_path: Path) 
     assert HistorianEventKind.BUFFER_HIGH in kinds and HistorianEventKind.BUFFER_FULL in kinds
     assert HistorianEventKind.SERVER_DOWN in kinds
     assert kinds.index(HistorianEventKind.BUFFER_HIGH) < kinds.index(HistorianEventKind.BUFFER_FULL)
+    assert (HistorianEventKind.BUFFER_FULL, 100) in seen
     assert h.stored == h.accepted == 99  # all in the buffer file
     assert h.failing_for_s() == 0.0 and h.failure_cause is None  # a server away is no failure
     assert h.abandon() == 0  # nothing lost: it stays in the file
