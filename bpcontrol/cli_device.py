@@ -81,22 +81,23 @@ def serve_device_command(
         else:
             device, endpoint = _mqtt_device(plant, clock, dev_map, port, folder, security)
             url = f"mqtt://127.0.0.1:{port}"
-    typer.echo(f"device {dev_map.name} ({dev_map.model}) serving {endpoint}")
-    typer.echo(f"controller login: {security}")
-    typer.echo(
-        f"drive it: bpcontrol run --plant {url} --device-mapping {map_path.resolve()} "
-        f"--device-security {security} --speed-up {speed_up}"
-    )
-    typer.echo("Ctrl-C stops the device.", err=True)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
+        typer.echo(f"device {dev_map.name} ({dev_map.model}) serving {endpoint}")
+        typer.echo(f"controller login: {security}")
+        typer.echo(
+            f"drive it: bpcontrol run --plant {url} --device-mapping {map_path.resolve()} "
+            f"--device-security {security} --speed-up {speed_up}"
+        )
+        typer.echo("Ctrl-C stops the device.", err=True)
         while not stop.wait(0.2):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         device.stop()
     applied = sum(1 for e in device.write_log if e.command_id != 0)
     typer.echo(f"device stopped ({applied} setpoint writes applied)")

@@ -296,8 +296,10 @@ class OpcUaPlant:
         try:
             await client.write_values(nodes, dvs)
         except ua.UaStatusCodeError as exc:
+            self.exchanges.append(Exchange(cid, t_h, sent, {}, math.nan))
             raise PlantError(f"the device refused the setpoints ({exc})") from None
         except Exception as exc:
+            self.exchanges.append(Exchange(cid, t_h, sent, {}, math.nan))
             await self._lost(exc)
             raise PlantLinkLostError(
                 f"writing setpoints failed ({type(exc).__name__}: {exc})"
@@ -307,6 +309,7 @@ class OpcUaPlant:
             try:
                 got = await client.read_values([n.confirmed, *n.currents])
             except Exception as exc:
+                self.exchanges.append(Exchange(cid, t_h, sent, {}, math.nan))
                 await self._lost(exc)
                 raise PlantLinkLostError(
                     f"confirming setpoints failed ({type(exc).__name__}: {exc})"

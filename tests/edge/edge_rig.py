@@ -119,12 +119,14 @@ def run_through_device(
     broker_port: int | None = None,
     duration_h: float | None = None,
     progress: Callable[[LoopSnapshot], None] | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> EdgeRun:
     """``run_batch`` with the loop's plant behind a gateway: the simulated plant is served by
     the device (``kind`` ``opcua``: the asyncua server, SignAndEncrypt; ``mqtt``: the MQTT
     device on the broker at ``broker_port``), on a clock ``speed_up`` that starts with the
-    controller's first command, as the loop's does."""
-    made: dict[str, Any] = {}
+    controller's first command, as the loop's does. ``parts`` (when given) receives the
+    ``device`` and the ``gateway`` as soon as they exist (for a test that breaks them)."""
+    made: dict[str, Any] = {} if parts is None else parts
 
     def wrap(sim: Plant) -> Plant:
         clock = PacedClock(speed_up)
