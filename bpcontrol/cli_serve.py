@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import math
 import signal
 import socket
@@ -156,6 +157,22 @@ def _server_class(base: type[uvicorn.Server]) -> type[uvicorn.Server]:
     return Server
 
 
+def _write_summary(path: Path, served: list[Served]) -> None:
+    """Each reactor's ticks, end time, records and tick lateness (ms of wall time)."""
+    doc = {}
+    for s in served:
+        got = s.summary or s.handle.loop.summary
+        doc[s.handle.id] = {
+            "ticks": got.ticks,
+            "t_end_h": got.t_end_h,
+            "records": got.records,
+            "stopped": got.stopped,
+            "lateness_ms": [round(v * 1e3, 4) for v in got.lateness_s],
+            **got.jitter(),
+        }
+    path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -191,6 +208,9 @@ def serve_command(
     seed: Annotated[int, typer.Option(help="Plant seed (reactor k gets seed + k).")] = 1,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    summary: Annotated[
+        Path | None, typer.Option(help="Write each loop's summary (ticks, lateness) as JSON.")
+    ] = None,
     hash_password: Annotated[
         bool, typer.Option(help="Read a password on stdin, print its argon2 hash, exit.")
     ] = False,
@@ -231,10 +251,14 @@ def serve_command(
             for s in specs
         ]
     app = create_app(settings=settings, reactors=[s.handle for s in served], audit=audit)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every connection (with proto 0 it
+    # does not, and Nagle's algorithm with delayed ACKs adds 40 ms to each response)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections queue from now on, before uvicorn takes over
     except OSError as exc:
         fail(ValueError(f"--host/--port: cannot listen on {host}:{port} ({exc})"), 2)
     scheme = "https" if tls else "http"
@@ -265,4 +289,6 @@ def serve_command(
         for s in served:
             if s.error is not None:
                 typer.echo(f"error: reactor {s.handle.id}: {s.error}", err=True)
+        if summary is not None:
+            _write_summary(summary, served)
         typer.echo(f"audit head {audit.head} ({audit.path})")

@@ -149,7 +149,7 @@ class ApiContext:
         raise HTTPException(status, detail, headers=headers)
 
 
-def _ctx(request: Request) -> ApiContext:
+async def _ctx(request: Request) -> ApiContext:  # async: a sync one costs a thread hop
     ctx: ApiContext = request.app.state.ctx
     return ctx
 
@@ -329,7 +329,7 @@ def _install_errors(app: FastAPI) -> None:
             parts.append(f"{loc}: {err.get('msg', 'invalid')}")
         detail = "invalid request: " + "; ".join(parts)
         if request.method in WRITE_METHODS:
-            ctx = _ctx(request)
+            ctx: ApiContext = request.app.state.ctx
             request.state.wall_utc = getattr(request.state, "wall_utc", _now_utc())
             await ctx.record_refusal(request, 422, detail)
         return JSONResponse({"detail": detail}, status_code=422)

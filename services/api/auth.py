@@ -13,7 +13,7 @@ import enum
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 from argon2 import PasswordHasher
@@ -26,6 +26,9 @@ AUDIENCE = "bpcontrol-api"
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
 """HS256 keys shorter than the hash output (32 bytes) are refused (RFC 7518 3.2)."""
+
+CACHE_SIZE = 4096
+"""Checked tokens remembered (all are forgotten when it is full)."""
 
 _HASHER = PasswordHasher()
 
@@ -95,10 +98,18 @@ class UserStore:
 
 @dataclass(frozen=True)
 class TokenIssuer:
-    """Issues and checks bearer tokens signed with ``secret`` that live ``ttl_s`` seconds."""
+    """Issues and checks bearer tokens signed with ``secret`` that live ``ttl_s`` seconds.
+
+    A token whose signature and claims were checked once is remembered (up to
+    ``CACHE_SIZE`` tokens) with its expiry, so a client's next requests cost a dictionary
+    look-up; expiry and the user's configuration are checked on every request all the same.
+    """
 
     secret: str
     ttl_s: float
+    _checked: dict[str, tuple[str, Role, float]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def issue(self, user: User, *, now: float | None = None) -> str:
         """A signed token for ``user`` (expires ``ttl_s`` after ``now``, UNIX s)."""
@@ -117,6 +128,16 @@ class TokenIssuer:
     def check(self, token: str, users: UserStore) -> User:
         """The user a valid ``token`` names (with the role configured now, capped by the
         token's); :class:`AuthError` saying why otherwise."""
+        known = self._checked.get(token)
+        if known is not None:
+            name, role, exp = known
+            if time.time() >= exp:
+                self._checked.pop(token, None)
+                raise AuthError("token expired; log in again")
+            user = users.get(name)
+            if user is None:
+                raise AuthError("token names no configured user")
+            return User(user.name, min(role, user.role), user.password_hash)
         try:
             claims = jwt.decode(
                 token,
@@ -137,4 +158,7 @@ class TokenIssuer:
             role = Role.parse(claims["role"])
         except ValueError:
             raise AuthError("token names an unknown role") from None
+        if len(self._checked) >= CACHE_SIZE:
+            self._checked.clear()
+        self._checked[token] = (user.name, role, float(claims["exp"]))
         return User(user.name, min(role, user.role), user.password_hash)

@@ -66,7 +66,7 @@ def start_server(
     app = create_app(
         settings=settings, reactors=[s.handle for s in served], audit=AuditChain(audit_path)
     )
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

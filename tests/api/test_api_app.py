@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bpcontrol.records import EventKind
@@ -14,7 +15,7 @@ from services.api.app import PREFIX
 from services.api.audit import verify_audit_file
 from services.api.ratelimit import RateLimiter
 from services.api.settings import SettingsError, demo_settings, load_settings
-from tests.api.conftest import SECRET, Live, make_settings
+from tests.api.conftest import SECRET, Live, login, make_settings, start_server, stop_server
 
 
 def _audit(live: Live) -> list[dict[str, Any]]:
@@ -156,7 +157,7 @@ def test_security_headers_and_closed_cors(live: Live) -> None:
         )
         assert "access-control-allow-origin" not in pre.headers
         assert c.get("/health").json() == {"status": "ok"}
-        schema = c.get("/openapi.json").json()
+        schema = httpx.get(f"{live.base}/openapi.json").json()
         assert f"{PREFIX}/reactors/{{rid}}/setpoints/{{name}}" in schema["paths"]
 
 
@@ -201,3 +202,35 @@ def test_rate_limiter_allows_the_burst_then_the_rate() -> None:
     assert limiter.allow("bo")  # per user
     now[0] = 0.5  # 0.5 s at 2/s: one more
     assert limiter.allow("ana") and not limiter.allow("ana")
+
+
+def test_cors_opens_only_for_configured_origins_and_writes_are_rate_limited(
+    live: Live, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        cors_origins=("https://ok.example",), write_burst=2, write_rate_per_s=0.01
+    )
+    audit = tmp_path / "audit.jsonl"
+    server, thread, base = start_server(live.served, audit, settings)
+    try:
+        pre = {"Access-Control-Request-Method": "PUT"}
+        ok = httpx.options(
+            f"{base}{PREFIX}/reactors", headers={"Origin": "https://ok.example", **pre}
+        )
+        assert ok.headers["access-control-allow-origin"] == "https://ok.example"
+        evil = httpx.options(
+            f"{base}{PREFIX}/reactors", headers={"Origin": "https://evil.example", **pre}
+        )
+        assert "access-control-allow-origin" not in evil.headers
+        headers = {"Authorization": f"Bearer {login(base, 'operator')}"}
+        url = f"{base}{PREFIX}/reactors/R1/mode"
+        codes = [
+            httpx.post(url, json={"mode": "fallback", "reason": f"r{k}"}, headers=headers)
+            for k in range(3)
+        ]
+        assert [r.status_code for r in codes] == [200, 200, 429]
+        assert "too many writes" in codes[2].json()["detail"]
+    finally:
+        stop_server(server, thread)
+    results = [json.loads(line)["result"] for line in audit.read_text().splitlines()]
+    assert results == ["accepted", "accepted", "refused (429)"]
