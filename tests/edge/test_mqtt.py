@@ -7,6 +7,7 @@ The broker denies anonymous clients, checks a password file and applies a per-re
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -146,6 +147,7 @@ def test_heartbeat_loss_drops_the_device_to_safe_setpoints(
     ((_, silent_s),) = mqtt_device.safe_events
     # the watch runs every poll (2 ms): safe no earlier than the timeout after the last beat,
     # and within it plus a 0.25 s margin (poll, thread wake-ups on 2 busy cores)
+    print(f"\nMQTT device safe {silent_s:.3f} s after the last beat (timeout {timeout:g} s)")
     assert timeout <= silent_s <= timeout + 0.25
     assert reached <= timeout + 0.25
     assert mqtt_device.controller_presence[-1] == "offline"
@@ -154,6 +156,22 @@ def test_heartbeat_loss_drops_the_device_to_safe_setpoints(
         assert _wait(lambda: _link_ok(again, mqtt_device), 3.0)
         held = again.apply(mqtt_device.clock.now(), SETPOINTS)
         assert held == pytest.approx(SETPOINTS) and not mqtt_device.safe
+
+
+def test_last_will_marks_the_controller_lost(
+    mqtt_device: DeviceMqtt, mapping: DeviceMapping, broker: Broker
+) -> None:
+    with _gateway(broker, mapping, CONTROLLER) as plant:
+        plant.apply(mqtt_device.clock.now(), SETPOINTS)
+        assert _wait(lambda: "online" in mqtt_device.controller_presence, 2.0)
+        sock = plant._client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)  # the link breaks without a goodbye
+        # the broker publishes the will; then paho reconnects and says online again
+        assert _wait(lambda: "lost" in mqtt_device.controller_presence, 10.0)
+        assert _wait(lambda: mqtt_device.controller_presence[-1] == "online", 10.0)
+        held = plant.apply(mqtt_device.clock.now(), {**SETPOINTS, "T_set": 36.0})
+        assert held["T_set"] == pytest.approx(36.0)
 
 
 def _link_ok(plant: MqttPlant, device: DeviceMqtt) -> bool:
