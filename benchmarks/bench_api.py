@@ -5,7 +5,8 @@ and four operators, ``--speed-up`` default 1500: one loop tick per 40 ms of wall
 30 h batch in 72 s) twice, each a fresh process:
 
 1. idle: nobody calls the API for ``--seconds``; the loops' tick lateness is the baseline;
-2. loaded: this process sends, on an open-loop schedule (requests start on time whether or
+2. loaded: this process sends (a minimal asyncio HTTP/1.1 client on 48 keep-alive
+   connections), on an open-loop schedule (requests start on time whether or
    not earlier ones returned), 200 reads/s (reactor list, reactor state, events, plan, in
    turn over the reactors) and 20 writes/s (operator setpoints in MANUAL, inside the
    limits, each operator on its own reactor) for ``--seconds``.
@@ -251,7 +252,8 @@ def main() -> None:
         f"`.venv/bin/python benchmarks/bench_api.py --seconds {args.seconds:g}` against "
         f"`bpcontrol serve --reactors 4 --controller recipe --speed-up {args.speed_up}` (one tick "
         f"per {60 / float(args.speed_up) * 1e3:.0f} ms wall), load generator in a separate process "
-        f"(httpx, open loop); {os.cpu_count()} cores ({cpu_model()}), load average "
+        "(asyncio HTTP/1.1, 48 keep-alive connections, open loop); "
+        f"{os.cpu_count()} cores ({cpu_model()}), load average "
         f"{' '.join(load_before)} before, {' '.join(load_after)} after; {when}.",
         "",
         "| | median / p99 / max (ms) |",
