@@ -21,7 +21,7 @@ from pathlib import Path
 from services.edge.link import free_port
 from services.edge.mapping import MqttTopics
 
-__all__ = ["Mosquitto", "reactor_acl", "start_mosquitto"]
+__all__ = ["BrokerTls", "Mosquitto", "reactor_acl", "start_mosquitto"]
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -73,11 +73,26 @@ class Mosquitto:
             self.process.wait(5.0)
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS files (PEM): the CA its clients trust, its certificate and key."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+
 def start_mosquitto(
-    folder: Path, users: Mapping[str, str], acl: str, *, port: int | None = None
+    folder: Path,
+    users: Mapping[str, str],
+    acl: str,
+    *,
+    port: int | None = None,
+    tls: BrokerTls | None = None,
 ) -> Mosquitto:
-    """Mosquitto on 127.0.0.1 (a free port unless given) with ``users`` and ``acl``, its
-    files in ``folder``; waits (<= 10 s) until it accepts connections, else raises."""
+    """Mosquitto on 127.0.0.1 (a free port unless given) with ``users`` and ``acl`` (and
+    TLS only, when ``tls``), its files in ``folder``; waits (<= 10 s) until it accepts
+    connections, else raises."""
     if not Path(MOSQUITTO).exists():
         raise RuntimeError(f"mosquitto not found ({MOSQUITTO}); install Debian's mosquitto")
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +108,13 @@ def start_mosquitto(
     log = folder / "mosquitto.log"
     conf = folder / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+        f"listener {port} 127.0.0.1\n"
+        + (
+            ""
+            if tls is None
+            else f"cafile {tls.cafile}\ncertfile {tls.certfile}\nkeyfile {tls.keyfile}\n"
+        )
+        + f"allow_anonymous false\npassword_file {passwd}\n"
         f"acl_file {folder / 'acl'}\npersistence false\nlog_dest file {log}\nlog_type all\n"
         f"user {getpass.getuser()}\n"  # run as root it would drop to 'mosquitto' (no access)
         "set_tcp_nodelay true\n",  # a command is several small publishes: send each at once

@@ -19,7 +19,7 @@ from bpcontrol.runspec import RunSpec
 from hil.device_mqtt import DeviceMqtt
 from hil.device_server import DeviceSecurity, DeviceServer
 from hil.runner import RunResult, run_batch
-from services.edge.broker import Mosquitto, reactor_acl, start_mosquitto
+from services.edge.broker import BrokerTls, Mosquitto, reactor_acl, start_mosquitto
 from services.edge.mapping import DeviceMapping, MqttTopics
 from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
 from services.edge.opcua_gateway import ClientSecurity, OpcUaPlant
@@ -91,10 +91,11 @@ ACL = reactor_acl(
 publish measurements)."""
 
 
-def start_broker(folder: Path, port: int | None = None) -> Broker:
+def start_broker(folder: Path, port: int | None = None, tls: BrokerTls | None = None) -> Broker:
     """Mosquitto on 127.0.0.1 (a free port unless given), no anonymous clients, a password
-    file and a per-reactor ACL; waits (<= 10 s) until it accepts connections."""
-    b = start_mosquitto(folder, BROKER_USERS, ACL, port=port)
+    file and a per-reactor ACL (TLS only, when ``tls``); waits (<= 10 s) until it accepts
+    connections."""
+    b = start_mosquitto(folder, BROKER_USERS, ACL, port=port, tls=tls)
     return Broker(b.port, b.users, b.log, b.process)
 
 
@@ -178,3 +179,57 @@ def run_through_device(
         if "device" in made:
             made["device"].stop()
     return EdgeRun(result, made["device"], made["gateway"])
+
+
+def make_tls(folder: Path) -> BrokerTls:
+    """A test CA and a broker certificate it signed (127.0.0.1, localhost), PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def build(
+        subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name | None, sign: rsa.RSAPrivateKey
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
+        )
+        if issuer is None:
+            b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        else:
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        return b.sign(sign, hashes.SHA256())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = build("bpcontrol test CA", ca_key, None, ca_key)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = build("127.0.0.1", key, ca.subject, ca_key)
+    tls = BrokerTls(folder / "ca.pem", folder / "broker.pem", folder / "broker.key")
+    tls.cafile.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    tls.certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tls.keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return tls

@@ -10,9 +10,11 @@ import math
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from edge_rig import Broker
+from edge_rig import Broker, make_tls, start_broker
 
 from bpcontrol.clock import PacedClock
 from bpcontrol.interfaces import PlantError, PlantLinkLostError
@@ -205,3 +207,34 @@ def test_broker_outage_raises_link_lost_and_the_gateway_reconnects(
             assert _commands(mqtt_device) == confirmed
         finally:
             again.stop()
+
+
+def test_tls_broker_round_trip_and_plain_client_refused(
+    model: Model, mapping: DeviceMapping, tmp_path: Path
+) -> None:
+    tls = make_tls(tmp_path / "tls")
+    broker = start_broker(tmp_path / "mosquitto", tls=tls)
+    try:
+        device = DeviceMqtt(
+            ecoli_plant(model, seed=3),
+            PacedClock(600.0),
+            mapping,
+            host="127.0.0.1",
+            port=broker.port,
+            security=replace(DEVICE, ca_certs=tls.cafile),
+        )
+        device.start()
+        try:
+            login = replace(CONTROLLER, ca_certs=tls.cafile)
+            with _gateway(broker, mapping, login) as plant:
+                assert plant.apply(device.clock.now(), SETPOINTS) == pytest.approx(SETPOINTS)
+            # the same login without TLS gets no MQTT session on the TLS listener
+            with pytest.raises(PlantError, match="cannot connect"):
+                MqttPlant(
+                    "127.0.0.1", broker.port, mapping, security=CONTROLLER, connect_timeout_s=2.0
+                )
+            assert len(_commands(device)) == 1
+        finally:
+            device.stop()
+    finally:
+        broker.stop()
