@@ -69,6 +69,9 @@ __all__ = ["PREFIX", "create_app"]
 
 PREFIX = "/api/v1"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOGIN_RATE_PER_S = 0.2
+LOGIN_BURST = 20
+"""Login attempts per user name: 20 at once, then one per 5 s (password guessing)."""
 KEEPALIVE_S = 15.0
 """A stream sends a comment line after this long (wall s) without records."""
 
@@ -91,6 +94,7 @@ class ApiContext:
     tokens: TokenIssuer
     audit: AuditChain
     limiter: RateLimiter
+    logins: RateLimiter
 
     def user_of(self, request: Request) -> User | None:
         """The user a request's bearer token names, or None (never raises)."""
@@ -304,6 +308,7 @@ def create_app(
         tokens=TokenIssuer(settings.secret, settings.token_ttl_s),
         audit=audit,
         limiter=RateLimiter(settings.write_rate_per_s, settings.write_burst),
+        logins=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -344,7 +349,7 @@ def _routes_reads(app: FastAPI) -> None:
     @app.post(
         f"{PREFIX}/token",
         response_model=TokenOut,
-        responses={401: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+        responses={code: {"model": ErrorOut} for code in (401, 422, 429)},
         tags=["auth"],
         openapi_extra={
             "requestBody": {
@@ -376,6 +381,8 @@ def _routes_reads(app: FastAPI) -> None:
             raise HTTPException(422, "send grant_type=password, username and password (form)")
         if len(username) > 200 or len(password) > 500:
             raise HTTPException(422, "username or password too long")
+        if not ctx.logins.allow(username):
+            raise HTTPException(429, f"too many login attempts for {username!r}; wait")
         try:
             user = await asyncio.to_thread(ctx.settings.users.authenticate, username, password)
         except AuthError as exc:

@@ -3,6 +3,7 @@ historian, uvicorn in a thread on a free 127.0.0.1 port, httpx as the client."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -26,14 +27,19 @@ PASSWORDS = {role.name.lower(): f"pw-{role.name.lower()}-0123456789" for role in
 SECRET = "test-secret-" + "x" * 60
 
 
+@functools.cache
+def _users() -> UserStore:
+    """One user per role (name = role), hashed once per test session (argon2 is slow)."""
+    return UserStore(
+        {name: User(name, Role.parse(name), hash_password(pw)) for name, pw in PASSWORDS.items()}
+    )
+
+
 def make_settings(**options: object) -> ApiSettings:
     """Settings with one user per role (name = role), known passwords."""
-    users = {
-        name: User(name, Role.parse(name), hash_password(pw)) for name, pw in PASSWORDS.items()
-    }
     opts: dict[str, object] = {"write_burst": 100_000, "write_rate_per_s": 1000.0}
     opts.update(options)
-    return ApiSettings(users=UserStore(users), secret=SECRET, **opts)  # type: ignore[arg-type]
+    return ApiSettings(users=_users(), secret=SECRET, **opts)  # type: ignore[arg-type]
 
 
 def served_reactor(root: Path, name: str, *, speed_up: float, seed: int = 1) -> Served:

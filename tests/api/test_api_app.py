@@ -234,3 +234,13 @@ def test_cors_opens_only_for_configured_origins_and_writes_are_rate_limited(
         stop_server(server, thread)
     results = [json.loads(line)["result"] for line in audit.read_text().splitlines()]
     assert results == ["accepted", "accepted", "refused (429)"]
+
+
+def test_password_guessing_is_slowed_per_user_name(live: Live) -> None:
+    with live.client() as c:
+        codes = [
+            c.post("/token", data={"username": "engineer", "password": f"guess{k}"}).status_code
+            for k in range(22)
+        ]
+        assert set(codes[:18]) == {401} and codes[-1] == 429
+        assert c.post("/token", data={"username": "viewer", "password": "x"}).status_code == 401
