@@ -89,12 +89,15 @@ class FitOptions:
     that reaches it is reported as not converged, never as a result); ``reltol``/``abstol``:
     CVODES tolerances of the shooting integrations; ``print_level``: IPOPT's output (0:
     none). ``integrator``: ``"cvodes"`` (adaptive BDF, for stiff models),
-    ``"collocation"`` (Radau IIA, fixed steps, A-stable) or ``"rk"`` (RK4, fixed steps, for
-    non-stiff models only), the fixed-step ones with ``steps_per_interval`` steps per
-    shooting interval, differentiated through by CasADi AD (much faster); ``"auto"`` (the
-    default) takes RK4 with the fewest steps (:data:`AUTO_RK_STEPS`) whose start trajectory
-    agrees with CVODES' within :data:`AUTO_TOL`, else CVODES, and checks an RK4 optimum
-    against CVODES (:data:`AUTO_CHECK_TOL`), solving again with CVODES when it is off.
+    ``"collocation"`` (direct collocation: ``steps_per_interval`` Radau IIA elements of
+    :data:`RADAU_DEGREE` stages per shooting interval, the stage states NLP variables;
+    A-stable, for stiff models) or ``"rk"`` (RK4 with ``steps_per_interval`` steps, for
+    non-stiff models only), the fixed-step ones written in SX and differentiated by CasADi
+    AD (much faster); ``"auto"`` (the default) takes RK4 with the fewest steps
+    (:data:`AUTO_RK_STEPS`) whose start trajectory agrees with CVODES' within
+    :data:`AUTO_TOL`, else collocation where its start trajectory agrees, else CVODES, and
+    checks an RK4 or collocation optimum against CVODES (:data:`AUTO_CHECK_TOL`), solving
+    again with CVODES when it is off.
     """
 
     n_starts: int = 3
@@ -135,6 +138,58 @@ def _draw_starts(
                 s[i] = rng.uniform(lo[i], hi[i]) if np.isfinite(hi[i] - lo[i]) else v
         starts.append(s)
     return starts
+
+
+RADAU_DEGREE = 3
+"""Stages per collocation element (Radau IIA: order 5 at the element ends, L-stable)."""
+
+
+def _radau_points() -> tuple[np.ndarray, np.ndarray]:
+    """Radau IIA stage times in (0, 1] and the derivative matrix ``C[r, j] = L_r'(tau_j)``
+    of the Lagrange basis on ``[0, tau_1, ..., tau_d]``."""
+    import casadi as ca
+
+    tau = np.concatenate([[0.0], np.asarray(ca.collocation_points(RADAU_DEGREE, "radau"))])
+    C = np.empty((tau.size, tau.size - 1))
+    for r in range(tau.size):
+        basis = np.poly1d([1.0])
+        for q in range(tau.size):
+            if q != r:
+                basis *= np.poly1d([1.0, -tau[q]]) / (tau[r] - tau[q])
+        deriv = np.polyder(basis)
+        C[r] = [deriv(t) for t in tau[1:]]
+    return tau[1:], C
+
+
+def _radau_collocation(cas: Any, n_fe: int) -> tuple[Any, int]:
+    """SX function ``(x, K, u, p, dt) -> (x_end, defects)`` of ``n_fe`` Radau IIA elements
+    over one interval of ``dt`` hours (stage states ``K``, stage-major, each ``nx`` long;
+    defects in state units); and the number of stages per interval. An implicit, A-stable
+    scheme written with its stages as NLP variables: stiff states (a fast DO) need no small
+    steps and no Newton iterations inside the integrator."""
+    import casadi as ca
+
+    _, C = _radau_points()
+    d, nx = RADAU_DEGREE, cas.x.size1()
+    n_stage = n_fe * d
+    x, k_all = ca.SX.sym("x", nx), ca.SX.sym("K", nx * n_stage)
+    u, p, dt = ca.SX.sym("u", cas.u.size1()), ca.SX.sym("p", cas.p.size1()), ca.SX.sym("dt")
+    h = dt / n_fe
+    defects, start = [], x
+    for e in range(n_fe):
+        pts = [start] + [k_all[(e * d + j) * nx : (e * d + j + 1) * nx] for j in range(d)]
+        for j in range(d):
+            slope = sum(float(C[r, j]) * pts[r] for r in range(d + 1))
+            defects.append(slope - h * cas.f(pts[j + 1], u, p))
+        start = pts[d]
+    fn = ca.Function("radau", [x, k_all, u, p, dt], [start, ca.vertcat(*defects)])
+    return fn, n_stage
+
+
+def _stage_fractions(n_fe: int) -> np.ndarray:
+    """Times of an interval's collocation stages as fractions of its length (stage-major)."""
+    tau, _ = _radau_points()
+    return ((np.arange(n_fe)[:, None] + tau[None, :]) / n_fe).reshape(-1)
 
 
 def fit(
@@ -354,6 +409,27 @@ def fit(
             X[k:] = X[k - 1]
         return np.maximum(X, xlo)
 
+    def stage_start(g: GridBatch, X: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Start values of the collocation stages, (intervals, stages x states): CVODES
+        from each node of the start trajectory to the stage times (linear where it fails)."""
+        frac = _stage_fractions(int(colloc["fe"]))
+        N, m = g.n_intervals, frac.size
+        dts = np.diff(g.t_h)
+        lin = X[:-1, None, :] + frac[None, :, None] * (X[1:] - X[:-1])[:, None, :]
+        try:
+            out = np.asarray(
+                step_cv.map(N * m)(
+                    np.repeat(X[:-1], m, axis=0).T,
+                    np.repeat(g.u, m, axis=0).T,
+                    np.tile(p[:, None], (1, N * m)),
+                    (dts[:, None] * frac[None, :]).reshape(1, -1),
+                )
+            ).T.reshape(N, m, nx)
+        except RuntimeError:
+            out = lin
+        out = np.where(np.isfinite(out), out, lin)
+        return np.maximum(out, xlo).reshape(N, m * nx)
+
     def p_vectors(theta: np.ndarray, xp: Any = np) -> list[Any]:
         """Full parameter vector per batch from the estimates (NumPy or CasADi)."""
         out = []
@@ -406,6 +482,11 @@ def fit(
             if dev <= AUTO_TOL:
                 chosen = ("rk", n_steps)
                 break
+        else:  # stiff: Radau collocation (A-stable) where it agrees with CVODES
+            n_fe = max(int(opts.steps_per_interval), 1)
+            coll = make_step("collocation", n_fe)
+            if deviation(coll, p_vectors(theta0), x0_vectors(theta0), X_start) <= AUTO_TOL:
+                chosen = ("collocation", n_fe)
     step = step_cv if chosen[0] == "cvodes" else make_step(*chosen)
 
     n_par = len(shared) + B * len(local)  # parameter estimates (the rest: initial states)
@@ -413,19 +494,42 @@ def fit(
     theta_phys = th_s * th_scale[:n_par]
     Z = [ca.MX.sym(f"z{b}", nx, g.t_h.size) for b, g in enumerate(grids)]
     p_sym = p_vectors(theta_phys, ca)  # type: ignore[arg-type]
-    w = ca.vertcat(th_s, *(ca.vec(z) for z in Z))
+    w_nodes = ca.vertcat(th_s, *(ca.vec(z) for z in Z))
+    n_w_nodes = int(w_nodes.size1())
+    colloc: dict[str, Any] = {}  # direct collocation: its SX function and stage variables
 
-    def build_nlp(step: Any, max_iter: int) -> tuple[Any, Any, Any, Any]:
-        """(IPOPT solver, residuals r(w), continuity g(w), dr/dw) with this integrator."""
+    def build_nlp(
+        step: Any, max_iter: int, kind: tuple[str, int]
+    ) -> tuple[Any, Any, Any, Any, Any]:
+        """(IPOPT solver, residuals r(w), continuity g(w), dr/dw, w) with this integrator;
+        for collocation, w ends with every interval's stage states (direct collocation)."""
         res_parts, con_parts = [], []
+        K: list[Any] = []
+        if kind[0] == "collocation":
+            fn, n_stage = _radau_collocation(cas, kind[1])
+            K = [ca.MX.sym(f"k{b}", nx * n_stage, g.n_intervals) for b, g in enumerate(grids)]
+            colloc.update(fn=fn, n_stage=n_stage, fe=kind[1])
+        w = ca.vertcat(w_nodes, *(ca.vec(k) for k in K))
         for b, g in enumerate(grids):
             Xb = ca.diag(ca.DM(x_scale[b])) @ Z[b]
             N = g.n_intervals
-            stepper = step.map(N, "serial")
-            Xf = stepper(
-                Xb[:, :N], ca.DM(g.u.T), ca.repmat(p_sym[b], 1, N), ca.DM(np.diff(g.t_h)).T
-            )
-            con_parts.append(ca.vec((Xf - Xb[:, 1:]) / ca.repmat(ca.DM(x_scale[b]), 1, N)))
+            xs_col = ca.repmat(ca.DM(x_scale[b]), 1, N)
+            if K:
+                k_scale = ca.DM(np.tile(x_scale[b], colloc["n_stage"]))
+                Xf, defect = colloc["fn"].map(N, "serial")(
+                    Xb[:, :N],
+                    K[b] * ca.repmat(k_scale, 1, N),
+                    ca.DM(g.u.T),
+                    ca.repmat(p_sym[b], 1, N),
+                    ca.DM(np.diff(g.t_h)).T,
+                )
+                con_parts.append(ca.vec(defect / ca.repmat(k_scale, 1, N)))
+            else:
+                stepper = step.map(N, "serial")
+                Xf = stepper(
+                    Xb[:, :N], ca.DM(g.u.T), ca.repmat(p_sym[b], 1, N), ca.DM(np.diff(g.t_h)).T
+                )
+            con_parts.append(ca.vec((Xf - Xb[:, 1:]) / xs_col))
             nodes = np.unique(g.node)
             pos = np.searchsorted(nodes, g.node)
             um = np.empty((nodes.size, model.nu))
@@ -446,7 +550,7 @@ def fit(
             ["triu_hess_gamma_x_x"],
         )
         expand = False
-        if step.is_a("SXFunction"):
+        if K or step.is_a("SXFunction"):
             hess = hess.expand()
         solver = ca.nlpsol(
             "fit",
@@ -462,19 +566,29 @@ def fit(
                     "print_level": opts.print_level,
                     "sb": "yes",
                     "mu_strategy": "adaptive",
+                    # nodes start on a simulated trajectory, many on a bound (no substrate
+                    # or acetate left): keep them there rather than pushed off it, which
+                    # would break continuity on a stiff model before the first step
+                    **({"bound_push": 1e-10, "bound_frac": 1e-10} if K else {}),
                 },
             },
         )
-        return solver, r, gcon, J
+        return solver, r, gcon, J, w
 
-    solver, r, gcon, J = build_nlp(step, opts.max_iter)
+    solver, r, gcon, J, w = build_nlp(step, opts.max_iter, chosen)
+    n_stage = int(colloc.get("n_stage", 0)) if chosen[0] == "collocation" else 0
+    S_start = [
+        stage_start(g, X, p)
+        for g, X, p in zip(grids, X_start, p_vectors(theta0), strict=True)
+        if n_stage
+    ]
     lbw = np.concatenate(
         [th_lo[:n_par] / th_scale[:n_par]]
         + [np.tile(xlo / xs, g.t_h.size) for g, xs in zip(grids, x_scale, strict=True)]
+        + [np.full(nx * n_stage * g.n_intervals, -np.inf) for g in grids]  # stages: free
     )
-    ubw = np.concatenate(
-        [th_hi[:n_par] / th_scale[:n_par]] + [np.full(nx * g.t_h.size, np.inf) for g in grids]
-    )
+    ubw = np.full(lbw.size, np.inf)
+    ubw[:n_par] = th_hi[:n_par] / th_scale[:n_par]
     n_th = n_par
     for b, g in enumerate(grids):  # fix the recorded initial states (not estimated)
         off = n_th + sum(nx * gg.t_h.size for gg in grids[:b])
@@ -506,12 +620,16 @@ def fit(
                     X = X_start[b].copy()
                     X[0] = x0v[b]
                     Xs.append((X / x_scale[b]).reshape(-1))
-                w0 = np.clip(np.concatenate([s[:n_par] / th_scale[:n_par], *Xs]), lbw, ubw)
+                stages = [
+                    (S / np.tile(x_scale[b], n_stage)).reshape(-1) for b, S in enumerate(S_start)
+                ]
+                w0 = np.concatenate([s[:n_par] / th_scale[:n_par], *Xs, *stages])
+                w0 = np.clip(w0, lbw[: w0.size], ubw[: w0.size])
             else:
                 w0 = w_start
             acc["sim"] += time.perf_counter() - t_start_sim
             t0 = time.perf_counter()
-            sol = solver(x0=w0, lbx=lbw, ubx=ubw, lbg=0.0, ubg=0.0)
+            sol = solver(x0=w0, lbx=lbw[: w0.size], ubx=ubw[: w0.size], lbg=0.0, ubg=0.0)
             wall = time.perf_counter() - t0
             st = solver.stats()
             status = str(st.get("return_status", "unknown"))
@@ -548,12 +666,12 @@ def fit(
     starts = _draw_starts(theta0, th_lo, th_hi, opts)
     best = run_starts(solver, starts[:1])
     if len(starts) > 1:
-        extra = build_nlp(step, min(opts.max_iter, opts.extra_start_max_iter))[0]
+        extra = build_nlp(step, min(opts.max_iter, opts.extra_start_max_iter), chosen)[0]
         other = run_starts(extra, starts[1:])
         if (other[0], -other[1]) > (best[0], -best[1]):
             best = other
     ok, _, wopt, info = best
-    if chosen[0] == "rk":  # check the optimum against CVODES; refit with it if need be
+    if chosen[0] in ("rk", "collocation"):  # check the optimum against CVODES, refit if off
         th_opt = wopt[:n_par] * th_scale[:n_par]
         x0_opt = [
             wopt[n_par + sum(nx * gg.t_h.size for gg in grids[:b]) :][:nx] * x_scale[b]
@@ -570,8 +688,9 @@ def fit(
         full = np.concatenate([th_opt, x0_est])
         if deviation(step_cv, p_vectors(full), x0_opt, nodes_opt) > AUTO_CHECK_TOL:
             chosen = ("cvodes", 0)
-            solver, r, gcon, J = build_nlp(step_cv, opts.max_iter)
-            ok, _, wopt, info = run_starts(solver, [full], w_start=wopt)
+            solver, r, gcon, J, w = build_nlp(step_cv, opts.max_iter, chosen)
+            lbw, ubw = lbw[:n_w_nodes], ubw[:n_w_nodes]
+            ok, _, wopt, info = run_starts(solver, [full], w_start=wopt[:n_w_nodes])
     t_sim, t_sens, t_opt = acc["sim"], acc["sens"], acc["opt"]
 
     # --- statistics at the optimum ---------------------------------------------------
@@ -586,6 +705,7 @@ def fit(
     for b, g in enumerate(grids):
         off = n_th + sum(nx * gg.t_h.size for gg in grids[:b])
         dep.extend(range(off + nx, off + nx * g.t_h.size))
+    dep.extend(range(n_w_nodes, int(w.size1())))  # collocation stage states, if any
     # estimated initial states are node-0 variables: their columns and scales
     cols = list(range(n_par))
     col_scale = list(th_scale[:n_par])
