@@ -6,5 +6,9 @@
 - :mod:`services.edge.pki`: application certificates for tests and the demo device;
 - :mod:`services.edge.opcua_gateway`: :class:`OpcUaPlant` (asyncua client, SignAndEncrypt);
 - :mod:`services.edge.mqtt_gateway`: :class:`MqttPlant` (paho-mqtt against Mosquitto);
-- :mod:`services.edge.link`: heartbeat and link supervision shared by both sides.
+- :mod:`services.edge.link`: heartbeat and link supervision shared by both sides;
+- :mod:`services.edge.setpoints`: the range check before sending and the exchange record;
+- :mod:`services.edge.credentials`: the controller's device security file (TOML);
+- :mod:`services.edge.broker`: a local Mosquitto (logins, per-reactor ACL, TLS) for the
+  demo device and the tests.
 """

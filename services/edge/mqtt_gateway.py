@@ -189,12 +189,12 @@ class MqttPlant:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            samples, self._samples = self._samples, []
-            if self._link == "lost":
+            if self._link == "lost":  # the samples stay for the read after the link is back
                 raise PlantLinkLostError(
                     f"the device {self.mapping.name} reports the controller's heartbeat lost; "
                     "it holds its safe setpoints"
                 )
+            samples, self._samples = self._samples, []
         offset = self._offset_h or 0.0
         out = []
         for name, value, ts in samples:
