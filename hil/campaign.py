@@ -227,6 +227,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
             run_dir=run_dir,
             scenario=spec.plant,
             duration_h=spec.duration_h,
+            speed_up=spec.speed_up,
             wrap_controller=_controller_wrap(spec, run, limits),
             wrap_plant=_plant_wrap(spec),
             oracle=spec.oracle,

@@ -17,6 +17,7 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     pack = "ecoli_fedbatch"          # a built-in pack, or a pack folder (relative: to the suite)
     controller = "nmpc"              # or "recipe" (FALLBACK the whole batch)
     deadline_s = 30.0                # wall s per solve (default: the pack's)
+    speed_up = 360.0                 # process s per wall s (default: flat out)
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
@@ -97,6 +98,7 @@ _SCENARIO_KEYS = (
     "duration_h",
     "controller",
     "deadline_s",
+    "speed_up",
     "oracle",
     "plant",
     "fault",
@@ -134,6 +136,7 @@ class ScenarioSpec:
     duration_h: float | None = None
     controller: str = "nmpc"
     deadline_s: float | None = None
+    speed_up: float = math.inf
     oracle: bool = False
     plant: Scenario = field(default_factory=Scenario)
     faults: tuple[FaultSpec, ...] = ()
@@ -270,6 +273,9 @@ def _parse_scenario(
     deadline = doc.get("deadline_s")
     if deadline is not None:
         deadline = _number(deadline, f"{where}: deadline_s", positive=True)
+    speed_up = doc.get("speed_up", math.inf)
+    if speed_up != math.inf:
+        speed_up = _number(speed_up, f"{where}: speed_up", positive=True)
     oracle = doc.get("oracle", False)
     if not isinstance(oracle, bool):
         raise SuiteError(f"{where}: oracle: must be true or false, got {oracle!r}")
@@ -303,6 +309,7 @@ def _parse_scenario(
         duration_h=duration,
         controller=controller,
         deadline_s=deadline,
+        speed_up=speed_up,
         oracle=oracle,
         plant=plant,
         faults=faults,

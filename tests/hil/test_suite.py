@@ -71,6 +71,7 @@ def test_good_minimal_suite(tmp_path: Path) -> None:
         (('name = "a"', 'name = "a b"'), "name"),
         (("duration_h = 4.0", "duration_h = 40.0"), "duration_h"),
         (("duration_h = 4.0", "duration_h = -1"), "duration_h"),
+        (("duration_h = 4.0", "duration_h = 4.0\nspeed_up = 0"), "speed_up"),
         (('pack = "yeast_fedbatch"', 'pack = "no_such_pack"'), "pack"),
         (("do_min_percent = { min = 20 }", "do_best = { min = 20 }"), "criteria.do_best"),
         (("do_min_percent = { min = 20 }", "do_min_percent = { least = 20 }"), "do_min_percent"),
