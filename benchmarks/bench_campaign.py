@@ -78,18 +78,21 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument(
+        "--order", default="local,dask", help="executors in the order they run (load drifts)"
+    )
     args = parser.parse_args()
     todo = specs(args.scenarios, args.hours)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     results: dict[str, dict[str, float]] = {}
     kpis: dict[str, list[ScenarioOutcome]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-campaign-") as tmp:
-        for name in ("local", "dask"):
+        for name in args.order.split(","):
             results[name], kpis[name] = measure(name, args.workers, todo, Path(tmp))
             print(name, {k: round(v, 3) for k, v in results[name].items()}, flush=True)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     worst = 0.0
-    for a, b in zip(kpis["local"], kpis["dask"], strict=True):
+    for a, b in zip(kpis.get("local", []), kpis.get("dask", []), strict=True):
         ka, kb = deterministic_kpis(a.kpis), deterministic_kpis(b.kpis)
         for key, va in ka.items():
             if isinstance(va, float) and math.isfinite(va):
