@@ -247,7 +247,7 @@ def run_command(
         str | None,
         typer.Option(
             "--plant",
-            help="Drive a device instead of the in-process plant: opcua://HOST:PORT[/PATH] "
+            help="Drive a device instead of the in-process plant: opcua://HOST:PORT(/PATH) "
             "or mqtt://HOST:PORT (needs --device-mapping, --device-security, --speed-up N).",
         ),
     ] = None,
@@ -258,6 +258,21 @@ def run_command(
         Path | None,
         typer.Option(
             help="The controller's login for --plant (`bpcontrol device serve` writes one)."
+        ),
+    ] = None,
+    historian: Annotated[
+        str,
+        typer.Option(
+            help="'embedded' (the run folder's file) or 'influx': every record also to "
+            "InfluxDB through a store-and-forward buffer (docs/historian.md) (default: "
+            "embedded)."
+        ),
+    ] = "embedded",
+    influx_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML with an influx table for --historian influx (default: the "
+            "BPCONTROL_INFLUX_* environment variables)."
         ),
     ] = None,
 ) -> None:
@@ -317,6 +332,15 @@ def run_command(
                 f"--oracle: {run.spec.pack.source('pack')} has no control.toml, whose "
                 "economic problem the oracle solves over the whole batch"
             )
+        influx = None
+        if historian == "influx":
+            from services.historian.influx_client import load_config
+
+            influx = load_config(influx_config)
+        elif historian != "embedded":
+            raise ValueError(f"--historian must be embedded or influx, got {historian!r}")
+        elif influx_config is not None:
+            raise ValueError("--influx-config goes with --historian influx")
         device = None
         if plant is not None:
             if compare_recipe or oracle:
@@ -339,6 +363,12 @@ def run_command(
             "duration_h": duration,
             "oracle": oracle,  # a failed oracle is an ``oracle_error`` KPI, the rest kept
         }
+        if influx is not None:  # one buffer per root of run folders: leftovers go first
+            from services.historian.influx import InfluxHistorian
+
+            kwargs["mirror"] = InfluxHistorian(
+                influx, out / "influx-buffer.sqlite", identity=ident
+            )
         if device is not None:  # the device is the plant; the simulator's truth is unknown
             kwargs["wrap_plant"] = lambda _sim: device
             kwargs["report"] = False

@@ -166,6 +166,9 @@ class EventKind(enum.StrEnum):
     names the sensor and the states)."""
     ESTIMATOR_OTHER = "estimator-other"
     """A filter event of a kind this enum does not know (the message names it)."""
+    HISTORIAN = "historian"
+    """A mirror historian's news (InfluxDB down or back, buffer high or full, a record
+    refused or set aside): the message starts with its kind."""
 
     @classmethod
     def of_filter_event(cls, filter_kind: str) -> EventKind:

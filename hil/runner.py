@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,6 +63,7 @@ from bpcontrol.tomlfile import read_toml
 from hil.plant import SimulatedPlant
 from hil.synthetic import OfflineAssays
 from services.historian import EmbeddedHistorian, HistorianError, read_records
+from services.historian.tee import TeeHistorian
 
 __all__ = [
     "RunResult",
@@ -287,6 +288,29 @@ STORE_TIMEOUT_S = 10.0
 the longest wait for it at the end of a run."""
 
 
+class MirrorEvent(Protocol):
+    """What a mirror historian reports (:class:`services.historian.influx.HistorianEvent`)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+class MirrorHistorian(Protocol):
+    """A second store every record also goes to (:class:`services.historian.influx.
+    InfluxHistorian`): it buffers while its server is away and reports events."""
+
+    def write(self, record: Any) -> None: ...
+    def flush(self, timeout_s: float | None = None) -> bool: ...
+    def close(self, timeout_s: float | None = None) -> None: ...
+    def events(self) -> list[Any]: ...
+    @property
+    def pending_points(self) -> int: ...
+    @property
+    def delivered_points(self) -> int: ...
+
+
 def run_batch(
     spec: RunSpec | ResolvedRun,
     *,
@@ -301,6 +325,7 @@ def run_batch(
     report: bool = True,
     store_timeout_s: float = STORE_TIMEOUT_S,
     checkpoint_interval_s: float = 1.0,
+    mirror: MirrorHistorian | None = None,
 ) -> RunResult:
     """Run one batch (see the module docstring); ``scenario`` defaults to the pack's plant.
 
@@ -313,6 +338,11 @@ def run_batch(
     were stored, the KPIs and the report of what ran are kept, and the result says what
     happened (:attr:`RunResult.state`, ``reason``, ``exit_code``). The historian
     checkpoints its WAL every ``checkpoint_interval_s`` (wall s).
+
+    ``mirror`` (InfluxDB) gets every record too; the run folder's file stays the source of
+    the KPIs and the report. Its events become ``historian`` events of the loop; at the end
+    it delivers for up to ``store_timeout_s`` and what is left waits in its buffer
+    (KPIs ``mirror_delivered_points``, ``mirror_pending_points``).
     """
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
     scenario = scenario if scenario is not None else pack_scenario(run)
@@ -328,8 +358,10 @@ def run_batch(
     historian = EmbeddedHistorian(
         run_dir / "records.sqlite", checkpoint_interval_s=checkpoint_interval_s
     )
+    sink = historian if mirror is None else TeeHistorian(historian, mirror)
     clock = PacedClock(speed_up)
     stop = _StopRequest()
+    loops: list[ControlLoop] = []
     if report:  # load the report's plotting while the loop waits on its solver
         threading.Thread(target=_preload_report, name="preload-report", daemon=True).start()
 
@@ -339,6 +371,9 @@ def run_batch(
                 f"the historian stored nothing for {store_timeout_s:g} s "
                 f"({historian.failure_cause}); {historian.stored} records stored"
             )
+        if mirror is not None and loops:
+            for ev in mirror.events():
+                loops[0].note(EventKind.HISTORIAN, f"{ev.kind}: {ev.message}", "mirror")
         if progress is not None:
             progress(snapshot)
 
@@ -347,13 +382,14 @@ def run_batch(
             assembled = build_loop(
                 run,
                 plant=plant,
-                historian=historian,
+                historian=sink,
                 clock=clock,
                 progress=watch,
                 wrap_controller=wrap_controller,
             )
             clock.restart()  # the warm-up compile is not process time
             loop = assembled.loop
+            loops.append(loop)
             stop.attach(loop)
             with StderrToEvents(
                 lambda line: loop.note(EventKind.SOLVER_OUTPUT, line, "stderr"),
@@ -363,10 +399,13 @@ def run_batch(
         except BaseException as exc:
             ended: RunState = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             _close_within(historian, store_timeout_s)
+            if mirror is not None:
+                _close_mirror(mirror, store_timeout_s)
             with contextlib.suppress(OSError):
                 write_status(run_dir, ended, f"{type(exc).__name__}: {exc}")
             raise
         store_error = _close_within(historian, store_timeout_s)
+        mirrored = None if mirror is None else _close_mirror(mirror, store_timeout_s)
         state, why = _outcome(summary, signals.signum, store_error)
         try:
             result = _finish_run(
@@ -384,6 +423,10 @@ def run_batch(
                 state, why = "failed", f"writing the run folder failed: {exc}"
             truth = sim.truth()
             result = RunResult(run_dir, {}, summary, truth.t, truth.x, None)
+        if mirrored is not None:
+            result.kpis.update(mirrored)
+            with contextlib.suppress(OSError):
+                write_json(run_dir / "kpis.json", result.kpis)
         why = result.kpis.get("oracle_error", "") or why
         stored_to = result.kpis.get("records_up_to_h")  # read back with the KPIs
         if stored_to is None:  # no KPIs (a full disk): read the file for it
@@ -453,6 +496,22 @@ def _close_within(historian: EmbeddedHistorian, timeout_s: float) -> str | None:
             f"({error}); {stored} records stored"
         )
     return None
+
+
+def _close_mirror(mirror: MirrorHistorian, timeout_s: float) -> dict[str, Any]:
+    """Close the mirror (it delivers what it can); its delivery counts for the KPIs."""
+    error = ""
+    try:
+        mirror.close(timeout_s=timeout_s)
+    except Exception as exc:  # what is not delivered stays in its buffer file
+        error = f"{type(exc).__name__}: {exc}"
+    out: dict[str, Any] = {
+        "mirror_delivered_points": mirror.delivered_points,
+        "mirror_pending_points": mirror.pending_points,
+    }
+    if error:
+        out["mirror_error"] = error
+    return out
 
 
 def _stored_up_to_h(path: Path) -> float:
