@@ -366,9 +366,7 @@ def run_command(
         if influx is not None:  # one buffer per root of run folders: leftovers go first
             from services.historian.influx import InfluxHistorian
 
-            kwargs["mirror"] = InfluxHistorian(
-                influx, out / "influx-buffer.sqlite", identity=ident
-            )
+            kwargs["mirror"] = InfluxHistorian(influx, out / "influx-buffer.sqlite", identity=ident)
         if device is not None:  # the device is the plant; the simulator's truth is unknown
             kwargs["wrap_plant"] = lambda _sim: device
             kwargs["report"] = False

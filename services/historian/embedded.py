@@ -60,8 +60,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -166,6 +166,9 @@ class _Table:
     encode: Callable[[Any], Row]  # record -> values of ``columns`` (without seq, t_h)
     decode: Callable[[Row, RunIdentity | None], Record]  # (t_h, *columns), run -> record
     flat: tuple[str, ...] = ()  # JSON name -> float columns that load_frame flattens
+    added: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Column -> SQL default literal of the columns added after the table's first schema:
+    an older file gets them when opened for writing and reads them as their default."""
 
     @property
     def insert_sql(self) -> str:
@@ -182,9 +185,15 @@ class _Table:
             f'CREATE INDEX IF NOT EXISTS "{self.name}_t_h" ON "{self.name}" (t_h)',
         )
 
-    def select_sql(self, *, has_run: bool) -> str:
-        """Rows as (seq, t_h, *columns, run key); NULL run keys for a file without them."""
-        names = ", ".join(f'"{c}"' for c, _ in self.columns)
+    def select_sql(self, *, has_run: bool, present: Collection[str] | None = None) -> str:
+        """Rows as (seq, t_h, *columns, run key); NULL run keys for a file without them, and
+        the default of every :attr:`added` column missing from ``present``."""
+        names = ", ".join(
+            f'{self.added[c]} AS "{c}"'
+            if present is not None and c in self.added and c not in present
+            else f'"{c}"'
+            for c, _ in self.columns
+        )
         run = "run" if has_run else "NULL"
         return f'SELECT seq, t_h, {names}, {run} FROM "{self.name}"'
 
@@ -205,6 +214,34 @@ def _opt_real(v: float) -> float | None:
     f = float(v)
     return None if math.isnan(f) else f
 
+
+def _audit_row(r: AuditRecord) -> Row:
+    return (
+        *(r.who, r.why, r.action, int(bool(r.accepted)), r.reason, r.wall_utc),
+        *(r.old_value, r.new_value, r.result, int(r.seq), r.prev_hash, r.hash),
+    )
+
+
+def _audit_record(row: Row, run: RunIdentity | None) -> AuditRecord:
+    t_h, who, why, action, accepted, reason, wall, old, new, result, seq, prev, h = row
+    return AuditRecord(
+        *(t_h, who, why, action, bool(accepted), reason),
+        run=run,
+        wall_utc=wall,
+        old_value=old,
+        new_value=new,
+        result=result,
+        seq=int(seq),
+        prev_hash=prev,
+        hash=h,
+    )
+
+
+_AUDIT_ADDED: Final = (
+    *("wall_utc", "old_value", "new_value", "result", "chain_seq", "prev_hash", "hash"),
+)
+"""The audit table's columns added with the live API's audit trail (issue 21; the record's
+``seq`` is ``chain_seq``: every table's ``seq`` is the file's write order)."""
 
 TABLES: Final[Mapping[str, _Table]] = {
     t.name: t
@@ -310,11 +347,19 @@ TABLES: Final[Mapping[str, _Table]] = {
                 ("action", "TEXT NOT NULL"),
                 ("accepted", "INTEGER NOT NULL"),
                 ("reason", "TEXT NOT NULL"),
+                *(
+                    (
+                        c,
+                        "INTEGER NOT NULL DEFAULT 0"
+                        if c == "chain_seq"
+                        else "TEXT NOT NULL DEFAULT ''",
+                    )
+                    for c in _AUDIT_ADDED
+                ),
             ),
-            lambda r: (r.who, r.why, r.action, int(bool(r.accepted)), r.reason),
-            lambda row, run: AuditRecord(
-                row[0], row[1], row[2], row[3], bool(row[4]), row[5], run=run
-            ),
+            _audit_row,
+            _audit_record,
+            added={c: ("0" if c == "chain_seq" else "''") for c in _AUDIT_ADDED},
         ),
     )
 }
@@ -348,6 +393,10 @@ def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
                 conn.execute(sql)
             if not _has_run_column(conn, table.name):  # a file written before run identity
                 conn.execute(f'ALTER TABLE "{table.name}" ADD COLUMN {_RUN_COLUMN}')
+            present = _column_names(conn, table.name)
+            for column, sql_type in table.columns:  # columns newer than the file
+                if column in table.added and column not in present:
+                    conn.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{column}" {sql_type}')
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -355,9 +404,14 @@ def _prepare(conn: sqlite3.Connection, synchronous: str) -> None:
         raise
 
 
+def _column_names(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The columns ``table`` has in this file."""
+    return {str(row[1]) for row in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
 def _has_run_column(conn: sqlite3.Connection, table: str) -> bool:
     """Whether ``table`` has the ``run`` column (files written before it lack it)."""
-    return any(row[1] == "run" for row in conn.execute(f'PRAGMA table_info("{table}")'))
+    return "run" in _column_names(conn, table)
 
 
 def _run_keys(
@@ -796,7 +850,8 @@ def _runs(conn: sqlite3.Connection) -> dict[int, RunIdentity]:
 def _select(
     conn: sqlite3.Connection, table: _Table, t_from: float | None, t_to: float | None
 ) -> list[Any]:
-    sql = table.select_sql(has_run=_has_run_column(conn, table.name))
+    present = _column_names(conn, table.name)
+    sql = table.select_sql(has_run="run" in present, present=present)
     where, args = [], []
     if t_from is not None:
         where.append("t_h >= ?")

@@ -359,7 +359,13 @@ class LineEncoder:
                 f"{series} who={escape_string(record.who)},why={escape_string(record.why)},"
                 f"action={escape_string(record.action)},"
                 f"accepted={'true' if record.accepted else 'false'},"
-                f"reason={escape_string(record.reason)},t_h={t_h!r},run_id={rid} {ts}"
+                f"reason={escape_string(record.reason)},"
+                f"wall_utc={escape_string(record.wall_utc)},"
+                f"old_value={escape_string(record.old_value)},"
+                f"new_value={escape_string(record.new_value)},"
+                f"result={escape_string(record.result)},seq={int(record.seq)}i,"
+                f"prev_hash={escape_string(record.prev_hash)},hash={escape_string(record.hash)},"
+                f"t_h={t_h!r},run_id={rid} {ts}"
             )
         else:  # pragma: no cover - validate() refuses other types
             raise RecordRefusedError(f"not a record: {type(record).__name__}")

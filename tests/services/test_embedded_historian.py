@@ -209,6 +209,7 @@ def test_load_frame_flattens_mappings(db: Path) -> None:
         "action",
         "accepted",
         "reason",
+        *("wall_utc", "old_value", "new_value", "result", "chain_seq", "prev_hash", "hash"),
     ]
 
 
