@@ -43,10 +43,12 @@ def _device(model: Model, mapping: DeviceMapping, pki: Pki) -> DeviceServer:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def device(model: Model, mapping: DeviceMapping, pki: Pki) -> Iterator[DeviceServer]:
     """The simulated E. coli reactor on a free 127.0.0.1 port, SignAndEncrypt only, its
-    clock 600x (1 min of process time per 0.1 s); shared by the tests that leave it up."""
+    clock 600x (1 min of process time per 0.1 s); shared by the tests of one module that
+    leave it up. Not session-wide: its 2 ms poll reads the plant, a core's worth of CPU
+    that slowed every later test of the run."""
     server = _device(model, mapping, pki)
     server.start()
     try:
