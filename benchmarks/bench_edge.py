@@ -44,8 +44,7 @@ from _machine import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "edge"))
 
-from asyncua import Client, ua
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua import ua
 from edge_rig import (
     MAPPING,
     Pki,
@@ -62,7 +61,7 @@ from hil.plant import ecoli_plant
 from models import load_model
 from services.edge.mapping import load_mapping
 from services.edge.mqtt_gateway import MqttPlant, MqttSecurity, mqtt_client
-from services.edge.opcua_gateway import OpcUaPlant
+from services.edge.opcua_gateway import OpcUaPlant, secure_client
 
 SETS = (
     {"F": 0.12, "Q_air": 12.0, "N_stir": 900.0, "T_set": 36.5},
@@ -149,18 +148,7 @@ def bench_opcua(n: int, root: Path) -> dict[str, dict[str, float]]:
 
 
 async def _raw_asyncua(n: int, endpoint: str, pki: Pki, node_id: str) -> list[float]:
-    sec = client_security(pki)
-    client = Client(endpoint, timeout=5.0)
-    client.application_uri = sec.uri
-    client.set_user(sec.user)
-    client.set_password(sec.password)
-    await client.set_security(
-        SecurityPolicyBasic256Sha256,
-        str(sec.cert),
-        str(sec.key),
-        server_certificate=str(sec.server_cert),
-        mode=ua.MessageSecurityMode.SignAndEncrypt,
-    )
+    client = await secure_client(endpoint, client_security(pki), timeout_s=5.0)
     await client.connect()
     try:
         node = client.get_node(node_id)

@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bpcontrol.interfaces import Clock, Plant
-from hil.device_server import WriteEntry
+from hil.device_server import WriteEntry, held_now
 from services.edge.link import HeartbeatWatch
 from services.edge.mapping import DeviceMapping
 from services.edge.mqtt_gateway import MqttSecurity, mqtt_client, topics_of
@@ -218,7 +218,7 @@ class DeviceMqtt:
             client.publish(topic, payload, qos=1, retain=retain)
 
     def _run(self) -> None:
-        self._publish_held(self._held())
+        self._publish_held(held_now(self.plant, self.write_log, self.mapping))
         while not self._stop.is_set():
             try:
                 self._tick()
@@ -294,17 +294,6 @@ class DeviceMqtt:
         self._confirmed = {c.command_id: done}
         self._publish(self.topics.confirm, json.dumps(done))  # first: the controller waits
         self._publish_held(entry.held)
-
-    def _held(self) -> dict[str, float]:
-        """What the plant holds now: the last write, else its inputs at the start."""
-        if self.write_log:
-            return dict(self.write_log[-1].held)
-        truth = getattr(self.plant, "truth", None)
-        if callable(truth):
-            u = truth().u
-            if len(u):
-                return {n: float(v) for n, v in zip(self.plant.input_names, u[-1], strict=True)}
-        return self.mapping.safe_setpoints()
 
     def _publish_held(self, held: Mapping[str, float]) -> None:
         for m in self.mapping.inputs:

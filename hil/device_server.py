@@ -76,6 +76,19 @@ class WriteEntry:
     held: dict[str, float]
 
 
+def held_now(plant: Plant, write_log: list[WriteEntry], mapping: DeviceMapping) -> dict[str, float]:
+    """What a device's plant holds now (model units): its last write, else the plant's
+    inputs at the start, else the mapping's safe setpoints (both device sides use it)."""
+    if write_log:
+        return dict(write_log[-1].held)
+    truth = getattr(plant, "truth", None)
+    if callable(truth):
+        u = truth().u
+        if len(u):
+            return {n: float(v) for n, v in zip(plant.input_names, u[-1], strict=True)}
+    return mapping.safe_setpoints()
+
+
 class _Users(UserManager):
     """Users with a password; anyone else (anonymous, wrong password) is refused."""
 
@@ -245,7 +258,7 @@ class DeviceServer:
 
         server.subscribe_server_callback(CallbackType.PostWrite, on_write)
         async with server:
-            await self._publish_held(nodes, self._held())
+            await self._publish_held(nodes, held_now(self.plant, self.write_log, self.mapping))
             self._ready.set()
             last_beat: int | None = None
             while not self._stop.is_set():
@@ -265,17 +278,6 @@ class DeviceServer:
                     await self._go_safe(nodes, now)
                 if self._running_batch:
                     await self._sample(nodes)
-
-    def _held(self) -> dict[str, float]:
-        """What the plant holds now: the last write, else its inputs at the start."""
-        if self.write_log:
-            return dict(self.write_log[-1].held)
-        truth = getattr(self.plant, "truth", None)
-        if callable(truth):
-            u = truth().u
-            if len(u):
-                return {n: float(v) for n, v in zip(self.plant.input_names, u[-1], strict=True)}
-        return self.mapping.safe_setpoints()
 
     async def _publish_held(self, nodes: DeviceNodes, held: Mapping[str, float]) -> None:
         for m in self.mapping.inputs:

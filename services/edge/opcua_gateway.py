@@ -61,6 +61,27 @@ class ClientSecurity:
     password: str
 
 
+async def secure_client(
+    endpoint: str, security: ClientSecurity | None, *, timeout_s: float
+) -> Client:
+    """An asyncua client for ``endpoint``, not yet connected: Basic256Sha256
+    SignAndEncrypt with the user, password and certificates of ``security`` (None: policy
+    None, only when explicitly configured)."""
+    client = Client(endpoint, timeout=timeout_s)
+    if security is not None:
+        client.application_uri = security.uri
+        client.set_user(security.user)
+        client.set_password(security.password)
+        await client.set_security(
+            SecurityPolicyBasic256Sha256,
+            str(security.cert),
+            str(security.key),
+            server_certificate=str(security.server_cert),
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+    return client
+
+
 class OpcUaPlant:
     """A device over OPC UA as the loop's Plant (module docstring).
 
@@ -181,20 +202,8 @@ class OpcUaPlant:
         return client
 
     async def _connect(self) -> None:
-        client = Client(self.endpoint, timeout=2.0)
+        client = await secure_client(self.endpoint, self.security, timeout_s=2.0)
         client.session_timeout = 30_000
-        sec = self.security
-        if sec is not None:
-            client.application_uri = sec.uri
-            client.set_user(sec.user)
-            client.set_password(sec.password)
-            await client.set_security(
-                SecurityPolicyBasic256Sha256,
-                str(sec.cert),
-                str(sec.key),
-                server_certificate=str(sec.server_cert),
-                mode=ua.MessageSecurityMode.SignAndEncrypt,
-            )
         await client.connect()
         self._client = client
         self._nodes = _Nodes(client, self.mapping)
