@@ -7,6 +7,10 @@ supervisor (:meth:`bpcontrol.supervisor.Supervisor.command`) and answers with th
 :meth:`~SetMode.action` is the audit's ``action`` text (``"mode AUTO -> MANUAL"``,
 ``"setpoint F = 0.2"``), so the audit trail reads the same whoever sent it.
 
+:class:`AcknowledgeAlarm` is carried out the same way, but by the loop's alarm book
+(:mod:`bpcontrol.alarms`, which owns the alarms) instead of the supervisor (which owns
+modes, setpoints and limits); its answer is an :class:`~bpcontrol.records.AuditRecord` too.
+
 Commands are checked where they are carried out, not where they are built: an API may
 hand over whatever a client sent (a mode name that does not exist, a value that is not a
 number), and the supervisor refuses it with a reason; a malformed command never stops the
@@ -19,7 +23,15 @@ from dataclasses import dataclass
 
 from bpcontrol.records import Mode
 
-__all__ = ["Command", "SetLimits", "SetMode", "SetSetpoint", "describe"]
+__all__ = [
+    "AcknowledgeAlarm",
+    "Command",
+    "SetLimits",
+    "SetMode",
+    "SetSetpoint",
+    "SupervisorCommand",
+    "describe",
+]
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,34 @@ class SetLimits:
         return f"limits {self.name} = [{self.lower}, {self.upper}], rate {self.rate_per_h}/h"
 
 
-Command = SetMode | SetSetpoint | SetLimits
-"""Any operator command the supervisor carries out."""
+@dataclass(frozen=True)
+class AcknowledgeAlarm:
+    """Acknowledge one alarm of the loop (refused for an unknown or acknowledged alarm).
+
+    Attributes:
+        alarm_id: the alarm's number in its loop (:attr:`bpcontrol.alarms.Alarm.id`: 1, 2,
+            ... in the order the loop raised them).
+        who: the person or system acknowledging (required, non-empty).
+        why: their reason (required, non-empty).
+        wall_utc: when it was asked, ISO-8601 UTC wall time, kept with the acknowledgement
+            (the loop knows process time only; empty when the sender does not say).
+    """
+
+    alarm_id: int
+    who: str
+    why: str
+    wall_utc: str = ""
+
+    def action(self, current: Mode) -> str:
+        """The audit text, e.g. ``"acknowledge alarm 3"`` (``current`` is not needed)."""
+        return f"acknowledge alarm {self.alarm_id}"
+
+
+SupervisorCommand = SetMode | SetSetpoint | SetLimits
+"""The operator commands the supervisor carries out (modes, setpoints, limits)."""
+
+Command = SetMode | SetSetpoint | SetLimits | AcknowledgeAlarm
+"""Any operator command the loop carries out (:meth:`bpcontrol.loop.ControlLoop.submit`)."""
 
 
 def describe(command: object, current: Mode) -> str:
@@ -110,7 +148,7 @@ def describe(command: object, current: Mode) -> str:
     type, so that even a malformed submission leaves a readable audit record.
     """
     try:
-        if isinstance(command, SetMode | SetSetpoint | SetLimits):
+        if isinstance(command, SetMode | SetSetpoint | SetLimits | AcknowledgeAlarm):
             return command.action(current)
         return f"unknown command ({type(command).__name__})"
     except Exception:  # a value whose formatting (or type check) raises

@@ -30,7 +30,18 @@ over at the rate limits.
 Operator commands (:mod:`bpcontrol.commands`) may come from other threads (the live API):
 :meth:`ControlLoop.submit` queues one, the next tick carries it out through the supervisor,
 and the Future gives the :class:`AuditRecord` (accepted or refused; a malformed command is
-refused, never fatal).
+refused, never fatal). Modes, setpoints and limits are the supervisor's; alarms are the
+loop's own (:mod:`bpcontrol.alarms`): every event of an alarm kind it writes raises one,
+and :class:`bpcontrol.commands.AcknowledgeAlarm` acknowledges it. A command submitted after
+the run ended (or still queued when it ended) is carried out at once, at the last tick's
+time: an acknowledgement is carried out (the last alarms still need one), the other
+commands are refused (nothing is driven any more).
+
+:meth:`ControlLoop.snapshot` is the public read of the loop's state for other threads:
+mode, limits and operator setpoints in force, the last supervised setpoints with their
+source, the plan, the estimate and the alarms. It is refreshed after every tick and after
+every command carried out (before the command's Future is answered), so a caller that got
+an answer reads a snapshot that already shows it.
 """
 
 from __future__ import annotations
@@ -49,7 +60,16 @@ from typing import TypeVar, cast
 import numpy as np
 
 from bpcontrol.adapters import plan_record
-from bpcontrol.commands import Command, SetLimits, SetMode, SetSetpoint, describe
+from bpcontrol.alarms import AlarmBook
+from bpcontrol.commands import (
+    AcknowledgeAlarm,
+    Command,
+    SetLimits,
+    SetMode,
+    SetSetpoint,
+    SupervisorCommand,
+    describe,
+)
 from bpcontrol.interfaces import (
     Clock,
     Controller,
@@ -71,10 +91,17 @@ from bpcontrol.records import (
     PlanStatus,
     Record,
     RunIdentity,
+    SetpointRecord,
     SetpointSource,
     storable_text,
 )
-from bpcontrol.supervisor import CommandOutcome, Mode, Supervisor, SupervisorState
+from bpcontrol.supervisor import (
+    CommandOutcome,
+    Mode,
+    SetpointLimits,
+    Supervisor,
+    SupervisorState,
+)
 from estimators import Reading
 
 __all__ = ["ControlLoop", "LoopSnapshot", "RunSummary"]
@@ -89,8 +116,22 @@ _LOOP = "loop"
 class LoopSnapshot:
     """The loop's latest state, safe to read from another thread (the live API).
 
-    ``applied`` are the setpoints the plant confirmed (input units); ``run`` is the run's
-    identity (None when the loop has none).
+    Attributes:
+        t_h: process time (h) of the last tick.
+        phase: the recipe phase of the last control step ("" before the first).
+        mode: the supervisor's mode in force.
+        applied: the setpoints the plant confirmed, per input (input units).
+        estimate: the last estimate (None before the first).
+        plan: the last control step's plan record (None before the first).
+        done: whether the run has ended.
+        run: the run's identity (None when the loop has none).
+        limits: the supervisor's limits in force per input (input units; changed by
+            :class:`bpcontrol.commands.SetLimits`).
+        operator: the operator setpoints per input, applied in MANUAL (input units).
+        setpoint: the last supervised setpoints with their source (``"nmpc"``,
+            ``"operator"``, ...) and the clamped inputs (None before the first control
+            step).
+        alarms: the loop's alarms and who acknowledged them (:mod:`bpcontrol.alarms`).
     """
 
     t_h: float
@@ -101,6 +142,10 @@ class LoopSnapshot:
     plan: PlanRecord | None
     done: bool = False
     run: RunIdentity | None = None
+    limits: Mapping[str, SetpointLimits] = field(default_factory=dict)
+    operator: Mapping[str, float] = field(default_factory=dict)
+    setpoint: SetpointRecord | None = None
+    alarms: AlarmBook = field(default_factory=AlarmBook)
 
 
 @dataclass
@@ -221,6 +266,10 @@ class ControlLoop:
         self.summary = RunSummary()
         self._commands: queue.SimpleQueue[tuple[object, Future[AuditRecord]]]
         self._commands = queue.SimpleQueue()
+        self._command_lock = threading.Lock()  # the end of the run vs. a late submit
+        self._finished = False  # the run ended: submit carries commands out at once
+        self._alarms = AlarmBook()
+        self._setpoint: SetpointRecord | None = None
         self._call: _Call | None = None
         self._limits_passed: dict[str, tuple[float, float]] | None = None
         self._stop_reason: str | None = None
@@ -233,9 +282,7 @@ class ControlLoop:
         self._estimate: StateEstimate | None = None
         self._healthy_since_control = True
         self._link_lost_since_control = False  # a PlantLinkLostError since the last control step
-        self._snapshot = LoopSnapshot(
-            self.t0_h, "", mode, self._named(self._applied), None, None, False, identity
-        )
+        self._snapshot = self._make_snapshot(self.t0_h, None)
 
     @property
     def auto_resume_after(self) -> int | None:
@@ -249,10 +296,22 @@ class ControlLoop:
 
         Safe from any thread. Whatever is submitted is answered: a malformed command (an
         unknown mode, a value that is no number, no ``who``) is refused with a reason.
+        After the run ended the command is carried out at once, in the caller's thread
+        (see the module docstring).
         """
         future: Future[AuditRecord] = Future()
-        self._commands.put((command, future))
+        with self._command_lock:
+            if not self._finished:
+                self._commands.put((command, future))
+                return future
+            self._carry_out(self.summary.t_end_h, command, future, ended=True)
         return future
+
+    def submit_ack(
+        self, alarm_id: int, *, who: str, why: str, wall_utc: str = ""
+    ) -> Future[AuditRecord]:
+        """:meth:`submit` an :class:`AcknowledgeAlarm`."""
+        return self.submit(AcknowledgeAlarm(alarm_id, who, why, wall_utc))
 
     def submit_mode(self, mode: Mode | str, *, who: str, why: str) -> Future[AuditRecord]:
         """:meth:`submit` a :class:`SetMode`."""
@@ -320,7 +379,10 @@ class ControlLoop:
         finally:
             self._write_notes(self.summary.t_end_h)
             self.summary.wall_s = time.perf_counter() - wall0
-            self._snapshot = replace(self._snapshot, done=True)
+            with self._command_lock:  # from now on submit carries commands out itself
+                self._finished = True
+                self._snapshot = replace(self._snapshot, done=True)
+                self._drain_commands(self.summary.t_end_h, ended=True)
         return self.summary
 
     def _stopped(self, k: int) -> None:
@@ -364,16 +426,7 @@ class ControlLoop:
         if last:
             self._write(EventRecord(t, EventKind.BATCH_END, f"batch ended at {t:.3f} h", _LOOP))
         s.mode_steps[self._sup.mode.value] = s.mode_steps.get(self._sup.mode.value, 0) + 1
-        self._snapshot = LoopSnapshot(
-            t,
-            self._phase,
-            self._sup.mode,
-            self._named(self._applied),
-            self._last_estimate,
-            plan_rec,
-            False,
-            self.identity,
-        )
+        self._snapshot = self._make_snapshot(t, plan_rec)
         if self.progress is not None:
             self.progress(self._snapshot)
 
@@ -434,7 +487,7 @@ class ControlLoop:
         sp = out.setpoint
         if sp.source is SetpointSource.NMPC:
             s.plans_used += 1
-        self._write(sp)
+        self._setpoint = self._write(sp)
         for a in out.audits:
             self._write(a)
         for e in out.events:
@@ -530,26 +583,78 @@ class ControlLoop:
         self._applied = held
 
     def _run_commands(self, t: float) -> None:
+        self._drain_commands(t, ended=False)
+
+    def _drain_commands(self, t: float, *, ended: bool) -> None:
         while True:
             try:
                 command, future = self._commands.get_nowait()
             except queue.Empty:
                 return
-            try:
+            self._carry_out(t, command, future, ended=ended)
+
+    def _carry_out(
+        self, t: float, command: object, future: Future[AuditRecord], *, ended: bool
+    ) -> None:
+        """Carry out one command at ``t`` (h), record its audit and events, refresh the
+        snapshot, then answer ``future`` (``ended``: the run is over, see the module)."""
+        try:
+            if isinstance(command, AcknowledgeAlarm):
+                audit, self._alarms = self._alarms.acknowledge(command, t_h=t)
+                outcome = CommandOutcome(audit)
+            elif ended:
+                reason = f"the run has ended (at {t:.3f} h); nothing was changed"
+                outcome = CommandOutcome(self._refused(t, command, reason))
+            else:
                 outcome, self._sup = self.supervisor.command(
-                    self._sup, cast(Command, command), t_h=t
+                    self._sup, cast(SupervisorCommand, command), t_h=t
                 )
-            except Exception as exc:  # a fault in carrying it out: refused, never fatal
-                outcome = CommandOutcome(self._refused(t, command, exc))
-            audit = self._write(outcome.audit)
+        except Exception as exc:  # a fault in carrying it out: refused, never fatal
+            outcome = CommandOutcome(self._refused(t, command, f"{type(exc).__name__}: {exc}"))
+        audit = self._stamped(outcome.audit)
+        try:
+            self._write(audit)
             for e in outcome.events:
                 self._write(e)
-            # the submitter may have cancelled it; the audit is written all the same
-            with contextlib.suppress(InvalidStateError):
-                future.set_result(audit)
+        except Exception:
+            if not ended:  # during the run a failing historian is the run's problem
+                raise
+            # after the run the historian may be closed; the submitter still gets the audit
+        self._snapshot = replace(
+            self._snapshot,
+            mode=self._sup.mode,
+            limits=self._limits_now(),
+            operator=self._named(np.array(self._sup.operator, dtype=float)),
+            alarms=self._alarms,
+        )
+        # the submitter may have cancelled it; the audit is written all the same
+        with contextlib.suppress(InvalidStateError):
+            future.set_result(audit)
 
-    def _refused(self, t: float, command: object, exc: Exception) -> AuditRecord:
-        """The audit of a command whose handling raised (built without trusting it)."""
+    def _make_snapshot(self, t: float, plan: PlanRecord | None) -> LoopSnapshot:
+        """The snapshot of the state now, at tick time ``t`` (h)."""
+        sup = self._sup
+        return LoopSnapshot(
+            t,
+            self._phase,
+            sup.mode,
+            self._named(self._applied),
+            self._last_estimate,
+            plan,
+            False,
+            self.identity,
+            limits=self._limits_now(),
+            operator=self._named(np.array(sup.operator, dtype=float)),
+            setpoint=self._setpoint,
+            alarms=self._alarms,
+        )
+
+    def _limits_now(self) -> dict[str, SetpointLimits]:
+        return dict(zip(self.recipe.input_names, self._sup.limits, strict=True))
+
+    def _refused(self, t: float, command: object, reason: str) -> AuditRecord:
+        """The audit of a command refused by the loop itself (its handling raised, or the
+        run has ended), built without trusting the command."""
 
         def field_text(name: str) -> str:
             try:
@@ -563,16 +668,26 @@ class ControlLoop:
             field_text("why"),
             storable_text(describe(command, self._sup.mode)),
             False,
-            storable_text(f"{type(exc).__name__}: {exc}"),
+            storable_text(reason),
         )
 
-    def _write(self, record: _R) -> _R:
-        """Stamp ``record`` with the run's identity, hand it to the historian, return it."""
+    def _stamped(self, record: _R) -> _R:
+        """``record`` with the run's identity (a record that names a run keeps it)."""
         if self.identity is not None and record.run is None:
-            record = replace(record, run=self.identity)
+            return replace(record, run=self.identity)
+        return record
+
+    def _write(self, record: _R) -> _R:
+        """Stamp ``record`` with the run's identity, raise an alarm for an alarm event, hand
+        it to the historian, return it."""
+        record = self._stamped(record)
         self.summary.records += 1
         if isinstance(record, EventRecord):
             self.summary.events += 1
+            alarms = self._alarms.raised(record)
+            if alarms is not self._alarms:
+                self._alarms = alarms
+                self._snapshot = replace(self._snapshot, alarms=alarms)
         self.historian.write(record)
         return record
 

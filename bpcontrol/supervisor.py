@@ -12,7 +12,8 @@ replayed from the historian:
   :class:`SetpointRecord`, events, and the audit of a decision it took itself) with the
   next state. It never raises on a bad plan or a failing recipe; it falls back instead;
 - :meth:`Supervisor.command` carries out an operator command (:mod:`bpcontrol.commands`:
-  :class:`SetMode`, :class:`SetSetpoint`, :class:`SetLimits`) and returns a
+  :class:`SetMode`, :class:`SetSetpoint`, :class:`SetLimits`; an
+  :class:`AcknowledgeAlarm` is the loop's, :mod:`bpcontrol.alarms`) and returns a
   :class:`CommandOutcome` (the :class:`AuditRecord` and events) with the next state; a
   refused command returns the state unchanged (the same object) and says why, whatever was
   sent. :meth:`Supervisor.request_mode`, :meth:`Supervisor.set_operator_setpoint` and
@@ -60,7 +61,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from bpcontrol.commands import Command, SetLimits, SetMode, SetSetpoint, describe
+from bpcontrol.commands import (
+    AcknowledgeAlarm,
+    Command,
+    SetLimits,
+    SetMode,
+    SetSetpoint,
+    describe,
+)
 from bpcontrol.records import (
     AuditRecord,
     EventKind,
@@ -482,6 +490,12 @@ class Supervisor:
         """
         action = describe(command, state.mode)
         who, why = _field(command, "who"), _field(command, "why")
+        if isinstance(command, AcknowledgeAlarm):
+            reason = (
+                "alarms are acknowledged by the loop, which owns them (ControlLoop.submit, "
+                "bpcontrol.alarms); the supervisor changed nothing"
+            )
+            return self._refuse(state, t_h, who, why, action, reason)
         if not isinstance(command, SetMode | SetSetpoint | SetLimits):
             reason = (
                 f"not an operator command ({type(command).__name__}); send SetMode, "

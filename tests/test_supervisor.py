@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpcontrol.commands import SetLimits, SetMode, SetSetpoint
+from bpcontrol.commands import AcknowledgeAlarm, SetLimits, SetMode, SetSetpoint
 from bpcontrol.records import (
     AuditRecord,
     EventKind,
@@ -571,6 +571,14 @@ def test_malformed_commands_are_refused_with_an_audit_never_raised(command, reas
     for text in (res.audit.who, res.audit.why, res.audit.action, res.audit.reason):
         assert isinstance(text, str)
         text.encode("utf-8")  # storable
+
+
+def test_an_alarm_acknowledgement_is_the_loops_not_the_supervisors():
+    sup = make()
+    state = _manual_state(sup)
+    res, new = sup.command(state, AcknowledgeAlarm(1, "ana", "seen"), t_h=1.0)
+    assert new is state and not res.accepted and res.audit.action == "acknowledge alarm 1"
+    assert res.audit.reason.startswith("alarms are acknowledged by the loop")
 
 
 def test_audit_text_with_a_lone_surrogate_is_escaped_not_fatal():

@@ -4,10 +4,12 @@
 runs it with uvicorn next to the loops. Reads come from loop snapshots, the record tee and
 the historian file; writes are operator commands submitted to the loop
 (``ControlLoop.submit_*``), carried out by the supervisor at its next tick, and answered
-with its verdict: accepted (200), refused (422, the reason names the limit), or pending
+with its verdict: accepted (200), refused (422, the reason names the limit; for an alarm
+acknowledgement 404 for an unknown alarm, 409 for one acknowledged already), or pending
 (202, when the loop did not answer within ``write_timeout_s``). Every write attempt,
 whatever its outcome (401, 403, 404, 409, 422, 429 too), is appended to the audit chain;
-those the loop never saw also go to the reactor's historian.
+those the loop never saw also go to the reactor's historian (as chained, with their
+``seq`` and hashes). The loop's state is read through public names only (its snapshot).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import json
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -27,6 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import OAuth2PasswordBearer
 from starlette.middleware.cors import CORSMiddleware
 
+from bpcontrol.alarms import ALARM_KINDS
 from bpcontrol.records import (
     AuditRecord,
     EstimateRecord,
@@ -143,7 +146,7 @@ class ApiContext:
         )
         chained = await asyncio.to_thread(self.audit.append, record)
         if handle is not None:
-            handle.tee.write(replace(chained, seq=0, prev_hash="", hash=""))
+            handle.tee.write(chained)
         return chained
 
     async def refuse(self, request: Request, status: int, detail: str, **audit: Any) -> None:
@@ -272,8 +275,8 @@ def _measurement_out(m: MeasurementRecord) -> MeasurementOut:
 
 
 def _setpoints_out(handle: ReactorHandle) -> SetpointsOut:
-    sp: SetpointRecord | None = handle.tee.setpoint
     snap = handle.loop.snapshot()
+    sp: SetpointRecord | None = snap.setpoint
     return SetpointsOut(
         t_h=sp.t_h if sp else None,
         source=sp.source.value if sp else None,
@@ -443,30 +446,33 @@ def _routes_reads(app: FastAPI) -> None:
                 kind=e.kind.value,
                 message=e.message,
                 source=e.source,
-                alarm=seq in handle.tee.alarms,
+                alarm=e.kind in ALARM_KINDS,
             )
             for seq, e in recent
         ]
 
     @app.get(f"{PREFIX}/alarms", responses=_ERRORS, tags=["read"])
     async def alarms(ctx: Ctx, user: Viewer, unacknowledged: bool = False) -> list[AlarmOut]:
-        """Alarms of every reactor (optionally only those not acknowledged)."""
-        out = []
+        """Alarms of every reactor, as each loop holds them (optionally only those not
+        acknowledged); ``id`` is the alarm's number in its reactor's loop."""
+        out: list[AlarmOut] = []
         for handle in ctx.reactors.values():
-            for alarm in list(handle.tee.alarms.values()):
-                if unacknowledged and alarm.acked_by:
-                    continue
-                out.append(
-                    AlarmOut(
-                        id=alarm.seq,
-                        reactor=handle.id,
-                        t_h=alarm.event.t_h,
-                        kind=alarm.event.kind.value,
-                        message=alarm.event.message,
-                        acked_by=alarm.acked_by,
-                        acked_utc=alarm.acked_utc,
-                    )
+            book = handle.loop.snapshot().alarms
+            chosen = book.unacknowledged() if unacknowledged else book.alarms
+            out.extend(
+                AlarmOut(
+                    id=alarm.id,
+                    reactor=handle.id,
+                    t_h=alarm.event.t_h,
+                    kind=alarm.event.kind.value,
+                    message=alarm.event.message,
+                    acked_by=alarm.acked_by,
+                    acked_utc=alarm.acked_utc,
+                    acked_why=alarm.acked_why,
+                    acked_t_h=alarm.acked_t_h,
                 )
+                for alarm in chosen
+            )
         return out
 
     @app.get(f"{PREFIX}/reactors/{{rid}}/history", responses=_ERRORS, tags=["read"])
@@ -578,15 +584,30 @@ async def _submit(
     old: str,
     new: str,
     why: str,
+    refused_status: Callable[[AuditRecord], int] = lambda _audit: 422,
 ) -> WriteOut:
-    """Submit a command to the loop, wait for its verdict, audit it, answer."""
+    """Submit a command to the loop, wait for its verdict, audit it, answer.
+
+    ``refused_status`` gives the HTTP status of a refusal (default 422). The old and new
+    values the loop put in its audit record win over ``old`` and ``new`` (read before
+    submitting, so possibly a tick stale)."""
     future = submit()
     wrapped = asyncio.wrap_future(future)
     wall = request.state.wall_utc
 
+    def status_of(audit: AuditRecord) -> int:
+        return 200 if audit.accepted else refused_status(audit)
+
     async def chain(audit: AuditRecord) -> AuditRecord:
-        result = "accepted" if audit.accepted else "refused (422)"
-        full = replace(audit, wall_utc=wall, old_value=old, new_value=new, result=result)
+        status = status_of(audit)
+        result = "accepted" if status == 200 else f"refused ({status})"
+        full = replace(
+            audit,
+            wall_utc=wall,
+            old_value=audit.old_value or old,
+            new_value=audit.new_value or new,
+            result=result,
+        )
         return await asyncio.to_thread(ctx.audit.append, full)
 
     try:
@@ -609,12 +630,12 @@ async def _submit(
         )
     chained = await chain(audit)
     if not audit.accepted:
-        raise HTTPException(422, audit.reason)
+        raise HTTPException(status_of(audit), audit.reason)
     return WriteOut(
         result="accepted",
         action=chained.action,
-        old_value=old,
-        new_value=new,
+        old_value=chained.old_value,
+        new_value=chained.new_value,
         t_h=chained.t_h,
         audit_seq=chained.seq,
     )
@@ -720,46 +741,43 @@ def _routes_writes(app: FastAPI) -> None:
         tags=["write"],
     )
     async def acknowledge(
-        rid: str, alarm_id: int, body: AckIn, request: Request, ctx: Ctx, user: Operator
+        rid: str,
+        alarm_id: int,
+        body: AckIn,
+        request: Request,
+        response: Response,
+        ctx: Ctx,
+        user: Operator,
     ) -> WriteOut:
-        """Acknowledge an alarm (operator)."""
+        """Acknowledge an alarm of the reactor's loop (operator): 404 when the loop has no
+        such alarm, 409 when it was acknowledged already. Also after the batch ended."""
         handle = ctx.reactors.get(rid)
         if handle is None:
             detail = f"no reactor {rid!r}; reactors are {sorted(ctx.reactors)}"
             await ctx.refuse(request, 404, detail, who=user.name, why=body.reason)
         assert handle is not None
-        action = f"acknowledge alarm {alarm_id}"
-        try:
-            alarm = handle.tee.acknowledge(alarm_id, who=user.name, wall_utc=_now_utc())
-        except KeyError:
-            detail = f"reactor {rid} has no alarm {alarm_id}"
-            await ctx.refuse(request, 404, detail, who=user.name, why=body.reason, action=action)
-            raise
-        except ValueError as exc:
-            await ctx.refuse(request, 409, str(exc), who=user.name, why=body.reason, action=action)
-            raise
-        snap = handle.loop.snapshot()
-        record = AuditRecord(
-            snap.t_h,
-            user.name,
-            body.reason,
-            action,
-            True,
-            run=snap.run,
-            wall_utc=request.state.wall_utc,
-            old_value="unacknowledged",
-            new_value=f"acknowledged ({alarm.event.kind.value})",
-            result="accepted",
-        )
-        chained = await asyncio.to_thread(ctx.audit.append, record)
-        handle.tee.write(replace(chained, seq=0, prev_hash="", hash=""))
-        return WriteOut(
-            result="accepted",
-            action=action,
-            old_value=chained.old_value,
-            new_value=chained.new_value,
-            t_h=snap.t_h,
-            audit_seq=chained.seq,
+
+        def refused_status(audit: AuditRecord) -> int:
+            # the loop refreshed its snapshot before answering; ids are never reused and
+            # an acknowledgement is never undone, so the book says why it was refused
+            alarm = handle.loop.snapshot().alarms.get(alarm_id)
+            if alarm is None:
+                return 404
+            return 409 if alarm.acknowledged else 422
+
+        return await _submit(
+            ctx,
+            request,
+            handle,
+            user,
+            response,
+            submit=lambda: handle.loop.submit_ack(
+                alarm_id, who=user.name, why=body.reason, wall_utc=request.state.wall_utc
+            ),
+            old="",
+            new="acknowledged",
+            why=body.reason,
+            refused_status=refused_status,
         )
 
 

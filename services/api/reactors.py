@@ -1,11 +1,15 @@
-"""What the API holds per reactor: its loop, a record tee for streams and alarms.
+"""What the API holds per reactor: its loop and a record tee for streams and events.
 
 :class:`RecordTee` wraps the loop's historian (it is a :class:`bpcontrol.interfaces.
 Historian` itself): every record goes to the historian first, then gets the reactor's
-stream number ``seq`` (1, 2, ... in write order), updates the latest values the read
-endpoints show, and is offered to every stream client's bounded queue. Offering never
-blocks the loop: a client whose queue is full is dropped (it gets a message saying so),
-never the loop. No change to the loop is needed.
+stream number ``seq`` (1, 2, ... in write order), updates the latest measurements and
+events the read endpoints show, and is offered to every stream client's bounded queue.
+Offering never blocks the loop: a client whose queue is full is dropped (it gets a message
+saying so), never the loop.
+
+The loop's state (mode, limits, operator and supervised setpoints, alarms) is read from its
+public snapshot (:meth:`bpcontrol.loop.ControlLoop.snapshot`) only; alarms are the loop's
+(:mod:`bpcontrol.alarms`), not the tee's.
 """
 
 from __future__ import annotations
@@ -19,49 +23,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpcontrol.alarms import ALARM_KINDS
 from bpcontrol.interfaces import Historian
 from bpcontrol.loop import ControlLoop
-from bpcontrol.records import (
-    EventKind,
-    EventRecord,
-    MeasurementRecord,
-    Record,
-    SetpointRecord,
-)
-from bpcontrol.supervisor import SetpointLimits, SupervisorState
+from bpcontrol.records import EventRecord, MeasurementRecord, Record
+from bpcontrol.supervisor import SetpointLimits
 
-__all__ = ["ALARM_KINDS", "Alarm", "ReactorHandle", "RecordTee", "StreamClient"]
-
-ALARM_KINDS = frozenset(
-    {
-        EventKind.FALLBACK,
-        EventKind.FALLBACK_RECIPE_INVALID,
-        EventKind.STOPPED,
-        EventKind.PLANT_READ_FAILED,
-        EventKind.SETPOINT_WRITE_FAILED,
-        EventKind.SETPOINT_NOT_HELD,
-        EventKind.ESTIMATOR_FAILED,
-        EventKind.ESTIMATOR_RESET,
-        EventKind.ESTIMATE_INCONSISTENT,
-    }
-)
-"""Event kinds an operator must acknowledge."""
+__all__ = ["ALARM_KINDS", "ReactorHandle", "RecordTee", "StreamClient"]
 
 EVENTS_KEPT = 1000
 """Recent events kept in memory per reactor (older ones: the history endpoint)."""
 
 END = None
 """Queued to a stream client when the reactor's records end (the historian closed)."""
-
-
-@dataclass
-class Alarm:
-    """An event that needs acknowledging, with who acknowledged it (empty until then)."""
-
-    seq: int
-    event: EventRecord
-    acked_by: str = ""
-    acked_utc: str = ""
 
 
 class StreamClient:
@@ -118,11 +92,9 @@ class RecordTee:
         self._seq = 0
         self._clients: list[StreamClient] = []
         self.measurements: dict[str, MeasurementRecord] = {}
-        self.setpoint: SetpointRecord | None = None
         self.events: collections.deque[tuple[int, EventRecord]] = collections.deque(
             maxlen=EVENTS_KEPT
         )
-        self.alarms: dict[int, Alarm] = {}
         self.closed = False
 
     @property
@@ -138,12 +110,8 @@ class RecordTee:
             seq = self._seq
             if isinstance(record, MeasurementRecord):
                 self.measurements[record.sensor] = record
-            elif isinstance(record, SetpointRecord):
-                self.setpoint = record
             elif isinstance(record, EventRecord):
                 self.events.append((seq, record))
-                if record.kind in ALARM_KINDS:
-                    self.alarms[seq] = Alarm(seq, record)
             if self._clients:
                 self._clients = [c for c in self._clients if c.offer((seq, record))]
 
@@ -160,16 +128,6 @@ class RecordTee:
         """Remove a stream client (it disconnected)."""
         with self._lock:
             self._clients = [c for c in self._clients if c is not client]
-
-    def acknowledge(self, seq: int, *, who: str, wall_utc: str) -> Alarm:
-        """Mark alarm ``seq`` acknowledged; KeyError when there is none, ValueError when it
-        was acknowledged already."""
-        with self._lock:
-            alarm = self.alarms[seq]
-            if alarm.acked_by:
-                raise ValueError(f"alarm {seq} was acknowledged by {alarm.acked_by} already")
-            alarm.acked_by, alarm.acked_utc = who, wall_utc
-            return alarm
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """The historian's flush."""
@@ -207,15 +165,10 @@ class ReactorHandle:
         """The loop's inputs (setpoint names), in vector order."""
         return tuple(self.loop.recipe.input_names)
 
-    def supervisor_state(self) -> SupervisorState:
-        """The supervisor's state in force (an immutable value, replaced atomically by the
-        loop thread; read here because :class:`LoopSnapshot` has no limits yet)."""
-        return self.loop._sup
-
     def limits(self) -> dict[str, SetpointLimits]:
-        """The limits in force per input."""
-        return dict(zip(self.input_names, self.supervisor_state().limits, strict=True))
+        """The limits in force per input (from the loop's snapshot)."""
+        return dict(self.loop.snapshot().limits)
 
     def operator_setpoints(self) -> dict[str, float]:
-        """The operator setpoints (used in MANUAL) per input."""
-        return dict(zip(self.input_names, self.supervisor_state().operator, strict=True))
+        """The operator setpoints (used in MANUAL) per input (from the loop's snapshot)."""
+        return dict(self.loop.snapshot().operator)

@@ -202,7 +202,8 @@ class PlanOut(BaseModel):
 
 
 class EventOut(BaseModel):
-    """One event (``id``: the reactor's record number)."""
+    """One event (``id``: the reactor's record number; ``alarm``: whether its kind raises
+    an alarm, listed with its alarm id by ``GET /alarms``)."""
 
     id: int
     t_h: float
@@ -213,7 +214,9 @@ class EventOut(BaseModel):
 
 
 class AlarmOut(BaseModel):
-    """An event to acknowledge, and who did (empty until then)."""
+    """An event to acknowledge, and who did (empty until then), as the reactor's loop holds
+    it (``id``: the alarm's number in that loop, 1, 2, ...; ``t_h`` and ``acked_t_h``:
+    process time in h; ``acked_utc``: when the acknowledgement was asked, ISO-8601 UTC)."""
 
     id: int
     reactor: str
@@ -222,6 +225,8 @@ class AlarmOut(BaseModel):
     message: str
     acked_by: str
     acked_utc: str
+    acked_why: str = ""
+    acked_t_h: float | None = None
 
 
 class WriteOut(BaseModel):

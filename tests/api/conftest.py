@@ -42,11 +42,14 @@ def make_settings(**options: object) -> ApiSettings:
     return ApiSettings(users=_users(), secret=SECRET, **opts)  # type: ignore[arg-type]
 
 
-def served_reactor(root: Path, name: str, *, speed_up: float, seed: int = 1) -> Served:
-    """One recipe-only E. coli loop (not started) with its historian in ``root/name``."""
+def served_reactor(
+    root: Path, name: str, *, speed_up: float, seed: int = 1, duration_h: float | None = None
+) -> Served:
+    """One recipe-only E. coli loop (not started) with its historian in ``root/name``
+    (``duration_h``: hours to run, default the batch)."""
     identity = RunIdentity.start(site="test", reactor=name, batch_id=f"B-{name}")
     spec = spec_for("ecoli_fedbatch", identity=identity, seed=seed, controller="recipe")
-    return build_served(spec, folder=root / name, speed_up=speed_up)
+    return build_served(spec, folder=root / name, speed_up=speed_up, duration_h=duration_h)
 
 
 @dataclass

@@ -15,7 +15,15 @@ from services.api.app import PREFIX
 from services.api.audit import verify_audit_file
 from services.api.ratelimit import RateLimiter
 from services.api.settings import SettingsError, demo_settings, load_settings
-from tests.api.conftest import SECRET, Live, login, make_settings, start_server, stop_server
+from tests.api.conftest import (
+    SECRET,
+    Live,
+    login,
+    make_settings,
+    served_reactor,
+    start_server,
+    stop_server,
+)
 
 
 def _audit(live: Live) -> list[dict[str, Any]]:
@@ -124,23 +132,78 @@ def test_writes_go_through_the_supervisor_and_every_attempt_is_audited(live: Liv
     assert verify_audit_file(live.audit_path) == []
 
 
-def test_alarms_are_acknowledged_once(live: Live) -> None:
+def test_alarms_are_the_loops_and_acknowledged_once_through_its_commands(live: Live) -> None:
     handle = live.served[0].handle
     handle.loop.note(EventKind.PLANT_READ_FAILED, "probe cable pulled (test)", "test")
     with live.client("operator") as op, live.client("viewer") as viewer:
         _wait(lambda: viewer.get("/alarms", params={"unacknowledged": True}).json() != [])
         alarm = viewer.get("/alarms", params={"unacknowledged": True}).json()[0]
         assert alarm["reactor"] == "R1" and alarm["kind"] == "plant-read-failed"
+        book = handle.loop.snapshot().alarms  # GET /alarms shows the loop's own book
+        assert book.get(alarm["id"]) is not None
+        assert book.get(alarm["id"]).event.message == alarm["message"]  # type: ignore[union-attr]
+        flagged = [e for e in viewer.get("/reactors/R1/events").json() if e["alarm"]]
+        assert [e["message"] for e in flagged] == [alarm["message"]]
         path = f"/reactors/R1/alarms/{alarm['id']}/ack"
         assert viewer.post(path, json={"reason": "seen"}).status_code == 403
         ack = op.post(path, json={"reason": "cable fixed"})
         assert ack.status_code == 200, ack.text
-        assert op.post(path, json={"reason": "again"}).status_code == 409
-        assert op.post("/reactors/R1/alarms/999999/ack", json={"reason": "x"}).status_code == 404
+        assert ack.json()["old_value"] == "unacknowledged"
+        assert ack.json()["new_value"] == "acknowledged (plant-read-failed)"
+        # carried out by the loop at a tick: the core's book says who, why and when
+        done = handle.loop.snapshot().alarms.get(alarm["id"])
+        assert done is not None and done.acked_by == "operator" and done.acked_why == "cable fixed"
+        assert done.acked_t_h == ack.json()["t_h"] and done.acked_utc.endswith("+00:00")
+        again = op.post(path, json={"reason": "again"})
+        assert again.status_code == 409 and "acknowledged by operator" in again.json()["detail"]
+        unknown = op.post("/reactors/R1/alarms/999999/ack", json={"reason": "x"})
+        assert unknown.status_code == 404 and "no alarm 999999" in unknown.json()["detail"]
         listed = next(a for a in viewer.get("/alarms").json() if a["id"] == alarm["id"])
-        assert listed["acked_by"] == "operator"
-    results = [e["result"] for e in _audit(live) if e["action"].endswith(f"alarm {alarm['id']}")]
-    assert results == ["accepted", "refused (409)"]
+        assert listed["acked_by"] == "operator" and listed["acked_why"] == "cable fixed"
+        assert listed["acked_t_h"] == done.acked_t_h
+        assert all(a["id"] != alarm["id"] for a in viewer.get("/alarms?unacknowledged=true").json())
+    actions = {f"acknowledge alarm {alarm['id']}", "acknowledge alarm 999999"}
+    mine = [e for e in _audit(live) if e["action"] in actions and e["run"]["reactor"] == "R1"]
+    assert [(e["result"], e["why"]) for e in mine] == [
+        ("accepted", "cable fixed"),
+        ("refused (409)", "again"),
+        ("refused (404)", "x"),
+    ]
+    # the loop audited each in its historian, as it does every command it carries out
+    handle.tee.flush(10.0)
+    from services.historian import read_records
+
+    stored = [
+        (r.action, r.accepted)
+        for r in read_records(handle.records_path, "audit")  # type: ignore[arg-type]
+        if r.action in actions  # type: ignore[union-attr]
+    ]
+    assert stored == [(e["action"], e["accepted"]) for e in mine]
+
+
+def test_an_alarm_is_acknowledged_after_the_batch_ended(tmp_path: Path) -> None:
+    served = served_reactor(tmp_path, "R7", speed_up=3600.0, duration_h=0.05)
+    server, thread, base = start_server([served], tmp_path / "audit.jsonl", make_settings())
+    try:
+        served.handle.loop.note(EventKind.ESTIMATOR_FAILED, "filter diverged (test)", "test")
+        served.start()
+        assert served.thread is not None
+        served.thread.join(30.0)  # 0.05 h = 4 ticks at 1 h per wall s
+        assert served.handle.loop.snapshot().done
+        token = login(base, "operator")
+        with httpx.Client(
+            base_url=base + PREFIX, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as op:
+            (alarm,) = op.get("/alarms").json()
+            assert alarm["kind"] == "estimator-failed" and alarm["reactor"] == "R7"
+            mode = op.post("/reactors/R7/mode", json={"mode": "hold", "reason": "late"})
+            assert mode.status_code == 409 and "has ended" in mode.json()["detail"]
+            ack = op.post(f"/reactors/R7/alarms/{alarm['id']}/ack", json={"reason": "seen"})
+            assert ack.status_code == 200, ack.text
+            assert op.get("/alarms").json()[0]["acked_by"] == "operator"
+    finally:
+        stop_server(server, thread)
+        served.stop("test over")
 
 
 def test_security_headers_and_closed_cors(live: Live) -> None:
