@@ -118,6 +118,13 @@ class SimulatedPlant:
         process_noise: ``{state: std per sqrt(h)}`` (state units) of a random-walk
             disturbance of the true states at every sampling instant (module docstring);
             None or all zeros: the noise-free plant.
+        parameter_changes: ``(t_h, {parameter: factor})`` pairs: from the sampling instant
+            at or after ``t_h`` on, each named parameter is its initial true value times the
+            factor (a later change of the same parameter replaces an earlier one; factor 1
+            restores it). A scheduled fault of the plant itself: a wrong feed
+            concentration, a contamination-like change of growth. Changes sit on the
+            sampling grid, so every integration step lies under one parameter set and the
+            run stays a pure function of the configuration, the seed and the setpoints.
         seed: seeds the noise, the offline schedule and the process noise.
         t0_h: process time of the initial state (h).
         clip_to_range: clip readings to the outputs' physical ranges.
@@ -142,6 +149,7 @@ class SimulatedPlant:
         drift: Mapping[str, float] | None = None,
         delay_h: Mapping[str, float] | None = None,
         process_noise: Mapping[str, float] | None = None,
+        parameter_changes: Sequence[tuple[float, Mapping[str, float]]] = (),
         t0_h: float = 0.0,
         clip_to_range: bool = True,
         rtol: float = 1e-12,
@@ -157,6 +165,9 @@ class SimulatedPlant:
                 raise ValueError(f"{label} must be in (0, 1), got {tol!r}")
         self._period = float(period_h)
         self._p = self._parameters(p_true, parameter_factors)
+        self._p_changes = self._schedule(parameter_changes, float(t0_h))
+        self._p_k: list[int] = [k for k, _ in self._p_changes]  # instants of the changes
+        self._p_sets: list[np.ndarray] = [p for _, p in self._p_changes]
         self._x0 = _vector(x0, model.x0, model.state_names, "x0")
         lo_x, hi_x = model.bounds("states")
         bad = np.flatnonzero((self._x0 < lo_x) | (self._x0 > hi_x))
@@ -195,13 +206,13 @@ class SimulatedPlant:
         integrator = ca.integrator(f"{model.name}_plant", "cvodes", dae, 0.0, 1.0, opts)
         # one call per step: (x, u, dt) -> (x after dt, outputs there under u)
         x_sym, u_sym, dt_sym = ca.MX.sym("x", model.nx), ca.MX.sym("u", model.nu), ca.MX.sym("dt")
-        p_const = ca.DM(self._p)
-        xf = integrator(x0=x_sym, p=ca.vertcat(u_sym, p_const, dt_sym))["xf"]
+        p_sym = ca.MX.sym("p", model.n_p)
+        xf = integrator(x0=x_sym, p=ca.vertcat(u_sym, p_sym, dt_sym))["xf"]
         self._step_fn = ca.Function(
             f"{model.name}_plant_step",
-            [x_sym, u_sym, dt_sym],
-            [xf, cas.h(xf, u_sym, p_const)],
-            ["x", "u", "dt"],
+            [x_sym, u_sym, p_sym, dt_sym],
+            [xf, cas.h(xf, u_sym, p_sym)],
+            ["x", "u", "p", "dt"],
             ["xf", "y"],
         )
 
@@ -222,7 +233,7 @@ class SimulatedPlant:
         self._u = self._u_init.copy()
         if abs(t0 - self._k0 * self._period) <= _EPS_H:
             self._grid_x.append(self._x.copy())
-            self._grid_y.append(self._output(self._x, self._u_init))
+            self._grid_y.append(self._output(self._x, self._u_init, t0))
             self._k_next += 1
 
         # the first two children are those of spawn(2): adding a stream changed no draw
@@ -314,6 +325,7 @@ class SimulatedPlant:
             "drift": {s.name: s.drift for s in self._sensors if s.drift != 0.0},
             "delay_h": {s.name: s.delay_h for s in self._sensors if s.delay_h != 0.0},
             "process_noise": self.process_noise,
+            "parameter_changes": self.parameter_changes,
             "t0_h": self._t0,
             "clip_to_range": self._clip,
             "rtol": self._tolerances[0],
@@ -354,6 +366,18 @@ class SimulatedPlant:
     def p_true(self) -> np.ndarray:
         """The plant's true parameters (model order, a copy)."""
         return self._p.copy()
+
+    @property
+    def parameter_changes(self) -> tuple[tuple[float, dict[str, float]], ...]:
+        """The scheduled parameter changes as given (``(t_h, {parameter: factor})``)."""
+        return tuple((t, dict(f)) for t, f in self._p_given)
+
+    def p_at(self, t_h: float) -> np.ndarray:
+        """The true parameters in force over the sampling interval that starts at or
+        contains ``t_h`` (h; a change at an instant applies from that instant on)."""
+        k = math.floor(self._snap(float(t_h)) / self._period + _EPS_H)
+        i = bisect.bisect_right(self._p_k, k) - 1
+        return (self._p if i < 0 else self._p_sets[i]).copy()
 
     @property
     def online_sensors(self) -> tuple[str, ...]:
@@ -397,6 +421,48 @@ class SimulatedPlant:
         if factors:
             return true_parameters(model, factors=factors)
         return _vector(p_true, model.p0, model.parameter_names, "p_true")
+
+    def _schedule(
+        self, changes: Sequence[tuple[float, Mapping[str, float]]], t0: float
+    ) -> list[tuple[int, np.ndarray]]:
+        """The parameter sets in force from each change's sampling instant on, in time order."""
+        model = self._model
+        given: list[tuple[float, dict[str, float]]] = []
+        for item in changes:
+            try:
+                t, factors = item
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"parameter_changes: each entry must be (t_h, {{parameter: factor}}), got "
+                    f"{item!r}"
+                ) from None
+            if not (_is_real(t) and math.isfinite(t) and t >= t0):
+                raise ValueError(f"parameter_changes: time {t!r} must be finite and >= t0_h")
+            if not isinstance(factors, Mapping) or not factors:
+                raise ValueError(f"parameter_changes at {t} h: needs {{parameter: factor}}")
+            for name, f in factors.items():
+                if name not in model.parameter_names:
+                    raise ValueError(
+                        f"parameter_changes at {t} h: {name!r} is not a parameter of model "
+                        f"{model.name!r}"
+                    )
+                if not (_is_real(f) and math.isfinite(f)):
+                    raise ValueError(f"parameter_changes at {t} h: {name} factor {f!r}")
+            given.append((float(t), {str(k): float(v) for k, v in factors.items()}))
+        self._p_given = tuple(given)
+        out: list[tuple[int, np.ndarray]] = []
+        current = self._p.copy()
+        ordered = sorted(given, key=lambda g: g[0])  # stable: same time, given order
+        for t, factors in ordered:
+            k = math.ceil(t / self._period - _EPS_H)
+            for name, f in factors.items():
+                i = model.index(name)
+                current[i] = self._p[i] * f
+            if out and out[-1][0] == k:
+                out[-1] = (k, current.copy())
+            else:
+                out.append((k, current.copy()))
+        return out
 
     def _online_sensors(
         self,
@@ -456,12 +522,14 @@ class SimulatedPlant:
             sigma[model.index(name)] = float(value)
         return sigma
 
-    def _disturb(self, x: np.ndarray, u: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
-        """``x`` after the process noise of an interval ``dt_h`` (h), clipped to the state
-        bounds, and the outputs there under ``u``."""
+    def _disturb(
+        self, x: np.ndarray, u: np.ndarray, dt_h: float, t_h: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``x`` after the process noise of an interval ``dt_h`` (h) ending at ``t_h``,
+        clipped to the state bounds, and the outputs there under ``u``."""
         e = self._rng_process.standard_normal(self._model.nx)
         x = np.clip(x + self._q_sigma * math.sqrt(dt_h) * e, self._x_lo, self._x_hi)
-        return x, self._output(x, u)
+        return x, self._output(x, u, t_h - dt_h)
 
     def _snap(self, t: float) -> float:
         """``t`` moved onto the nearest sampling instant when within round-off of it."""
@@ -505,7 +573,7 @@ class SimulatedPlant:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The state at ``t_to`` from ``x`` at ``t_from`` under ``u``, and the outputs there."""
         try:
-            xf_dm, y_dm = self._step_fn(x, u, t_to - t_from)
+            xf_dm, y_dm = self._step_fn(x, u, self._p_for_step(t_from), t_to - t_from)
         except RuntimeError as exc:
             raise SimulationError(
                 f"plant {self._model.name!r}: CVODES failed between t = {t_from:g} and "
@@ -519,8 +587,18 @@ class SimulatedPlant:
             )
         return xf, np.asarray(y_dm, dtype=float).reshape(-1)
 
-    def _output(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        return np.asarray(self._h(x, u, self._p), dtype=float).reshape(-1)
+    def _p_for_step(self, t_from: float) -> np.ndarray:
+        """The parameters of a step starting at ``t_from`` (it never crosses an instant)."""
+        if not self._p_k:
+            return self._p
+        k = math.floor(t_from / self._period + _EPS_H)
+        i = bisect.bisect_right(self._p_k, k) - 1
+        return self._p if i < 0 else self._p_sets[i]
+
+    def _output(self, x: np.ndarray, u: np.ndarray, t_from: float) -> np.ndarray:
+        """Outputs at ``x`` under ``u`` with the parameters of the interval from ``t_from``."""
+        p = self._p_for_step(t_from)
+        return np.asarray(self._h(x, u, p), dtype=float).reshape(-1)
 
     def _advance(self, t: float) -> None:
         """Integrate through every sampling instant up to ``t``; commit only on success."""
@@ -534,7 +612,7 @@ class SimulatedPlant:
                 tk = k * self._period
                 x, y = self._step(x, u, t_state, tk)
                 if noisy:  # the random walk's increment since the previous instant
-                    x, y = self._disturb(x, u, tk - max((k - 1) * self._period, self._t0))
+                    x, y = self._disturb(x, u, tk - max((k - 1) * self._period, self._t0), tk)
                 new_x.append(x)
                 new_y.append(y)
                 t_state, k = tk, k + 1
@@ -603,7 +681,7 @@ class SimulatedPlant:
         x = x_base
         if s - t_base > _EPS_H:
             x, _ = self._step(x_base, self._u_after(t_base), t_base, s)
-        return self._output(x, self._u_seen(s))
+        return self._output(x, self._u_seen(s), t_base)
 
 
 # --- the E. coli default scenario ------------------------------------------------------
