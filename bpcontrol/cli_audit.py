@@ -2,7 +2,10 @@
 
 Exit 0 and ``OK`` when the chain is intact; exit 1 with one line per finding (modified,
 inserted, reordered or deleted entries, each named by seq and line) when it is not; exit 2
-for a file that cannot be read.
+for a file that cannot be read. A deleted last entry leaves an intact chain: it shows
+against the head the service printed (``--head SEQ:HASH``) or against the historian, which
+keeps every audit record too (``--historian records.sqlite``, repeatable, one per reactor:
+each operator audit record missing from the file is named, the last one included).
 """
 
 from __future__ import annotations
@@ -28,14 +31,27 @@ def verify_command(
         str | None,
         typer.Option(help="The last entry as SEQ:HASH (the service logs it); detects a cut tail."),
     ] = None,
+    historian: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A reactor's historian file (records.sqlite; repeatable): name every audit "
+            "record it keeps that the file lacks (a cut tail too), and the reverse."
+        ),
+    ] = None,
 ) -> None:
     """Check every entry's hash, numbering and link; name each tampered entry."""
-    from services.api.audit import verify_audit_file
+    from services.api.audit import cross_check_historian, verify_audit_file
+    from services.historian import HistorianError
 
     try:
         problems = verify_audit_file(file, head=head)
     except (OSError, UnicodeError) as exc:
         fail(ValueError(f"{file}: cannot read the audit file ({exc})"), EXIT_USAGE)
+    for path in historian or []:
+        try:
+            problems += cross_check_historian(file, [path])
+        except (OSError, UnicodeError, HistorianError) as exc:
+            fail(ValueError(f"--historian {path}: cannot read the historian ({exc})"), EXIT_USAGE)
     if problems:
         for problem in problems:
             typer.echo(f"{file}: {problem}")

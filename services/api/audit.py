@@ -13,8 +13,12 @@ So changing a byte of an entry breaks its own hash, and deleting, inserting or r
 entries breaks the ``seq`` numbering and the ``prev_hash`` links; :func:`verify_audit_file`
 finds each and names the entry (``bpcontrol audit verify FILE``). A chain without a secret
 key shows tampering by anyone who does not rewrite every later entry; a deleted last entry
-shows only against a recorded head (``--head``, the last ``seq:hash`` the service logged).
-The file is only ever appended to (opened in append mode, flushed and fsynced per entry).
+shows only against a recorded head (``--head``, the last ``seq:hash`` the service logged)
+or against the historian, which keeps every audit record too: :func:`cross_check_historian`
+(``--historian records.sqlite``) names each operator audit record of the historian that is
+missing from the file (the last one included) and each file entry of the historian's run
+that the historian does not hold. The file is only ever appended to (opened in append
+mode, flushed and fsynced per entry).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ __all__ = [
     "AuditProblem",
     "audit_entry",
     "canonical_json",
+    "cross_check_historian",
     "entry_hash",
     "record_from_entry",
     "verify_audit_file",
@@ -302,3 +308,106 @@ def _check_head(genuine: list[_Line], head: str, problems: list[AuditProblem]) -
         last = max((i.seq for i in genuine), default=0)
         detail = f"the recorded head is entry seq {seq}; the file ends at seq {last}"
         problems.append(AuditProblem("deleted" if seq > last else "modified", 0, seq, detail))
+
+
+SUPERVISOR_WHO = "supervisor"
+"""``who`` of the supervisor's own decisions (auto-resume): in the historian, never in the
+file (the file holds the API's write attempts)."""
+
+_Key = tuple[str, str, float, str, str, str, bool, str]
+
+
+def _key(record: AuditRecord) -> _Key:
+    """What identifies one write attempt in both the file and a historian: its run, process
+    time and the loop's fields (the file adds wall time, old/new value, result and the
+    chain; the loop's own historian record has none of them)."""
+    run = record.run
+    return (
+        run.run_id if run else "",
+        run.reactor if run else "",
+        float(record.t_h),
+        record.who,
+        record.why,
+        record.action,
+        bool(record.accepted),
+        record.reason,
+    )
+
+
+def _describe(record: AuditRecord) -> str:
+    verdict = "accepted" if record.accepted else f"refused: {record.reason}"
+    where = f"reactor {record.run.reactor}, " if record.run else ""
+    return (
+        f"{where}t {record.t_h:.4f} h, {record.who}: {record.action!r} ({verdict}), "
+        f"why {record.why!r}"
+    )
+
+
+def cross_check_historian(path: str | Path, historians: Iterable[str | Path]) -> list[AuditProblem]:
+    """Compare the audit file with the audit records the historians keep; return every
+    entry one has and the other lacks (empty: they agree).
+
+    Each historian (an embedded historian file, a reactor's ``records.sqlite``) holds an
+    audit record of every write attempt on its reactor: the loop's own for the commands it
+    carried out, the API's chained copy for those it refused itself. A record is matched
+    to a file entry by run, process time, who, why, action, verdict and reason (so the
+    loop's record, which has no wall time or chain, matches its file entry). Findings:
+
+    - ``deleted``: a historian record with no file entry (the supervisor's own decisions,
+      ``who="supervisor"``, are not API writes and are skipped), named by its content and
+      the file entry it follows (``seq`` too when the historian kept the chain's);
+    - ``inserted``: a file entry of a run one of the historians holds, which that historian
+      does not have.
+
+    Raises:
+        FileNotFoundError: no audit file or no historian file at a path.
+        services.historian.HistorianError: a file that is not a historian file.
+    """
+    from services.historian import read_records
+
+    path = Path(path)
+    entries: list[tuple[int, AuditRecord]] = []
+    for number, entry, _ in _lines(path):
+        if entry is None:
+            continue
+        try:
+            entries.append((number, record_from_entry(entry)))
+        except (TypeError, ValueError, KeyError):
+            continue  # verify_audit_file names it
+    in_file = Counter(_key(r) for _, r in entries)
+    seq_of: dict[_Key, int] = {}
+    for _, r in entries:
+        seq_of.setdefault(_key(r), r.seq)
+    problems: list[AuditProblem] = []
+    runs: set[str] = set()
+    in_historians: Counter[_Key] = Counter()
+    for historian in historians:
+        historian = Path(historian)
+        if not historian.is_file():
+            raise FileNotFoundError(f"{historian}: no historian file")
+        records = read_records(historian, ["audit", "event"])
+        runs |= {r.run.run_id for r in records if r.run is not None}
+        left = Counter(in_file)
+        after = "at the start"
+        for record in records:
+            if not isinstance(record, AuditRecord) or record.who == SUPERVISOR_WHO:
+                continue
+            key = _key(record)
+            in_historians[key] += 1
+            if left[key] > 0:
+                left[key] -= 1
+                after = f"after entry seq {seq_of[key]}"
+                continue
+            seq = record.seq or None
+            detail = f"{historian} holds {_describe(record)}; the file has no such entry ({after})"
+            problems.append(AuditProblem("deleted", 0, seq, detail))
+    for number, record in entries:
+        key = _key(record)
+        if not key[0] or key[0] not in runs:
+            continue  # a write on no reactor, or on a run whose historian was not given
+        if in_historians[key] > 0:
+            in_historians[key] -= 1
+            continue
+        detail = f"not in the historian of its run: {_describe(record)}"
+        problems.append(AuditProblem("inserted", number, record.seq, detail))
+    return problems
