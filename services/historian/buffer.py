@@ -1,20 +1,24 @@
-"""The store-and-forward buffer: line-protocol batches kept in a SQLite file until acknowledged.
+"""The store-and-forward buffer: line-protocol chunks kept in a SQLite file until acknowledged.
 
-One file (WAL journal, ``synchronous=NORMAL``: a committed batch survives a crash of the
+One file (WAL journal, ``synchronous=NORMAL``: a committed chunk survives a crash of the
 process), two tables:
 
 - ``pending`` (``id`` INTEGER PRIMARY KEY AUTOINCREMENT, ``points``, ``nbytes``,
-  ``body``: the lines joined by newlines, as they are sent; ``lengths``: NULL, or a JSON
-  list of the line lengths when a string field holds a line break, so that the lines can
-  be told apart again): what was accepted and not yet acknowledged by the server, in the
-  order it was written (ids are never reused, so ``ORDER BY id`` is the write order even
-  across restarts);
+  ``body``: one *chunk*, the lines of many records joined by newlines as they are sent,
+  UTF-8 (a BLOB; files written before were TEXT, read the same); ``lengths``: NULL, or a
+  JSON list of the line lengths in characters when a string field holds a line break, so
+  that the lines can be told apart again): what was accepted and not yet acknowledged by
+  the server, in the order it was written. One row per chunk, not per record or line: a
+  commit of a few thousand lines is one ``INSERT`` (see ``docs/historian.md``). Ids are
+  never reused, so ``ORDER BY id`` is the write order even across restarts, and an
+  acknowledged prefix of it is removed with one ``DELETE ... WHERE id <= ?``;
 - ``dead_letter`` (``id``, ``t_utc``, ``status``, ``reason``, ``points``, ``lines``): lines
   the server refused with a 4xx, set aside so that they do not block the rest; an operator
   can look at them (``sqlite3 buffer.sqlite 'select * from dead_letter'``) and re-send.
 
-Each thread opens its own :class:`ForwardBuffer` on the file (the historian's writer
-thread appends, its forwarder reads, removes and sets aside); WAL lets them work at once.
+Each thread opens its own :class:`ForwardBuffer` on the file (the historian's buffer
+thread appends, its forwarder reads, acknowledges and sets aside); WAL lets them work at
+once.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-__all__ = ["ForwardBuffer", "ForwardBufferError"]
+__all__ = ["Batch", "ForwardBuffer", "ForwardBufferError"]
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -42,25 +46,32 @@ class ForwardBufferError(RuntimeError):
     """The buffer file cannot be opened or is not a buffer file."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
-    """One buffered batch: its id, points, bytes and body (lines joined by newlines)."""
+    """One buffered chunk: its id, points (lines), size in bytes and body (UTF-8 lines
+    joined by newlines, exactly the bytes sent to ``/write``)."""
 
     id: int
     points: int
     nbytes: int
-    body: str
+    body: bytes
     lengths: str | None = None
 
     def lines(self) -> list[str]:
-        """The batch's lines again (a line break inside a string field kept)."""
+        """The chunk's lines again (a line break inside a string field kept)."""
+        text = self.body.decode("utf-8")
         if self.lengths is None:
-            return self.body.split("\n")
+            return text.split("\n")
         out, at = [], 0
         for n in json.loads(self.lengths):
-            out.append(self.body[at : at + n])
+            out.append(text[at : at + n])
             at += n + 1
         return out
+
+
+def _batch(row_id: int, points: int, nbytes: int, body: bytes | str, lengths: str | None) -> Batch:
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    return Batch(int(row_id), int(points), int(nbytes), data, lengths)
 
 
 class ForwardBuffer:
@@ -84,48 +95,57 @@ class ForwardBuffer:
         except (sqlite3.Error, OSError) as exc:
             raise ForwardBufferError(f"cannot open the buffer file {self.path}: {exc}") from exc
 
-    def append(self, lines: Sequence[str]) -> int:
-        """Commit ``lines`` as one batch (one transaction); returns its size in bytes."""
-        body = "\n".join(lines)
+    def append(self, lines: Sequence[str]) -> Batch:
+        """Commit ``lines`` as one chunk (one ``INSERT``, its own transaction); the chunk."""
+        body = "\n".join(lines).encode("utf-8")
         lengths = None
-        if body.count("\n") != len(lines) - 1:  # a string field with a line break
+        if body.count(b"\n") != len(lines) - 1:  # a string field with a line break
             lengths = json.dumps([len(line) for line in lines])
-        nbytes = len(body.encode("utf-8"))
-        self._conn.execute(
+        cur = self._conn.execute(
             "INSERT INTO pending (points, nbytes, body, lengths) VALUES (?, ?, ?, ?)",
-            (len(lines), nbytes, body, lengths),
+            (len(lines), len(body), body, lengths),
         )
-        return nbytes
+        row_id = cur.lastrowid
+        assert row_id is not None
+        return Batch(row_id, len(lines), len(body), body, lengths)
 
-    def oldest(self, max_points: int) -> list[Batch]:
-        """The oldest batches, together up to ``max_points`` lines (at least one batch)."""
+    def after(self, last_id: int, max_points: int) -> list[Batch]:
+        """The oldest chunks with an id above ``last_id``, together up to ``max_points``
+        lines (at least one chunk when there is one)."""
         out: list[Batch] = []
         total = 0
         cur = self._conn.execute(
-            "SELECT id, points, nbytes, body, lengths FROM pending ORDER BY id"
+            "SELECT id, points, nbytes, body, lengths FROM pending WHERE id > ? ORDER BY id",
+            (last_id,),
         )
         try:
-            for row_id, points, size, body, lengths in cur:
-                if out and total + points > max_points:
+            for row in cur:
+                if out and total + row[1] > max_points:
                     break
-                out.append(Batch(row_id, points, size, body, lengths))
-                total += points
+                out.append(_batch(*row))
+                total += row[1]
         finally:
             cur.close()
         return out
 
-    def remove(
-        self, ids: Sequence[int], refused: Sequence[tuple[Sequence[str], int, str]] = ()
+    def oldest(self, max_points: int) -> list[Batch]:
+        """The oldest chunks, together up to ``max_points`` lines (at least one)."""
+        return self.after(-1, max_points)
+
+    def acknowledge(
+        self, upto_id: int, refused: Sequence[tuple[Sequence[str], int, str]] = ()
     ) -> None:
-        """Delete the acknowledged batches ``ids`` and set aside the ``refused`` lines
-        (lines, HTTP status, the server's reason), in one transaction."""
-        if not ids and not refused:
+        """Delete every chunk up to id ``upto_id`` (acknowledged by the server, or set
+        aside) and keep the ``refused`` lines (lines, HTTP status, the server's reason) in
+        ``dead_letter``, in one transaction."""
+        if not refused:
+            self._conn.execute("DELETE FROM pending WHERE id <= ?", (upto_id,))
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             for lines, status, reason in refused:
                 self.set_aside(lines, status, reason)
-            self._conn.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids])
+            self._conn.execute("DELETE FROM pending WHERE id <= ?", (upto_id,))
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:

@@ -43,6 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,10 @@ _RECORD_TYPES: Final = (
 )
 _STOP: Final = object()
 _WAKE: Final = object()
+_MAX_READY_BYTES: Final = 64 * 1024**2
+"""Committed chunks the forwarder may hold in memory (bytes of line protocol)."""
+_DELETE_INTERVAL_S: Final = 0.25
+"""While busy, delete the acknowledged chunks at most this often (s)."""
 
 
 class HistorianEventKind(enum.StrEnum):
@@ -143,6 +148,10 @@ class InfluxHistorian:
         max_backoff_s: the longest wait (s) between retries of an undelivered batch.
         drain_on_close_s: how long (s) :meth:`close` lets the forwarder deliver; what is
             left stays in the buffer file for the next start.
+        max_in_flight: how many requests the forwarder keeps open at once while the server
+            takes them (each on its own keep-alive connection), so that the server never
+            waits for this process between two batches; chunks are sent in write order and
+            acknowledged (removed) strictly in order; after a failure one at a time.
         strict: raise :class:`RecordRefusedError` from :meth:`write` for a malformed record
             (besides the event); by default the record is refused with the event only, so
             that bad data never stops the loop.
@@ -168,6 +177,7 @@ class InfluxHistorian:
         alarm_fraction: float = 0.8,
         max_backoff_s: float = 2.0,
         drain_on_close_s: float = 5.0,
+        max_in_flight: int = 2,
         strict: bool = False,
         on_event: Callable[[HistorianEvent], None] | None = None,
         max_events: int = 1000,
@@ -176,6 +186,7 @@ class InfluxHistorian:
         _positive("max_buffer_points", max_buffer_points, integer=True)
         _positive("max_buffer_bytes", max_buffer_bytes, integer=True)
         _positive("max_events", max_events, integer=True)
+        _positive("max_in_flight", max_in_flight, integer=True)
         for name, value in (
             ("batch_interval_s", batch_interval_s),
             ("max_backoff_s", max_backoff_s),
@@ -234,7 +245,16 @@ class InfluxHistorian:
         self._abandoned = False
         self._batch_records = 0  # records in the buffer thread's current batch
         self._stored = 0  # records committed to the buffer file
-        self._client = InfluxClient(config)
+        self._ready: deque[Batch] = deque()  # committed chunks handed over in memory
+        self._ready_bytes = 0
+        self._ready_lock = threading.Lock()
+        self._in_memory = False  # the forwarder first reads the file (leftovers)
+        self._clean = True  # every acknowledged chunk deleted from the file
+        self._max_in_flight = max_in_flight
+        self._local = threading.local()  # the sending threads' clients
+        self._clients: list[InfluxClient] = []
+        self._clients_lock = threading.Lock()
+        self._db_lock = threading.Lock()
         self._db_ready = not config.create_database
 
         self._buffer_thread = threading.Thread(
@@ -325,12 +345,12 @@ class InfluxHistorian:
         self._new_data.set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._progress:
-            while self._settled_points < target:
+            while self._settled_points < target or not self._clean:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    return self._settled_points >= target
                 if not self._forward_thread.is_alive():
-                    return False
+                    return self._settled_points >= target
                 self._progress.wait(0.5 if remaining is None else min(remaining, 0.5))
         return True
 
@@ -375,7 +395,6 @@ class InfluxHistorian:
         self._new_data.set()
         self._forward_thread.join(self._drain_s + self.config.timeout_s + 5.0)
         if not self._forward_thread.is_alive():
-            self._client.close()
             with contextlib.suppress(Exception):
                 self._writer_buf.close()
                 self._forward_buf.close()
@@ -544,7 +563,7 @@ class InfluxHistorian:
                 stop = self._gather(batch, block=not batch)
             if batch:
                 try:
-                    nbytes = self._writer_buf.append(batch)
+                    chunk = self._writer_buf.append(batch)
                 except Exception as exc:  # disk full, file locked: keep the batch, retry
                     self._last_error = exc
                     if self._abandoned:
@@ -563,13 +582,14 @@ class InfluxHistorian:
                 failing = False
                 self._failing_since = None
                 backoff = 0.0
+                self._hand_over(chunk)
                 n = len(batch)
                 qbytes = sum(map(len, batch)) + n
                 with self._progress:
                     self._queued_points -= n
                     self._queued_bytes -= qbytes
                     self._buffered_points += n
-                    self._buffered_bytes += nbytes
+                    self._buffered_bytes += chunk.nbytes
                     self._committed_points += n
                     self._stored += self._batch_records
                     self._batch_records = 0
@@ -580,64 +600,201 @@ class InfluxHistorian:
                 return
 
     # -- the forwarder thread --------------------------------------------------------
+    #
+    # The forwarder takes the committed chunks in id order. While it has seen every chunk
+    # committed since it last found the file drained (``_in_memory``), the buffer thread
+    # hands each committed chunk over in memory as well (up to ``_MAX_READY_BYTES``), so
+    # the forwarder does not read back what was just written; otherwise (leftovers of an
+    # earlier process, a long outage) it reads the chunks after the last one it took from
+    # the file. Acknowledged chunks are deleted with one statement for the whole
+    # acknowledged prefix, at most every ``_DELETE_INTERVAL_S`` while busy and whenever
+    # the forwarder is idle (a crash in between re-sends them: idempotent).
+
+    def _hand_over(self, chunk: Batch) -> None:
+        """Give a chunk just committed to the forwarder in memory, while that is safe."""
+        with self._ready_lock:
+            if not self._in_memory:
+                return
+            if self._ready_bytes + chunk.nbytes > _MAX_READY_BYTES:
+                self._in_memory = False  # the forwarder reads from the file until drained
+                self._ready.clear()
+                self._ready_bytes = 0
+                return
+            self._ready.append(chunk)
+            self._ready_bytes += chunk.nbytes
+
+    def _take(self, last_id: int) -> list[Batch]:
+        """The next chunks after id ``last_id``, up to ``batch_points`` lines (at least one
+        chunk when there is one): from memory, or from the file."""
+        with self._ready_lock:
+            if self._in_memory:
+                ready = self._ready
+                out: list[Batch] = []
+                total = 0
+                while ready:
+                    chunk = ready[0]
+                    if chunk.id <= last_id:  # pragma: no cover - taken from the file before
+                        ready.popleft()
+                        self._ready_bytes -= chunk.nbytes
+                        continue
+                    if out and total + chunk.points > self._batch_points:
+                        break
+                    ready.popleft()
+                    self._ready_bytes -= chunk.nbytes
+                    out.append(chunk)
+                    total += chunk.points
+                return out
+            # under the lock: a chunk committed after this read is handed over in memory
+            out = self._forward_buf.after(last_id, self._batch_points)
+            if not out:
+                self._in_memory = True
+            return out
+
+    def _delete_acknowledged(self, acked_id: int) -> bool:
+        """Delete the acknowledged prefix of the buffer (ids up to ``acked_id``); False when
+        the file is locked or unwritable just now (tried again later)."""
+        try:
+            self._forward_buf.acknowledge(acked_id)
+        except Exception as exc:
+            self._last_error = exc
+            return False
+        return True
 
     def _forward_loop(self) -> None:
+        pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="influx-send")
+        try:
+            self._forward(pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            with self._clients_lock:
+                for client in self._clients:
+                    client.close()
+                self._clients.clear()
+
+    def _forward(self, pool: ThreadPoolExecutor) -> None:
+        """Send the chunks in id order, up to ``max_in_flight`` requests at once while the
+        server takes them (one at a time after a failure); acknowledge strictly in order."""
         backoff = 0.0
         down = False
-        while True:
-            if self._stop_forwarding.is_set():
-                deadline = self._drain_deadline or 0.0
-                if time.monotonic() >= deadline:
-                    return
-            try:
-                batches = self._forward_buf.oldest(self._batch_points)
-            except Exception as exc:  # the file is locked by a writer for long: retry
-                self._last_error = exc
-                time.sleep(0.05)
-                continue
-            if not batches:
-                if self._stop_forwarding.is_set() and not self._buffer_thread.is_alive():
-                    return
-                self._new_data.wait(1.0)
-                self._new_data.clear()
-                continue
-            ids = [b.id for b in batches]
-            n_lines = sum(b.points for b in batches)
-            nbytes = sum(b.nbytes for b in batches)
-            try:
-                refused = self._deliver_batches(batches)
-            except _RetryLaterError as exc:
-                self._last_error = exc.cause
-                if not down:
-                    down = True
-                    self._emit(exc.kind, exc.message)
-                backoff = min(max(2 * backoff, 0.05), self._max_backoff)
-                self._sleep(backoff)
-                continue
-            self._forward_buf.remove(ids, refused)
-            n_refused = sum(len(r[0]) for r in refused)
-            with self._progress:
-                self._buffered_points -= n_lines
-                self._buffered_bytes -= nbytes
-                self._settled_points += n_lines
-                self._delivered_points += n_lines - n_refused
-                self._set_aside_points += n_refused
-                self._progress.notify_all()
-            for bad, status, reason in refused:
-                self._emit(
-                    HistorianEventKind.SET_ASIDE,
-                    f"{len(bad)} line(s) refused by the server ({status}: {reason}) set aside "
-                    f"in the dead-letter table of {self.buffer_path}; first: {bad[0][:200]!r}",
-                )
-            if down:
-                down = False
-                self._emit(
-                    HistorianEventKind.SERVER_UP,
-                    f"delivering to {self.config.url} again; draining "
-                    f"{self._buffered_points} buffered points",
-                )
-            backoff = 0.0
-            self._check_level()
+        inflight: deque[tuple[list[Batch], Future[list[tuple[list[str], int, str]]]]] = deque()
+        again: deque[list[Batch]] = deque()  # taken, to be sent again (after a failure)
+        last_id = -1  # the highest chunk id taken
+        acked_id = -1  # the highest chunk id acknowledged (or set aside)
+        deleted_id = -1  # the acknowledged prefix is deleted up to here
+        last_delete = time.monotonic()
+        try:
+            while True:
+                if self._stop_forwarding.is_set():
+                    deadline = self._drain_deadline or 0.0
+                    if time.monotonic() >= deadline:
+                        return
+                while len(inflight) < (1 if down else self._max_in_flight):
+                    if again:
+                        chunks = again.popleft()
+                    else:
+                        try:
+                            chunks = self._take(last_id)
+                        except Exception as exc:  # the file is locked by a writer for long
+                            self._last_error = exc
+                            break
+                        if not chunks:
+                            break
+                        last_id = chunks[-1].id
+                    inflight.append((chunks, pool.submit(self._deliver_batches, chunks)))
+                if not inflight:
+                    if acked_id > deleted_id and self._delete_acknowledged(acked_id):
+                        deleted_id = acked_id
+                        last_delete = time.monotonic()
+                        with self._progress:
+                            self._clean = True
+                            self._progress.notify_all()
+                    if self._stop_forwarding.is_set() and not self._buffer_thread.is_alive():
+                        return
+                    self._new_data.wait(1.0)
+                    self._new_data.clear()
+                    continue
+                chunks, future = inflight.popleft()
+                try:
+                    refused = future.result()
+                except _RetryLaterError as exc:
+                    # later requests are sent again after this one, whatever they got
+                    redo = [chunks]
+                    for later, f in inflight:
+                        with contextlib.suppress(Exception):
+                            f.result()
+                        redo.append(later)
+                    inflight.clear()
+                    again.extendleft(reversed(redo))
+                    self._last_error = exc.cause
+                    if not down:
+                        down = True
+                        self._emit(exc.kind, exc.message)
+                    backoff = min(max(2 * backoff, 0.05), self._max_backoff)
+                    self._sleep(backoff)
+                    continue
+                upto = chunks[-1].id
+                if refused:  # set aside and delete in one transaction
+                    try:
+                        self._forward_buf.acknowledge(upto, refused)
+                    except Exception as exc:  # locked: send them again (4xx again)
+                        self._last_error = exc
+                        redo = [chunks]
+                        for later, f in inflight:
+                            with contextlib.suppress(Exception):
+                                f.result()
+                            redo.append(later)
+                        inflight.clear()
+                        again.extendleft(reversed(redo))
+                        self._sleep(0.05)
+                        continue
+                    deleted_id = upto
+                acked_id = upto
+                if deleted_id != acked_id and time.monotonic() - last_delete >= _DELETE_INTERVAL_S:
+                    if self._delete_acknowledged(acked_id):
+                        deleted_id = acked_id
+                    last_delete = time.monotonic()
+                n_lines = sum(b.points for b in chunks)
+                nbytes = sum(b.nbytes for b in chunks)
+                n_refused = sum(len(r[0]) for r in refused)
+                with self._progress:
+                    self._buffered_points -= n_lines
+                    self._buffered_bytes -= nbytes
+                    self._settled_points += n_lines
+                    self._delivered_points += n_lines - n_refused
+                    self._set_aside_points += n_refused
+                    self._clean = deleted_id == acked_id
+                    self._progress.notify_all()
+                for bad, status, reason in refused:
+                    self._emit(
+                        HistorianEventKind.SET_ASIDE,
+                        f"{len(bad)} line(s) refused by the server ({status}: {reason}) set "
+                        f"aside in the dead-letter table of {self.buffer_path}; "
+                        f"first: {bad[0][:200]!r}",
+                    )
+                if down:
+                    down = False
+                    self._emit(
+                        HistorianEventKind.SERVER_UP,
+                        f"delivering to {self.config.url} again; draining "
+                        f"{self._buffered_points} buffered points",
+                    )
+                backoff = 0.0
+                self._check_level()
+        finally:
+            for _, f in inflight:  # answers not waited for: those chunks are sent again
+                f.cancel()
+            if acked_id > deleted_id:
+                self._delete_acknowledged(acked_id)
+
+    def _http(self) -> InfluxClient:
+        """This sending thread's own client (its own keep-alive connection)."""
+        client: InfluxClient | None = getattr(self._local, "client", None)
+        if client is None:
+            client = InfluxClient(self.config)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
 
     def _sleep(self, seconds: float) -> None:
         """Wait ``seconds`` unless close() asks the forwarder to stop (then returns early)."""
@@ -651,8 +808,13 @@ class InfluxHistorian:
         """Create the database once (when configured to); _RetryLaterError when unreachable."""
         if self._db_ready:
             return
+        with self._db_lock:
+            if not self._db_ready:
+                self._create_database()
+
+    def _create_database(self) -> None:
         try:
-            self._client.create_database()
+            self._http().create_database()
         except InfluxQueryError as exc:
             raise _RetryLaterError(
                 HistorianEventKind.SERVER_DOWN,
@@ -664,7 +826,7 @@ class InfluxHistorian:
 
     def _deliver_batches(self, batches: list[Batch]) -> list[tuple[list[str], int, str]]:
         """Send buffered ``batches`` in one request; split into lines only after a 4xx."""
-        body = "\n".join(b.body for b in batches).encode("utf-8")
+        body = batches[0].body if len(batches) == 1 else b"\n".join(b.body for b in batches)
         lines: list[str] | None = None
         return self._deliver(lines, body, batches)
 
@@ -679,7 +841,7 @@ class InfluxHistorian:
             assert lines is not None
             body = "\n".join(lines).encode("utf-8")
         try:
-            r = self._client.write(body)
+            r = self._http().write(body)
         except httpx.HTTPError as exc:
             raise _RetryLaterError(
                 HistorianEventKind.SERVER_DOWN,
@@ -699,19 +861,20 @@ class InfluxHistorian:
                 RuntimeError(reason),
             )
         if status == 404 and "database not found" in reason:
-            self._db_ready = not self.config.create_database
-            if self._db_ready:
+            if not self.config.create_database:
                 raise _RetryLaterError(
                     HistorianEventKind.SERVER_DOWN,
                     f"database {self.config.database!r} does not exist at {self.config.url} "
                     "(create_database is off); records stay in the buffer, retrying",
                     RuntimeError(reason),
                 )
-            self._ensure_database()
-            self._emit(
-                HistorianEventKind.DATABASE_CREATED,
-                f"created database {self.config.database!r} at {self.config.url}",
-            )
+            with self._db_lock:
+                self._db_ready = False
+                self._create_database()
+                self._emit(
+                    HistorianEventKind.DATABASE_CREATED,
+                    f"created database {self.config.database!r} at {self.config.url}",
+                )
             return self._deliver(lines, body, batches)
         if status >= 500 or status in (404, 408, 429):
             raise _RetryLaterError(

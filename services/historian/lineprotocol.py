@@ -45,6 +45,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Final, cast
 
 from bpcontrol.records import (
@@ -395,24 +396,29 @@ class LineEncoder:
         t_h = float(record.t_h)
         nodes = record.t_nodes_h
         n = len(nodes)
-        _finite(record, "t_nodes_h", tuple(f"[{k}]" for k in range(n)), nodes)
+        isfinite = math.isfinite
+        if not all(map(isfinite, nodes)):
+            _finite(record, "t_nodes_h", None, nodes)
         for name, xs in record.x_pred.items():
             if len(xs) != n:
                 raise RecordRefusedError(
                     f"PlanRecord.x_pred[{name!r}] has {len(xs)} values for {n} node times"
                 )
-            _finite(record, f"x_pred[{name!r}]", None, xs)
+            if not all(map(isfinite, xs)):
+                _finite(record, f"x_pred[{name!r}]", None, xs)
         for name, us in record.u_plan.items():
             if n == 0 or len(us) != n - 1:
                 raise RecordRefusedError(
                     f"PlanRecord.u_plan[{name!r}] has {len(us)} values for {n} node times "
                     f"(expected {max(n - 1, 0)})"
                 )
-            _finite(record, f"u_plan[{name!r}]", None, us)
-        # one column of "key=value" texts per state and input, joined row-wise per node
+            if not all(map(isfinite, us)):
+                _finite(record, f"u_plan[{name!r}]", None, us)
+        # one column of "key=value" texts per state and input, joined row-wise per node:
+        # node k's fields are its states, its inputs (k < N), t_h (its time) and the tail
         x_heads = self._heads("x", tuple(record.x_pred))
         u_heads = self._heads("u", tuple(record.u_plan))
-        cols = [
+        xcols = [
             list(map(head.__add__, map(repr, xs)))
             for head, xs in zip(x_heads, record.x_pred.values(), strict=True)
         ]
@@ -420,19 +426,66 @@ class LineEncoder:
             list(map(head.__add__, map(repr, us)))
             for head, us in zip(u_heads, record.u_plan.values(), strict=True)
         ]
-        x_rows = list(map(",".join, zip(*cols, strict=True))) if cols else [""] * n
-        u_rows = list(map(",".join, zip(*ucols, strict=True))) if ucols else []
-        tail = f"plan_t_h={t_h!r},run_id={rid}"
-        lines: list[str] = []
-        for k in range(n):
-            series = self._pred_series(run, k)
-            node = nodes[k]
-            ts = self._stamp(record, series, start, node)
-            parts = [x_rows[k]] if x_rows[k] else []
-            if k < len(u_rows) and u_rows[k]:
-                parts.append(u_rows[k])
-            parts.append(f"t_h={node!r},{tail}")
-            lines.append(f"{series} {','.join(parts)} {ts}")
+        tcol = list(map("t_h=".__add__, map(repr, nodes)))
+        tail = f",plan_t_h={t_h!r},run_id={rid} "
+        if ucols:  # nodes 0 .. N-1 with inputs (zip stops at the shorter input columns)
+            rows = list(map(",".join, zip(*xcols, *ucols, tcol, strict=False)))
+            rows.append(",".join([*(c[-1] for c in xcols), tcol[-1]]))
+        else:
+            rows = list(map(",".join, zip(*xcols, tcol, strict=True)))
+        # timestamps: as _stamp, for all nodes at once (the node times are finite)
+        us_all = [round(node * _US_PER_H) for node in nodes]
+        if n and not (
+            _TS_MIN <= start + min(us_all) * 1000 and start + max(us_all) * 1000 <= _TS_MAX - 1000
+        ):
+            raise RecordRefusedError(
+                f"PlanRecord: a node time after the run start is outside the timestamps "
+                f"InfluxDB stores (years 1677-2262): t_nodes_h from {min(nodes)!r} to "
+                f"{max(nodes)!r} h"
+            )
+        preds = self._pred_list(run, n)[:n]
+        last = self._last
+        prevs = list(map(last.get, preds))
+        for prev, node_us in zip(prevs, us_all, strict=True):
+            if prev is not None and prev[0] == node_us:
+                break  # a node at the same microsecond as that series' last point
+        else:  # the usual case: no offsets, every node at once
+            self._undo.extend(zip(preds, prevs, strict=True))
+            last.update(zip(preds, zip(us_all, repeat(0)), strict=False))
+            lines = [
+                f"{series} {row}{tail}{start + node_us * 1000}"
+                for series, row, node_us in zip(preds, rows, us_all, strict=True)
+            ]
+            return [self._plan_point(record, run, start, rid, t_h, nodes), *lines]
+        undo = self._undo
+        lines = []
+        for series, node_us, row in zip(preds, us_all, rows, strict=True):
+            prev = last.get(series)
+            undo.append((series, prev))
+            if prev is not None and prev[0] == node_us:
+                offset = prev[1] + 1
+                if offset >= 1000:
+                    raise RecordRefusedError(
+                        "PlanRecord: over 1000 points of one series at "
+                        f"t_h={node_us / _US_PER_H!r} h"
+                    )
+            else:
+                offset = 0
+            last[series] = (node_us, offset)
+            lines.append(f"{series} {row}{tail}{start + node_us * 1000 + offset}")
+        return [self._plan_point(record, run, start, rid, t_h, nodes), *lines]
+
+    def _plan_point(
+        self,
+        record: PlanRecord,
+        run: RunIdentity,
+        start: int,
+        rid: str,
+        t_h: float,
+        nodes: Sequence[float],
+    ) -> str:
+        """The ``plan`` point of a plan (its status, solve time, horizon, message)."""
+        n = len(nodes)
         series = self._series("plan", run, (("status", str(record.status)),))
         fields = []
         solve = float(record.solve_time_s)
@@ -442,17 +495,17 @@ class LineEncoder:
         fields.append(f"n_nodes={n}i,horizon_h={horizon!r}")
         fields.append(f"message={escape_string(record.message)}")
         ts = self._stamp(record, series, start, t_h)
-        # the plan's own point first: its status is the step's outcome
-        return [f"{series} {','.join(fields)},t_h={t_h!r},run_id={rid} {ts}", *lines]
+        # the plan's own point goes first: its status is the step's outcome
+        return f"{series} {','.join(fields)},t_h={t_h!r},run_id={rid} {ts}"
 
-    def _pred_series(self, run: RunIdentity, k: int) -> str:
-        """The ``plan_prediction`` series of node ``k`` of ``run``'s plans, cached."""
+    def _pred_list(self, run: RunIdentity, n: int) -> list[str]:
+        """The ``plan_prediction`` series of nodes 0 .. n-1 of ``run``'s plans, cached."""
         if run is not self._pred_run:
             self._pred_run, self._preds = run, []
         preds = self._preds
-        while len(preds) <= k:
+        while len(preds) < n:
             preds.append(self._series("plan_prediction", run, (("k", str(len(preds))),)))
-        return preds[k]
+        return preds
 
 
 def _finite(
