@@ -39,11 +39,11 @@ import enum
 import logging
 import math
 import queue
+import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +103,8 @@ class HistorianEventKind(enum.StrEnum):
     """Delivery works again after a failure (the buffer drains)."""
     AUTH_FAILED = "auth-failed"
     """The server refused the credentials (401/403); retrying, nothing set aside."""
+    TLS_FAILED = "tls-failed"
+    """The server's TLS certificate could not be verified; retrying, nothing sent."""
     SET_ASIDE = "set-aside"
     """Lines the server refused with a 4xx were set aside in the dead-letter table."""
     DATABASE_CREATED = "database-created"
@@ -661,22 +663,45 @@ class InfluxHistorian:
         return True
 
     def _forward_loop(self) -> None:
-        pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="influx-send")
+        jobs: queue.SimpleQueue[_Send | None] = queue.SimpleQueue()
+        senders = [
+            threading.Thread(
+                target=self._send_loop,
+                args=(jobs,),
+                name=f"influx-send-{i}:{self.buffer_path.name}",
+                daemon=True,
+            )
+            for i in range(self._max_in_flight)
+        ]
+        for t in senders:
+            t.start()
         try:
-            self._forward(pool)
+            self._forward(jobs)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for _ in senders:
+                jobs.put(None)
+            for t in senders:
+                t.join(self.config.timeout_s + 1.0)
             with self._clients_lock:
                 for client in self._clients:
                     client.close()
                 self._clients.clear()
 
-    def _forward(self, pool: ThreadPoolExecutor) -> None:
+    def _send_loop(self, jobs: queue.SimpleQueue[_Send | None]) -> None:
+        """A sending thread: deliver the chunks of each job (own keep-alive connection)."""
+        while (job := jobs.get()) is not None:
+            try:
+                job.refused = self._deliver_batches(job.chunks)
+            except BaseException as exc:  # handed to the forwarder, which decides
+                job.error = exc
+            job.done.set()
+
+    def _forward(self, jobs: queue.SimpleQueue[_Send | None]) -> None:
         """Send the chunks in id order, up to ``max_in_flight`` requests at once while the
         server takes them (one at a time after a failure); acknowledge strictly in order."""
         backoff = 0.0
         down = False
-        inflight: deque[tuple[list[Batch], Future[list[tuple[list[str], int, str]]]]] = deque()
+        inflight: deque[_Send] = deque()
         again: deque[list[Batch]] = deque()  # taken, to be sent again (after a failure)
         last_id = -1  # the highest chunk id taken
         acked_id = -1  # the highest chunk id acknowledged (or set aside)
@@ -700,7 +725,9 @@ class InfluxHistorian:
                         if not chunks:
                             break
                         last_id = chunks[-1].id
-                    inflight.append((chunks, pool.submit(self._deliver_batches, chunks)))
+                    job = _Send(chunks)
+                    jobs.put(job)
+                    inflight.append(job)
                 if not inflight:
                     if acked_id > deleted_id and self._delete_acknowledged(acked_id):
                         deleted_id = acked_id
@@ -713,18 +740,13 @@ class InfluxHistorian:
                     self._new_data.wait(1.0)
                     self._new_data.clear()
                     continue
-                chunks, future = inflight.popleft()
+                head = inflight.popleft()
+                chunks = head.chunks
                 try:
-                    refused = future.result()
+                    refused = head.result()
                 except _RetryLaterError as exc:
                     # later requests are sent again after this one, whatever they got
-                    redo = [chunks]
-                    for later, f in inflight:
-                        with contextlib.suppress(Exception):
-                            f.result()
-                        redo.append(later)
-                    inflight.clear()
-                    again.extendleft(reversed(redo))
+                    again.extendleft(reversed([chunks, *_settle(inflight)]))
                     self._last_error = exc.cause
                     if not down:
                         down = True
@@ -738,13 +760,7 @@ class InfluxHistorian:
                         self._forward_buf.acknowledge(upto, refused)
                     except Exception as exc:  # locked: send them again (4xx again)
                         self._last_error = exc
-                        redo = [chunks]
-                        for later, f in inflight:
-                            with contextlib.suppress(Exception):
-                                f.result()
-                            redo.append(later)
-                        inflight.clear()
-                        again.extendleft(reversed(redo))
+                        again.extendleft(reversed([chunks, *_settle(inflight)]))
                         self._sleep(0.05)
                         continue
                     deleted_id = upto
@@ -781,8 +797,7 @@ class InfluxHistorian:
                 backoff = 0.0
                 self._check_level()
         finally:
-            for _, f in inflight:  # answers not waited for: those chunks are sent again
-                f.cancel()
+            _settle(inflight)  # answers not acknowledged: those chunks are sent again
             if acked_id > deleted_id:
                 self._delete_acknowledged(acked_id)
 
@@ -816,6 +831,15 @@ class InfluxHistorian:
         try:
             self._http().create_database()
         except InfluxQueryError as exc:
+            if _certificate_refused(exc):
+                raise self._tls_error(exc) from exc
+            if exc.status in (401, 403):
+                raise _RetryLaterError(
+                    HistorianEventKind.AUTH_FAILED,
+                    f"InfluxDB at {self.config.url} refused the credentials ({exc}); check the "
+                    "token or user; records stay in the buffer, retrying",
+                    exc,
+                ) from exc
             raise _RetryLaterError(
                 HistorianEventKind.SERVER_DOWN,
                 f"cannot create database {self.config.database!r} at {self.config.url}: "
@@ -843,6 +867,8 @@ class InfluxHistorian:
         try:
             r = self._http().write(body)
         except httpx.HTTPError as exc:
+            if _certificate_refused(exc):
+                raise self._tls_error(exc) from exc
             raise _RetryLaterError(
                 HistorianEventKind.SERVER_DOWN,
                 f"InfluxDB at {self.config.url} unreachable ({type(exc).__name__}: {exc}); "
@@ -891,10 +917,63 @@ class InfluxHistorian:
         mid = len(lines) // 2
         return self._deliver(lines[:mid]) + self._deliver(lines[mid:])
 
+    def _tls_error(self, exc: BaseException) -> _RetryLaterError:
+        return _RetryLaterError(
+            HistorianEventKind.TLS_FAILED,
+            f"the TLS certificate of {self.config.url} could not be verified ({exc}); "
+            "nothing is sent to a server this process cannot trust: give its CA as ca_file "
+            "(BPCONTROL_INFLUX_CA_FILE); records stay in the buffer, retrying",
+            exc,
+        )
+
     def _close_at_exit(self) -> None:
         """At interpreter exit, commit what is queued to the buffer file (bounded)."""
         with contextlib.suppress(HistorianError):
             self.close(timeout_s=10.0)
+
+
+class _Send:
+    """One request of the forwarder: its chunks, and the outcome once ``done``."""
+
+    __slots__ = ("chunks", "done", "error", "refused")
+
+    def __init__(self, chunks: list[Batch]) -> None:
+        self.chunks = chunks
+        self.done = threading.Event()
+        self.refused: list[tuple[list[str], int, str]] = []
+        self.error: BaseException | None = None
+
+    def result(self) -> list[tuple[list[str], int, str]]:
+        """The refused lines once answered (raises what delivering raised)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.refused
+
+
+def _settle(inflight: deque[_Send]) -> list[list[Batch]]:
+    """Wait for the requests in flight and forget their answers (sent again later):
+    their chunks, in order."""
+    out = []
+    while inflight:
+        job = inflight.popleft()
+        job.done.wait()
+        out.append(job.chunks)
+    return out
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is a failed verification of the server certificate."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _RetryLaterError(Exception):

@@ -70,7 +70,11 @@ class InfluxConfigError(ValueError):
 
 
 class InfluxQueryError(RuntimeError):
-    """The server answered a query with an error (or could not be reached)."""
+    """The server answered a query with an error (or could not be reached: ``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ class InfluxClient:
             message = body.get("error") if isinstance(body, dict) else None
             raise InfluxQueryError(
                 f"{self.config.url}: query {q[:120]!r} answered {r.status_code}: "
-                f"{message or r.text[:200]}"
+                f"{message or r.text[:200]}",
+                r.status_code,
             )
         results: list[dict[str, Any]] = body.get("results", [])
         for res in results:

@@ -12,9 +12,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -37,7 +39,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   enabled = true
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
-
+{http_extra}
 [monitor]
   store-enabled = false
 
@@ -54,24 +56,62 @@ def free_port() -> int:
 
 
 class InfluxServer:
-    """One ``influxd`` process over the data folder ``root``; the ports stay fixed over restarts."""
+    """One ``influxd`` process over the data folder ``root``; the ports stay fixed over restarts.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: its data folder.
+        http_port: the HTTP port (default: a free one).
+        auth: ``auth-enabled = true``; :meth:`start` then creates the admin user
+            ``credentials`` (the first user needs no authentication), with which
+            :meth:`query` and :meth:`count` authenticate.
+        tls: (certificate file, private key file, CA file): HTTPS only
+            (``https-enabled``); the helper's own requests trust the CA file.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        http_port: int | None = None,
+        auth: bool = False,
+        credentials: tuple[str, str] = ("admin", "admin-secret"),
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.http_port = free_port()
+        self.http_port = free_port() if http_port is None else http_port
         self.rpc_port = free_port()
+        self.auth = auth
+        self.credentials = credentials
+        self.tls = tls
+        extra = "  auth-enabled = true\n" if auth else ""
+        if tls is not None:
+            extra += (
+                "  https-enabled = true\n"
+                f'  https-certificate = "{tls[0]}"\n  https-private-key = "{tls[1]}"\n'
+            )
         self.config = self.root / "influxdb.conf"
         self.config.write_text(
-            _CONFIG.format(root=self.root, rpc_port=self.rpc_port, http_port=self.http_port)
+            _CONFIG.format(
+                root=self.root, rpc_port=self.rpc_port, http_port=self.http_port, http_extra=extra
+            )
         )
         self.log = self.root / "influxd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The HTTP API's base URL (``http://127.0.0.1:PORT``)."""
-        return f"http://127.0.0.1:{self.http_port}"
+        """The HTTP API's base URL (``http://127.0.0.1:PORT``, ``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
+
+    def _client_args(self) -> dict[str, Any]:
+        """How the helper's own requests verify and authenticate."""
+        args: dict[str, Any] = {}
+        if self.tls is not None:
+            args["verify"] = ssl.create_default_context(cafile=str(self.tls[2]))
+        if self.auth:
+            args["auth"] = self.credentials
+        return args
 
     @property
     def running(self) -> bool:
@@ -91,7 +131,9 @@ class InfluxServer:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(timeout=1.0) as client:
+        args = self._client_args()
+        args.pop("auth", None)
+        with httpx.Client(timeout=1.0, **args) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
@@ -99,6 +141,17 @@ class InfluxServer:
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.url}/ping").status_code == 204:
+                        if self.auth:  # the first user may be created without credentials
+                            user, password = self.credentials
+                            r = client.post(
+                                f"{self.url}/query",
+                                data={
+                                    "q": f"CREATE USER \"{user}\" WITH PASSWORD '{password}' "
+                                    "WITH ALL PRIVILEGES"
+                                },
+                                auth=self.credentials,
+                            )
+                            r.raise_for_status()
                         return
                 time.sleep(0.05)
         self.stop()
@@ -124,7 +177,7 @@ class InfluxServer:
         params = {"q": q, "epoch": "ns"}
         if database:
             params["db"] = database
-        r = httpx.post(f"{self.url}/query", data=params, timeout=30.0)
+        r = httpx.post(f"{self.url}/query", data=params, timeout=30.0, **self._client_args())
         r.raise_for_status()
         out: dict[str, object] = r.json()
         return out
