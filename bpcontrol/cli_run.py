@@ -18,6 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import SplitResult, urlsplit
 
 import typer
 from rich.console import Console
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from bpcontrol.runspec import RunSpec
     from hil.runner import RunResult
 
-__all__ = ["run_command"]
+__all__ = ["check_plant_url", "device_plant", "run_command"]
 
 DEFAULT_MODEL = "ecoli_fedbatch"
 
@@ -119,36 +120,66 @@ def _ending(result: RunResult) -> str:
     return f"run {result.state}: {result.reason} (what ran is kept in {result.run_dir})"
 
 
-def _device_plant(
-    url: str, mapping: Path | None, security: Path | None, run: Any, speed: float
-) -> Any:
-    """The gateway of ``--plant`` (connected), after checking the options that go with it."""
-    from urllib.parse import urlsplit
+def check_plant_url(url: str, option: str) -> SplitResult:
+    """``url`` split, once it is an ``opcua://``, ``opc.tcp://`` or ``mqtt://`` URL with a
+    host and a port (ValueError naming ``option`` otherwise)."""
+    problem = f"{option} must be opcua://HOST:PORT[/PATH] or mqtt://HOST:PORT, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number or out of range, a bad IPv6 address
+        raise ValueError(problem) from None
+    if parts.scheme not in ("opcua", "opc.tcp", "mqtt") or not parts.hostname or not port:
+        raise ValueError(problem)
+    return parts
 
-    from bpcontrol.interfaces import PlantError
+
+def device_plant(
+    url: str, mapping: Path, security: Path, model: Any, *, option: str = "--plant"
+) -> Any:
+    """The edge gateway (:mod:`services.edge`) to the device at ``url``, connected: the
+    plant of ``bpcontrol run --plant`` and of a device reactor of ``bpcontrol serve``.
+
+    ``url`` is ``opcua://HOST:PORT[/PATH]`` (``opc.tcp://`` too; path default
+    ``/bpcontrol/``) or ``mqtt://HOST:PORT``; ``mapping`` the device's mapping file (TOML,
+    checked against ``model``); ``security`` the controller's login (``bpcontrol device
+    serve`` writes one). ``option`` names the setting in error messages.
+
+    Raises:
+        ValueError: a malformed ``url``, mapping or login file (the message names it).
+        bpcontrol.interfaces.PlantError: the gateway could not connect to the device.
+    """
     from services.edge.credentials import load_mqtt_security, load_opcua_security
     from services.edge.mapping import load_mapping
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("opcua", "opc.tcp", "mqtt") or not parts.hostname or not parts.port:
-        raise ValueError(
-            f"--plant must be opcua://HOST:PORT[/PATH] or mqtt://HOST:PORT, got {url!r}"
-        )
+    parts = check_plant_url(url, option)
+    device_map = load_mapping(mapping, model)
+    assert parts.hostname is not None and parts.port is not None  # checked by _plant_url
+    if parts.scheme == "mqtt":
+        from services.edge.mqtt_gateway import MqttPlant
+
+        login = load_mqtt_security(security)
+        return MqttPlant(parts.hostname, parts.port, device_map, security=login)
+    from services.edge.opcua_gateway import OpcUaPlant
+
+    endpoint = f"opc.tcp://{parts.hostname}:{parts.port}{parts.path or '/bpcontrol/'}"
+    return OpcUaPlant(endpoint, device_map, security=load_opcua_security(security))
+
+
+def _device_plant(
+    url: str, mapping: Path | None, security: Path | None, run: Any, speed: float
+) -> Any:
+    """The gateway of ``--plant`` (connected, :func:`device_plant`), after checking the
+    options that go with it; a device that cannot be reached exits 1."""
+    from bpcontrol.interfaces import PlantError
+
+    check_plant_url(url, "--plant")
     if mapping is None or security is None:
         raise ValueError("--plant needs --device-mapping FILE and --device-security FILE")
     if math.isinf(speed):
         raise ValueError("--plant needs --speed-up N, the device's clock speed (a device is paced)")
-    device_map = load_mapping(mapping, run.model)
     try:
-        if parts.scheme == "mqtt":
-            from services.edge.mqtt_gateway import MqttPlant
-
-            login = load_mqtt_security(security)
-            return MqttPlant(parts.hostname, parts.port, device_map, security=login)
-        from services.edge.opcua_gateway import OpcUaPlant
-
-        endpoint = f"opc.tcp://{parts.hostname}:{parts.port}{parts.path or '/bpcontrol/'}"
-        return OpcUaPlant(endpoint, device_map, security=load_opcua_security(security))
+        return device_plant(url, mapping, security, run.model)
     except PlantError as exc:
         fail(exc, 1)
 

@@ -2,12 +2,25 @@
 
 Part of the composition root (it may import ``hil`` and ``services``). Each reactor is a
 run spec (``--spec FILE``) or a pack (``--pack NAME_OR_DIR``, repeated or ``--reactors N``
-copies, named R1, R2, ...); its loop runs in its own thread against the pack's simulated
-plant on a paced clock, writing to an embedded historian (``<out>/<reactor>/records.sqlite``)
-through the API's record tee (:class:`services.api.reactors.RecordTee`). The API (uvicorn)
-serves on the main thread; Ctrl-C or SIGTERM stops the server, then the loops at their next
-tick, closes the historians and prints the audit file's head (``SEQ:HASH``, for
+copies, named R1, R2, ...); its loop runs in its own thread on a paced clock, writing to an
+embedded historian (``<out>/<reactor>/records.sqlite``) through the API's record tee
+(:class:`services.api.reactors.RecordTee`). The API (uvicorn) serves on the main thread;
+Ctrl-C or SIGTERM stops the server, then the loops at their next tick, closes the
+historians (and the device gateways) and prints the audit file's head (``SEQ:HASH``, for
 ``bpcontrol audit verify --head``).
+
+Each reactor's plant is the pack's simulator, unless ``--devices FILE`` names the reactor:
+then its loop drives that device through the edge gateway (OPC UA or MQTT), built by the
+same code as ``bpcontrol run --plant`` (:func:`bpcontrol.cli_run.device_plant`). The file
+has one table per reactor::
+
+    [R1]
+    plant = "opcua://127.0.0.1:4840/bpcontrol/"   # or mqtt://HOST:PORT
+    mapping = "ecoli_reactor.toml"                # the device mapping (docs/device-mapping.md)
+    security = "device/controller.toml"           # the controller's login
+
+(relative paths from the file's folder). A device is paced by its own clock: ``--speed-up``
+must be the device's speed.
 
 Without ``--config`` it runs in demo mode, and says so: a random token secret and one user
 per role with a random password printed once, loopback only. With ``--config`` the
@@ -43,7 +56,67 @@ if TYPE_CHECKING:
     from bpcontrol.runspec import RunSpec
     from services.api.reactors import ReactorHandle
 
-__all__ = ["Served", "build_served", "serve_command", "specs_for"]
+__all__ = ["DevicePlant", "Served", "build_served", "load_devices", "serve_command", "specs_for"]
+
+
+@dataclass(frozen=True)
+class DevicePlant:
+    """Where one reactor's device is (a table of the ``--devices`` file).
+
+    Attributes:
+        url: the gateway URL, ``opcua://HOST:PORT[/PATH]`` or ``mqtt://HOST:PORT``.
+        mapping: the device's mapping file (TOML).
+        security: the controller's login file (``bpcontrol device serve`` writes one).
+        where: the file and table it came from, for messages (``devices.toml [R1]``).
+    """
+
+    url: str
+    mapping: Path
+    security: Path
+    where: str = ""
+
+
+_DEVICE_KEYS = ("plant", "mapping", "security")
+
+
+def load_devices(path: Path, reactors: list[str]) -> dict[str, DevicePlant]:
+    """The ``--devices`` file: one :class:`DevicePlant` per reactor it names.
+
+    Raises:
+        ValueError: an unreadable file, a table for a reactor that is not served, a missing,
+            unknown or empty key, or a file the table names that does not exist (one line
+            naming the file and key).
+    """
+    from bpcontrol.cli_run import check_plant_url
+    from bpcontrol.tomlfile import read_toml
+
+    doc = read_toml(path, "devices file", ValueError)
+    out: dict[str, DevicePlant] = {}
+    for reactor, table in doc.items():
+        if reactor not in reactors:
+            raise ValueError(f"{path}: [{reactor}]: no such reactor; reactors are {reactors}")
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: {reactor}: must be a table with {list(_DEVICE_KEYS)}")
+        unknown = sorted(set(table) - set(_DEVICE_KEYS))
+        if unknown:
+            raise ValueError(f"{path}: {reactor}.{unknown[0]}: unknown key; use {_DEVICE_KEYS}")
+        values: dict[str, str] = {}
+        for key in _DEVICE_KEYS:
+            value = table.get(key)
+            if not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"{path}: {reactor}.{key}: must be a non-empty string")
+            values[key] = value
+        check_plant_url(values["plant"], f"{path} [{reactor}].plant")
+        files = {}
+        for key in ("mapping", "security"):
+            where = path.parent / values[key]
+            if not where.is_file():
+                raise ValueError(f"{path}: {reactor}.{key}: no such file {where}")
+            files[key] = where
+        out[reactor] = DevicePlant(
+            values["plant"], files["mapping"], files["security"], f"{path} [{reactor}]"
+        )
+    return out
 
 
 @dataclass
@@ -53,6 +126,7 @@ class Served:
     handle: ReactorHandle
     clock: PacedClock
     duration_h: float | None = None
+    plant_label: str = "simulated plant"
     summary: RunSummary | None = None
     error: BaseException | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
@@ -71,26 +145,47 @@ class Served:
             self.error = exc
 
     def stop(self, reason: str, timeout_s: float = 30.0) -> None:
-        """Stop the loop at its next tick, wait for it, close the historian (ends streams)."""
+        """Stop the loop at its next tick, wait for it, close the historian (ends streams)
+        and the plant when it has a ``close`` (a device gateway)."""
         self.handle.loop.request_stop(reason)
         if self.thread is not None:
             self.thread.join(timeout_s)
         self.handle.tee.close()
+        close = getattr(self.handle.loop.plant, "close", None)
+        if callable(close):
+            close()
 
 
 def build_served(
-    spec: RunSpec, *, folder: Path, speed_up: float, duration_h: float | None = None
+    spec: RunSpec,
+    *,
+    folder: Path,
+    speed_up: float,
+    duration_h: float | None = None,
+    device: DevicePlant | None = None,
 ) -> Served:
-    """Build one reactor's loop (not started): simulated plant, historian in ``folder``."""
+    """Build one reactor's loop (not started), its historian in ``folder``: on the pack's
+    simulated plant, or on ``device`` through its edge gateway (connected here; raises
+    :class:`bpcontrol.interfaces.PlantError` when the device cannot be reached, ValueError
+    for a bad URL, mapping or login)."""
     from bpcontrol.assembly import build_loop
+    from bpcontrol.cli_run import device_plant
     from bpcontrol.clock import PacedClock
+    from bpcontrol.interfaces import Plant
     from bpcontrol.runspec import resolve
     from hil.runner import pack_scenario, simulated_plant
     from services.api.reactors import ReactorHandle, RecordTee
     from services.historian import EmbeddedHistorian
 
     run = resolve(spec)
-    plant = simulated_plant(run, pack_scenario(run), seed=spec.seed)
+    plant: Plant
+    if device is None:
+        plant = simulated_plant(run, pack_scenario(run), seed=spec.seed)
+        label = "simulated plant"
+    else:
+        option = f"{device.where}.plant" if device.where else "plant"
+        plant = device_plant(device.url, device.mapping, device.security, run.model, option=option)
+        label = f"device {device.url} (mapping {device.mapping})"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "run.toml").write_text(spec.to_toml(), encoding="utf-8")
     path = folder / "records.sqlite"
@@ -104,7 +199,7 @@ def build_served(
         records_path=path,
         state_names=tuple(run.model.state_names),
     )
-    return Served(handle, clock, duration_h)
+    return Served(handle, clock, duration_h, label)
 
 
 def specs_for(
@@ -134,6 +229,42 @@ def specs_for(
     if len(set(ids)) != len(ids):
         raise ValueError(f"two run specs name the same reactor: {ids}")
     return specs
+
+
+def _build_all(
+    specs: list[RunSpec],
+    root: Path,
+    pace: float,
+    duration_h: float | None,
+    on_device: dict[str, DevicePlant],
+) -> list[Served]:
+    """Every reactor's loop (not started); a device that cannot be reached exits 1, after
+    closing the gateways already connected."""
+    from bpcontrol.interfaces import PlantError
+
+    served: list[Served] = []
+    try:
+        for s in specs:
+            rid = s.identity.reactor
+            served.append(
+                build_served(
+                    s,
+                    folder=root / rid,
+                    speed_up=pace,
+                    duration_h=duration_h,
+                    device=on_device.get(rid),
+                )
+            )
+    except BaseException as exc:
+        for done in served:
+            close = getattr(done.handle.loop.plant, "close", None)
+            if callable(close):
+                close()
+            done.handle.tee.close()
+        if isinstance(exc, PlantError):
+            fail(exc, 1)
+        raise
+    return served
 
 
 def _server_class(base: type[uvicorn.Server]) -> type[uvicorn.Server]:
@@ -214,6 +345,13 @@ def serve_command(
     hash_password: Annotated[
         bool, typer.Option(help="Read a password on stdin, print its argon2 hash, exit.")
     ] = False,
+    devices: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML naming, per reactor, a device to drive through the edge gateway "
+            "(plant URL, mapping, security); other reactors run on simulated plants."
+        ),
+    ] = None,
 ) -> None:
     """Run loops and the live API; demo mode (random credentials) without --config."""
     if hash_password:
@@ -245,11 +383,10 @@ def serve_command(
         root = out or Path("runs") / f"serve-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         check_output_folder(root, "--out")
         specs = specs_for(pack or [], spec or [], reactors, controller=controller, seed=seed)
+        ids = [s.identity.reactor for s in specs]
+        on_device = load_devices(devices, ids) if devices is not None else {}
         audit = AuditChain(root / "audit.jsonl")
-        served = [
-            build_served(s, folder=root / s.identity.reactor, speed_up=pace, duration_h=duration_h)
-            for s in specs
-        ]
+        served = _build_all(specs, root, pace, duration_h, on_device)
     app = create_app(settings=settings, reactors=[s.handle for s in served], audit=audit)
     # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every connection (with proto 0 it
     # does not, and Nagle's algorithm with delayed ACKs adds 40 ms to each response)
@@ -264,9 +401,12 @@ def serve_command(
     scheme = "https" if tls else "http"
     bound = sock.getsockname()[1]
     if settings.demo:
-        typer.echo("DEMO MODE: simulated plants, random credentials (shown once), loopback only")
+        plants = "simulated plants" if not on_device else "plants as listed"
+        typer.echo(f"DEMO MODE: {plants}, random credentials (shown once), loopback only")
         for name, password in settings.demo_passwords.items():
             typer.echo(f"  user {name:9s} password {password}")
+    for s in served:
+        typer.echo(f"  reactor {s.handle.id}: {s.plant_label}")
     typer.echo(f"reactors: {', '.join(s.handle.id for s in served)}; records in {root}")
     typer.echo(f"serving on {scheme}://{host}:{bound}/api/v1 (audit file {audit.path})")
     sys.stdout.flush()
