@@ -75,6 +75,7 @@ from bpcontrol.records import (
     RunIdentity,
     SetpointRecord,
 )
+from services.historian._batching import STOP, WAKE, Retry, gather
 from services.historian._validation import RUN_FIELDS
 from services.historian._validation import validate as _validate
 
@@ -440,10 +441,6 @@ def _max_seq(conn: sqlite3.Connection) -> int:
     return max(values, default=0)
 
 
-_STOP: Final = object()
-_WAKE: Final = object()
-
-
 class EmbeddedHistorian:
     """A :class:`bpcontrol.interfaces.Historian` that stores records in a SQLite file.
 
@@ -503,9 +500,8 @@ class EmbeddedHistorian:
         self._synchronous = synchronous
         self._checkpoint_interval = float(checkpoint_interval_s)
         self._last_checkpoint = time.monotonic()
-        self._failing_since: float | None = None
+        self._retry = Retry(max_backoff_s)  # backoff, and since when storing fails
         self._abandoned = False
-        self._failure_cause: BaseException | None = None
         self._run_key: dict[RunIdentity, int] = {}  # run table keys (writer thread only)
 
         try:
@@ -562,7 +558,7 @@ class EmbeddedHistorian:
             writer keeps trying; see :attr:`pending` and :attr:`last_error`).
         """
         target = self._accepted
-        self._queue.put(_WAKE)
+        self._queue.put(WAKE)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._done:
             while self._stored < target:
@@ -588,7 +584,7 @@ class EmbeddedHistorian:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(_STOP)
+                self._queue.put(STOP)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             raise HistorianError(
@@ -605,7 +601,7 @@ class EmbeddedHistorian:
         with self._lock:
             self._closed = True
             self._abandoned = True
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
         self._thread.join(self._max_backoff + self._busy_timeout + 1.0)
         atexit.unregister(self._close_at_exit)
         return self.pending
@@ -627,14 +623,13 @@ class EmbeddedHistorian:
 
     def failing_for_s(self) -> float:
         """How long (s) storing has failed without a success in between; 0 when healthy."""
-        since = self._failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        return self._retry.failing_for_s()
 
     @property
     def failure_cause(self) -> BaseException | None:
         """The error that began the current run of failed batches (a full disk, say; later
         retries may fail differently), or None while storing works."""
-        return self._failure_cause if self._failing_since is not None else None
+        return self._retry.failure_cause
 
     @property
     def closed(self) -> bool:
@@ -673,34 +668,15 @@ class EmbeddedHistorian:
             self.close(timeout_s=10.0)
 
     def _gather(self, batch: list[Any], block: bool) -> bool:
-        """Move queued records into ``batch``; True when the stop mark was seen.
-
-        Blocks for the first item when ``block``. Then gathers for up to the batch interval,
-        and returns early (to commit) on a full batch, a flush request or the stop mark,
-        taking along only what is already queued.
-        """
-        q = self._queue
-        try:
-            item = q.get() if block else q.get_nowait()
-        except queue.Empty:
-            return False
-        deadline = time.monotonic() + self._interval
-        urgent = False
-        stop = False
-        while True:
-            if item is _STOP:
-                stop = urgent = True
-            elif item is _WAKE:
-                urgent = True
-            else:
-                batch.append(item)
-            if len(batch) >= self._max_batch:
-                return stop
-            remaining = 0.0 if urgent else deadline - time.monotonic()
-            try:
-                item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
-            except queue.Empty:
-                return stop
+        """Move queued records into ``batch`` (:func:`services.historian._batching.gather`:
+        up to ``batch_interval_s`` or ``max_batch`` records); True at the stop mark."""
+        return gather(
+            self._queue,
+            block=block,
+            interval_s=self._interval,
+            take=batch.append,
+            full=lambda: len(batch) >= self._max_batch,
+        )
 
     def _store(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         """Insert ``batch`` in one transaction (all or nothing).
@@ -736,7 +712,7 @@ class EmbeddedHistorian:
         batch: list[Any] = []
         conn: sqlite3.Connection | None = None
         stop = False
-        backoff = 0.0
+        retry = self._retry
         while True:
             if not stop:
                 # Block for work only when nothing is waiting to be retried.
@@ -748,20 +724,16 @@ class EmbeddedHistorian:
                     self._store(conn, batch)
                 except Exception as exc:  # disk full, locked, file gone: keep and retry
                     self._last_error = exc
-                    if self._failing_since is None:
-                        self._failing_since = time.monotonic()
-                        self._failure_cause = exc
+                    retry.failed(exc)
                     if conn is not None:
                         with contextlib.suppress(sqlite3.Error):
                             conn.close()
                         conn = None
                     if self._abandoned:
                         break
-                    backoff = min(max(2 * backoff, 0.05), self._max_backoff)
-                    time.sleep(backoff)  # records keep queueing meanwhile
+                    retry.wait()  # records keep queueing meanwhile
                     continue
-                backoff = 0.0
-                self._failing_since = None
+                retry.succeeded()
                 with self._done:
                     self._stored += len(batch)
                     self._done.notify_all()

@@ -61,6 +61,7 @@ from bpcontrol.records import (
     RunIdentity,
     SetpointRecord,
 )
+from services.historian._batching import STOP, WAKE, Retry, gather
 from services.historian.buffer import Batch, ForwardBuffer, ForwardBufferError
 from services.historian.embedded import HistorianClosedError, HistorianError
 from services.historian.influx_client import InfluxClient, InfluxConfig, InfluxQueryError
@@ -78,8 +79,6 @@ _RECORD_TYPES: Final = (
     EventRecord,
     AuditRecord,
 )
-_STOP: Final = object()
-_WAKE: Final = object()
 _MAX_READY_BYTES: Final = 64 * 1024**2
 """Committed chunks the forwarder may hold in memory (bytes of line protocol)."""
 _DELETE_INTERVAL_S: Final = 0.25
@@ -242,8 +241,7 @@ class InfluxHistorian:
         if start_points:
             self._new_data.set()
         self._last_error: BaseException | None = None
-        self._failing_since: float | None = None  # the buffer file, not the server
-        self._failure_cause: BaseException | None = None
+        self._retry = Retry(max_backoff_s)  # failed commits to the buffer file (not the server)
         self._abandoned = False
         self._batch_records = 0  # records in the buffer thread's current batch
         self._stored = 0  # records committed to the buffer file
@@ -341,7 +339,7 @@ class InfluxHistorian:
         """Wait until every record accepted so far (and what an earlier process left in the
         buffer) is delivered to the server or set aside; False when ``timeout_s`` ran out
         (the server is down, say: the records stay safe in the buffer)."""
-        self._queue.put(_WAKE)
+        self._queue.put(WAKE)
         with self._lock:
             target = self._accepted_points
         self._new_data.set()
@@ -359,7 +357,7 @@ class InfluxHistorian:
     def wait_buffered(self, timeout_s: float | None = None) -> bool:
         """Wait until every record accepted so far is committed to the buffer file (safe from
         a crash of this process); False when ``timeout_s`` ran out."""
-        self._queue.put(_WAKE)
+        self._queue.put(WAKE)
         with self._lock:
             target = self._accepted_points
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -384,7 +382,7 @@ class InfluxHistorian:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(_STOP)
+                self._queue.put(STOP)
         self._buffer_thread.join(timeout_s)
         if self._buffer_thread.is_alive():
             raise HistorianError(
@@ -409,7 +407,7 @@ class InfluxHistorian:
         with self._lock:
             self._closed = True
             self._abandoned = True
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
         self._drain_deadline = time.monotonic()
         self._stop_forwarding.set()
         self._new_data.set()
@@ -421,13 +419,12 @@ class InfluxHistorian:
     def failing_for_s(self) -> float:
         """How long (s) writing the *buffer file* has failed (0 when it works). A server
         that is down is not a failure: records wait in the buffer (see ``pending_points``)."""
-        since = self._failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        return self._retry.failing_for_s()
 
     @property
     def failure_cause(self) -> BaseException | None:
         """The error that began the current run of failed buffer writes, or None."""
-        return self._failure_cause if self._failing_since is not None else None
+        return self._retry.failure_cause
 
     @property
     def stored(self) -> int:
@@ -531,35 +528,25 @@ class InfluxHistorian:
     # -- the buffer thread -----------------------------------------------------------
 
     def _gather(self, batch: list[str], block: bool) -> bool:
-        """Move queued lines into ``batch`` (see EmbeddedHistorian); True at the stop mark."""
-        q = self._queue
-        try:
-            item = q.get() if block else q.get_nowait()
-        except queue.Empty:
-            return False
-        deadline = time.monotonic() + self._interval
-        urgent = stop = False
-        while True:
-            if item is _STOP:
-                stop = urgent = True
-            elif item is _WAKE:
-                urgent = True
-            else:
-                batch.extend(item)
-                self._batch_records += 1
-            if len(batch) >= self._batch_points:
-                return stop
-            remaining = 0.0 if urgent else deadline - time.monotonic()
-            try:
-                item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
-            except queue.Empty:
-                return stop
+        """Move queued lines into ``batch`` (:func:`services.historian._batching.gather`:
+        up to ``batch_interval_s`` or ``batch_points`` lines); True at the stop mark."""
+
+        def take(lines: list[str]) -> None:
+            batch.extend(lines)
+            self._batch_records += 1
+
+        return gather(
+            self._queue,
+            block=block,
+            interval_s=self._interval,
+            take=take,
+            full=lambda: len(batch) >= self._batch_points,
+        )
 
     def _buffer_loop(self) -> None:
         batch: list[str] = []
         stop = False
-        backoff = 0.0
-        failing = False
+        retry = self._retry
         while True:
             if not stop:
                 stop = self._gather(batch, block=not batch)
@@ -570,20 +557,14 @@ class InfluxHistorian:
                     self._last_error = exc
                     if self._abandoned:
                         return
-                    if not failing:
-                        failing = True
-                        self._failing_since = time.monotonic()
-                        self._failure_cause = exc
+                    if retry.failed(exc):
                         self._emit(
                             HistorianEventKind.BUFFER_FAILED,
                             f"cannot write the buffer file {self.buffer_path}: {exc}; retrying",
                         )
-                    backoff = min(max(2 * backoff, 0.05), self._max_backoff)
-                    time.sleep(backoff)
+                    retry.wait()
                     continue
-                failing = False
-                self._failing_since = None
-                backoff = 0.0
+                retry.succeeded()
                 self._hand_over(chunk)
                 n = len(batch)
                 qbytes = sum(map(len, batch)) + n
