@@ -7,14 +7,19 @@ Path of a record (see ``docs/historian.md``):
    there with an event (:class:`HistorianEvent`, kind ``refused``) and never buffered.
    The lines go onto an in-memory queue; ``write`` returns (a few microseconds; it never
    touches the disk or the network, so an outage cannot block or slow the loop).
-2. The *buffer thread* commits what is queued to the SQLite buffer file
-   (:mod:`services.historian.buffer`) every ``batch_interval_s`` (one transaction per
-   batch). From then on the record survives a crash of the process.
-3. The *forwarder thread* sends the oldest buffered batches (up to ``batch_points`` lines
-   per request) to ``/write`` and deletes them from the buffer only after a 2xx answer.
-   While the server is down (connection refused, timeout, 5xx) it retries the same batch
-   with exponential backoff (``0.05 s`` doubling up to ``max_backoff_s``); when the server
-   returns it drains the buffer in write order. A request answered 4xx is split in halves
+2. The *buffer thread* gathers what is queued for up to ``batch_interval_s`` (or until
+   ``batch_points`` lines) and commits it as one chunk (one row, one ``INSERT``) to the
+   SQLite buffer (:mod:`services.historian.buffer`). From then on the record survives a
+   crash of the process. The committed chunk is also handed to the forwarder in memory,
+   so that it is not read back from the file (see ``_hand_over``).
+3. The *forwarder thread* sends the chunks in id order (up to ``batch_points`` lines per
+   request, up to ``max_in_flight`` requests open at once on the sending threads' own
+   keep-alive connections) to ``/write``, acknowledges them strictly in order, and deletes
+   the acknowledged prefix with one statement (grouped: at most every 0.25 s while busy).
+   While the server is down (connection refused, timeout, 5xx, 401/403, an untrusted TLS
+   certificate) it retries the oldest chunk with exponential backoff (``0.05 s`` doubling
+   up to ``max_backoff_s``), one request at a time; when the server returns it drains the
+   buffer in write order. A request answered 4xx is split in halves
    and re-sent until the lines the server refuses are alone; those are set aside in the
    buffer's ``dead_letter`` table with an event (``set-aside``) and the rest goes on.
    Re-sending is idempotent: a line has the same series and timestamp every time, so the
@@ -218,6 +223,7 @@ class InfluxHistorian:
             raise HistorianError(str(exc)) from exc
         start_points, start_bytes = self._writer_buf.totals()
 
+        self._write_lock = threading.Lock()  # write(): the encoder and the queue's order
         self._lock = threading.Lock()  # counters shared by write() and the threads
         self._progress = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -286,54 +292,73 @@ class InfluxHistorian:
                 "InfluxHistorian.write takes a bpcontrol.records record "
                 f"(MeasurementRecord, EstimateRecord, ...), got {type(record).__name__}"
             )
-        event: tuple[HistorianEventKind, str] | None = None  # emitted after the lock
+        event: tuple[HistorianEventKind, str] | None = None  # emitted after the locks
         refusal: RecordRefusedError | None = None
-        with self._lock:
+        # The encoder (not thread-safe) and the queue's order under the writers' lock; the
+        # counters the historian's threads share under the short inner one, so that a
+        # thread that wants those never waits for a record being encoded.
+        with self._write_lock:
             if self._closed:
-                raise HistorianClosedError(
-                    f"InfluxDB historian ({self.buffer_path}) is closed; "
-                    f"{type(record).__name__} at t_h={record.t_h} h not stored"
-                )
+                raise self._closed_error(record)
             try:
                 lines = self._encoder.encode(record)
             except RecordRefusedError as exc:
-                self._refused += 1
+                with self._lock:
+                    self._refused += 1
                 refusal = exc
                 event = (HistorianEventKind.REFUSED, f"record refused: {exc}")
             else:
-                nbytes = sum(map(len, lines)) + len(lines)
-                points = self._queued_points + self._buffered_points + len(lines)
-                size = self._queued_bytes + self._buffered_bytes + nbytes
-                if points > self._max_points or size > self._max_bytes:
-                    self._refused += 1
-                    refusal = RecordRefusedError(
-                        f"buffer full ({points - len(lines)} of {self._max_points} points, "
-                        f"{size - nbytes} of {self._max_bytes} bytes): "
-                        f"{type(record).__name__} at t_h={record.t_h} h refused"
-                    )
-                    if not self._full:
-                        self._full = True
-                        event = (HistorianEventKind.BUFFER_FULL, str(refusal))
-                else:
-                    self._queue.put(lines)
-                    self._queued_points += len(lines)
-                    self._queued_bytes += nbytes
-                    self._accepted_points += len(lines)
-                    self._accepted += 1
-                    level = max(points / self._max_points, size / self._max_bytes)
-                    if level >= self._alarm and not self._high:
-                        self._high = True
-                        event = (
-                            HistorianEventKind.BUFFER_HIGH,
-                            f"store-and-forward buffer at {points} of {self._max_points} "
-                            f"points, {size} of {self._max_bytes} bytes (alarm at "
-                            f"{self._alarm:.0%}); the server at {self.config.url} is not "
-                            "taking records fast enough",
-                        )
+                event, refusal = self._enqueue(record, lines)
         if event is not None:
             self._emit(*event)
         if refusal is not None and self._strict:
             raise refusal
+
+    def _closed_error(self, record: Record) -> HistorianClosedError:
+        return HistorianClosedError(
+            f"InfluxDB historian ({self.buffer_path}) is closed; "
+            f"{type(record).__name__} at t_h={record.t_h} h not stored"
+        )
+
+    def _enqueue(
+        self, record: Record, lines: list[str]
+    ) -> tuple[tuple[HistorianEventKind, str] | None, RecordRefusedError | None]:
+        """Queue the encoded ``lines`` of ``record`` when they fit in the buffer; the event
+        to raise and the refusal, if any."""
+        event: tuple[HistorianEventKind, str] | None = None
+        nbytes = sum(map(len, lines)) + len(lines)
+        with self._lock:
+            if self._closed:  # closed while it was encoded: after the stop mark
+                raise self._closed_error(record)
+            points = self._queued_points + self._buffered_points + len(lines)
+            size = self._queued_bytes + self._buffered_bytes + nbytes
+            if points > self._max_points or size > self._max_bytes:
+                self._refused += 1
+                refusal = RecordRefusedError(
+                    f"buffer full ({points - len(lines)} of {self._max_points} points, "
+                    f"{size - nbytes} of {self._max_bytes} bytes): "
+                    f"{type(record).__name__} at t_h={record.t_h} h refused"
+                )
+                if not self._full:
+                    self._full = True
+                    event = (HistorianEventKind.BUFFER_FULL, str(refusal))
+                return event, refusal
+            self._queue.put(lines)
+            self._queued_points += len(lines)
+            self._queued_bytes += nbytes
+            self._accepted_points += len(lines)
+            self._accepted += 1
+            level = max(points / self._max_points, size / self._max_bytes)
+            if level >= self._alarm and not self._high:
+                self._high = True
+                event = (
+                    HistorianEventKind.BUFFER_HIGH,
+                    f"store-and-forward buffer at {points} of {self._max_points} "
+                    f"points, {size} of {self._max_bytes} bytes (alarm at "
+                    f"{self._alarm:.0%}); the server at {self.config.url} is not "
+                    "taking records fast enough",
+                )
+        return event, None
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every record accepted so far (and what an earlier process left in the
