@@ -225,6 +225,8 @@ def fit_command(
     )
     for w in result.warnings:
         sys.stderr.write(f"warning: {w.message}\n")
+    for c in result.systematic:
+        sys.stderr.write(f"warning: {c.message}\n")
     if not result.converged:
         fail(
             RuntimeError(

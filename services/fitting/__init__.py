@@ -8,12 +8,14 @@
 >>> result = fit(load_model("dompc_batch_reactor"), batches, ["mu_m", "Y_x"])  # doctest: +SKIP
 
 Direct multiple shooting in CasADi, solved by IPOPT with a Gauss-Newton Hessian and exact
-sensitivities (:mod:`services.fitting._fit`); statistics and identifiability warnings in
-the :class:`FitResult`; the format of the data and of the result file in docs/fitting.md.
+sensitivities (:mod:`services.fitting._fit`); statistics, identifiability warnings and the
+lack-of-fit tests of the residuals (:mod:`services.fitting._lack_of_fit`) in the
+:class:`FitResult`; the format of the data and of the result file in docs/fitting.md.
 """
 
 from services.fitting._data import DEFAULT_SIGMA_FRACTION, ErrorModel, FitError
 from services.fitting._fit import FitOptions, fit
+from services.fitting._lack_of_fit import RUNS_Z_LIMIT, ResidualCheck, check_residuals
 from services.fitting._report import fit_report_html, write_fit_report
 from services.fitting._result import (
     CORRELATION_LIMIT,
@@ -39,6 +41,7 @@ __all__ = [
     "CORRELATION_LIMIT",
     "DEFAULT_SIGMA_FRACTION",
     "EIGEN_RATIO_LIMIT",
+    "RUNS_Z_LIMIT",
     "ErrorModel",
     "Estimate",
     "FitError",
@@ -48,9 +51,11 @@ __all__ = [
     "FittedParameters",
     "HandoverError",
     "Identifiability",
+    "ResidualCheck",
     "ResidualSeries",
     "StartOutcome",
     "Timing",
+    "check_residuals",
     "fit",
     "fit_report_html",
     "pack_with_parameters",

@@ -15,6 +15,9 @@
    bars and the fitted model's prediction at the sample times;
 6. the data it came from: source, readings per batch and sensor, time span.
 
+Between 4 and 5, the lack-of-fit tests per sensor (runs and sign tests of the residuals,
+:mod:`services.fitting._lack_of_fit`), systematic ones named.
+
 Figures are PNGs drawn on a private Agg canvas (never pyplot) and embedded as ``data:``
 URIs, as in :mod:`bpcontrol.report`. All text from the data is HTML-escaped.
 """
@@ -34,6 +37,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from services.fitting._lack_of_fit import RUNS_Z_LIMIT
 from services.fitting._result import CORRELATION_LIMIT, FitResult, ResidualSeries
 
 __all__ = ["fit_report_html", "write_fit_report"]
@@ -291,6 +295,45 @@ def _data_table(result: FitResult) -> str:
     )
 
 
+def _lack_of_fit(result: FitResult) -> str:
+    """Runs and sign tests per sensor (:mod:`services.fitting._lack_of_fit`), flagged rows
+    marked, and a sentence for each flagged sensor."""
+    checks = result.lack_of_fit
+    rows = [
+        (
+            c.sensor,
+            str(c.n),
+            _g(c.runs_z),
+            _g(c.sign_z),
+            _g(c.mean),
+            _g(c.rms),
+            "systematic" if c.systematic else ("too few" if math.isnan(c.runs_z) else "noise"),
+        )
+        for c in checks
+    ]
+    header = ("sensor", "readings", "runs z", "sign z", "mean", "rms", "verdict")
+    table = _table(header, rows, {1, 2, 3, 4, 5}).replace("<table>", '<table id="lack-of-fit">')
+    flagged = [c for c in checks if c.systematic]
+    if flagged:
+        body = '<ul id="systematic">' + "".join(
+            f'<li class="warning systematic">{_e(c.message)}</li>' for c in flagged
+        )
+        body += "</ul>"
+    else:
+        body = (
+            '<p class="note" id="systematic">None: every tested sensor\'s residuals pass '
+            f"both tests at |z| <= {RUNS_Z_LIMIT:g}.</p>"
+        )
+    return (
+        f"<h2>Systematic residuals ({len(flagged)})</h2>"
+        '<p class="note">Per sensor over every batch: the runs test (too few sign runs: '
+        "residuals that drift together) and the sign test (most residuals on one side), "
+        f"flagged at |z| > {RUNS_Z_LIMIT:g}; neither depends on the error model's scale. "
+        "A flagged sensor sees an effect the model lacks; the estimates then fit an "
+        "average and their intervals understate the error.</p>" + table + body
+    )
+
+
 def fit_report_html(
     result: FitResult,
     *,
@@ -321,6 +364,7 @@ def fit_report_html(
                 "of one sign or a trend over time are a structure the model lacks.",
             )
         )
+    sections.append(_lack_of_fit(result))
     pred_png, left_out = _prediction_figure(result, units or {})
     sections.append("<h2>Predicted vs measured</h2>")
     if pred_png is None:

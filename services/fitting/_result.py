@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from services.fitting._lack_of_fit import ResidualCheck
 
 __all__ = [
     "CORRELATION_LIMIT",
@@ -185,3 +189,15 @@ class FitResult:
     def warned(self, kind: Identifiability) -> tuple[FitWarning, ...]:
         """The warnings of one kind."""
         return tuple(w for w in self.warnings if w.kind == kind)
+
+    @property
+    def lack_of_fit(self) -> tuple[ResidualCheck, ...]:
+        """Runs and sign tests of every sensor's residuals (:mod:`._lack_of_fit`)."""
+        from services.fitting._lack_of_fit import check_residuals
+
+        return check_residuals(self.residuals)
+
+    @property
+    def systematic(self) -> tuple[ResidualCheck, ...]:
+        """The sensors whose residuals show structure the model lacks."""
+        return tuple(c for c in self.lack_of_fit if c.systematic)

@@ -55,6 +55,7 @@ def result_toml(
             e.name: [_num(e.ci95[0]), _num(e.ci95[1])] for e in result.estimates if e.name in params
         },
         "warnings": [w.message for w in result.warnings],
+        "systematic_residuals": [c.message for c in result.systematic],
     }
     if pack is not None:
         fit["pack"] = pack

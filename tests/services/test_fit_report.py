@@ -18,64 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reactor_batches import ERRORS, FAST, MODEL, PROFILES, synthetic_batch
 from typer.testing import CliRunner
 
 from bpcontrol.cli import app
-from hil.synthetic import OfflineAssays, SyntheticRun, generate
-from models import InputProfile, load_model
 from services.fitting import (
-    ErrorModel,
-    FitOptions,
     FitResult,
     Identifiability,
     fit,
     write_fit_report,
 )
-from services.historian.readback import BatchData, series_from_rows, write_csv
+from services.historian.readback import BatchData, write_csv
 
-MODEL = load_model("dompc_batch_reactor")
-ERRORS = {
-    "X_meas": ErrorModel(0.01),
-    "V_meas": ErrorModel(0.1),
-    "S_meas": ErrorModel(0.002, 0.05),
-    "P_meas": ErrorModel(0.002, 0.05),
-}
-FAST = FitOptions(n_starts=1, integrator="rk", steps_per_interval=4)
-"""RK4 on the reactor's 0.5 h intervals (tests/services/test_fitting.py: agrees with CVODES
-to 1e-6 relative on this model)."""
-PROFILES = (
-    {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
-    {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
-)
 ODD_ID = 'B<2>&"x"'
 """A batch id with HTML markup characters: the report must show it as text."""
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def _batch(seed: int, batch_id: str, profile: dict[str, list[tuple[float, float]]]) -> BatchData:
-    """One simulated 40 h batch of the nominal reactor, as the read-back gives it."""
-    steps = InputProfile.from_steps(MODEL, profile)
-    run = SyntheticRun(
-        hours=40.0,
-        inputs=steps,
-        period_h=0.5,
-        online={"X_meas": 0.01, "V_meas": 0.1},
-        offline=OfflineAssays(
-            outputs=("S_meas", "P_meas"),
-            relative_sigma=0.05,
-            absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
-        ),
-    )
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    for r in generate(MODEL, run, seed=seed).records:
-        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {n: series_from_rows(n, rs) for n, rs in rows.items()}
-    return BatchData(batch_id, f"seed {seed}", series, steps, {}, {})
-
-
 @pytest.fixture(scope="module")
 def batches() -> list[BatchData]:
-    return [_batch(11, "B1", PROFILES[0]), _batch(12, ODD_ID, PROFILES[1])]
+    return [
+        synthetic_batch(11, "B1", PROFILES[0], origin="seed 11"),
+        synthetic_batch(12, ODD_ID, PROFILES[1], origin="seed 12"),
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from reactor_batches import ERRORS, FAST, MODEL, PROFILES, synthetic_batch
 from typer.testing import CliRunner
 
 from bpcontrol.cli import app
 from bpcontrol.records import MeasurementRecord, RunIdentity, SetpointRecord, SetpointSource
-from hil.synthetic import OfflineAssays, SyntheticRun, generate
 from models import (
     InputProfile,
     Model,
     Output,
     Parameter,
     State,
-    load_model,
     simulate,
 )
 from services.fitting import (
@@ -45,47 +43,10 @@ from services.historian.readback import (
     ReadbackError,
     Series,
     open_source,
-    series_from_rows,
     write_csv,
 )
 
-MODEL = load_model("dompc_batch_reactor")
 PARAMS = ("mu_m", "K_m", "Y_x", "v_par")
-ERRORS = {
-    "X_meas": ErrorModel(0.01),
-    "V_meas": ErrorModel(0.1),
-    "S_meas": ErrorModel(0.002, 0.05),
-    "P_meas": ErrorModel(0.002, 0.05),
-}
-FAST = FitOptions(n_starts=1, integrator="rk", steps_per_interval=4)
-"""RK4 on 0.5 h shooting intervals: do-mpc's reactor is not stiff (rates below 0.1 1/h),
-and the fit agrees with the CVODES one to 1e-6 relative (checked below)."""
-PROFILES = (
-    {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
-    {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
-)
-
-
-def synthetic_batch(seed: int, batch_id: str, profile: Mapping[str, Any]) -> BatchData:
-    """One simulated batch of the true (nominal) reactor, as the read-back gives it."""
-    steps = InputProfile.from_steps(MODEL, profile)
-    run = SyntheticRun(
-        hours=40.0,
-        inputs=steps,
-        period_h=0.5,
-        online={"X_meas": 0.01, "V_meas": 0.1},
-        offline=OfflineAssays(
-            outputs=("S_meas", "P_meas"),
-            relative_sigma=0.05,
-            absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
-        ),
-    )
-    data = generate(MODEL, run, seed=seed)
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    for r in data.records:
-        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {name: series_from_rows(name, rs) for name, rs in rows.items()}
-    return BatchData(batch_id, f"synthetic seed {seed}", series, steps, {}, {})
 
 
 def truth(name: str) -> float:
