@@ -263,8 +263,10 @@ class LineEncoder:
     def _floats(self, record: object, group: str, values: Mapping[str, float]) -> list[str]:
         """``<group>.<name>=<value>`` fields of a name -> float mapping (all finite)."""
         numbers = tuple(values.values())
-        _finite(record, group, tuple(values), numbers)
-        return list(map(str.__add__, self._heads(group, tuple(values)), map(repr, numbers)))
+        names = tuple(values)
+        if not all(map(math.isfinite, numbers)):
+            _finite(record, group, names, numbers)
+        return list(map(str.__add__, self._heads(group, names), map(repr, numbers)))
 
     # -- the records -------------------------------------------------------------------
 
