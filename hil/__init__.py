@@ -12,6 +12,10 @@ So far:
   scenario;
 - :mod:`hil.faults`: controllers that raise, hang or return NaN, and plants that fail
   like field gateways, for fault tests;
+- :mod:`hil.rig`: :class:`~hil.rig.RigPlant`, a real reactor's devices around the
+  simulated plant: sensor effects (lag, noise, drift, quantisation, dropouts), actuator
+  effects (saturation, resolution, dead time), scheduled probe, analyser, pump and
+  cooling faults, and a base layer of temperature and pH PID loops;
 - :mod:`hil.runner`: :func:`~hil.runner.run_scenario`, one closed-loop batch against the
   simulated plant with the embedded historian (the job behind ``bpcontrol run``).
 """

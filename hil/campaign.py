@@ -156,12 +156,76 @@ def _controller_wrap(
     return wrap
 
 
-def _plant_wrap(spec: ScenarioSpec) -> Callable[[Plant], Plant] | None:
+def _uses_rig(spec: ScenarioSpec) -> bool:
+    from hil.rig import RIG_FAULT_KINDS
+
+    return bool(
+        spec.sensors
+        or spec.actuators
+        or spec.base_layer
+        or any(f.kind in RIG_FAULT_KINDS for f in spec.faults)
+    )
+
+
+def _rig_layer(
+    spec: ScenarioSpec, run: ResolvedRun, made: list[Any]
+) -> Callable[[Plant], Plant] | None:
+    """The rig around the true plant (innermost: the network faults sit outside it); the
+    rig made is appended to ``made`` so its figures can be read after the run."""
+    from hil.plant import SimulatedPlant
+    from hil.rig import BaseLayer, RigFault, RigPlant
+
+    if not _uses_rig(spec):
+        return None
+    model = run.model
+    volume = 1.0
+    if "V" in model.state_names:
+        volume = float(run.recipe.initial_state(model)[model.index("V")])
+    faults = [
+        RigFault(kind=f.kind, start_h=f.start_h, end_h=f.end_h, options=dict(f.options))
+        for f in spec.faults
+        if not f.kind.startswith("controller_") and f.kind not in _FLAKY_KINDS
+    ]
+
+    def layer(plant: Plant) -> Plant:
+        assert isinstance(plant, SimulatedPlant)
+        base = None
+        if spec.base_layer:
+            b = spec.base_layer
+            base = BaseLayer(
+                temperature_C=b.get("temperature_C"),
+                ph=b.get("ph"),
+                cooling_W=b.get("cooling_W", 500.0),
+                heating_W=b.get("heating_W", 150.0),
+                volume_L=volume,
+            )
+        rig = RigPlant(
+            plant,
+            seed=spec.seed,
+            sensors=spec.sensors,
+            actuators=spec.actuators,
+            faults=faults,
+            base_layer=base,
+        )
+        made.append(rig)
+        return rig
+
+    return layer
+
+
+_FLAKY_KINDS = frozenset(
+    {"network_loss", "read_failures", "write_failures", "sensor_garbage", "device_clamp"}
+)
+
+
+def _plant_wrap(
+    spec: ScenarioSpec, rig: Callable[[Plant], Plant] | None = None
+) -> Callable[[Plant], Plant] | None:
     from hil.faults import FlakyPlant
 
-    layers: list[Callable[[Plant], Plant]] = []
+    layers: list[Callable[[Plant], Plant]] = [] if rig is None else [rig]
     for f in spec.faults:
-        if f.kind.startswith("controller_"):
+        if f.kind not in _FLAKY_KINDS:
             continue
         reads, writes, garbage, caps = _NEVER, _NEVER, None, {}
         if f.kind == "network_loss":
@@ -200,10 +264,31 @@ def _plant_wrap(spec: ScenarioSpec) -> Callable[[Plant], Plant] | None:
     return wrap
 
 
+def _plant_scenario(spec: ScenarioSpec, run: ResolvedRun) -> Any:
+    """The plant side of ``spec`` with its plant faults as scheduled parameter changes."""
+    from hil.rig import RigFault, parameter_changes
+
+    faults = [
+        RigFault(kind=f.kind, start_h=f.start_h, end_h=f.end_h, options=f.options)
+        for f in spec.faults
+    ]
+    changes = parameter_changes(faults, run.model.parameter_names)
+    return replace(spec.plant, parameter_changes=changes) if changes else spec.plant
+
+
+def _truth_do(run: ResolvedRun, result: Any) -> tuple[Any, Any, float] | None:
+    """(t, true DO, the pack's DO minimum) of a run, for the DO recovery measure."""
+    minimum = run.kpis.minimum.get("DO")
+    if minimum is None or "DO" not in run.model.state_names:
+        return None
+    return result.truth_t, result.truth_x[:, run.model.index("DO")], float(minimum)
+
+
 def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> ScenarioOutcome:
     """Run one scenario into a fresh folder under ``out_root``; never raises for a run
     that fails (the outcome says why)."""
     from bpcontrol.records import RunIdentity
+    from bpcontrol.run_status import write_json
     from hil.runner import new_run_dir, run_batch
     from services.historian import read_records
 
@@ -222,17 +307,22 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
             site="hil", reactor=spec.name, batch_id=run.spec.pack.name, run_id=run_dir.name
         )
         run = replace(run, spec=replace(run.spec, identity=ident))
+        rigs: list[Any] = []
         result = run_batch(
             run,
             run_dir=run_dir,
-            scenario=spec.plant,
+            scenario=_plant_scenario(spec, run),
             duration_h=spec.duration_h,
             speed_up=spec.speed_up,
             wrap_controller=_controller_wrap(spec, run, limits),
-            wrap_plant=_plant_wrap(spec),
+            wrap_plant=_plant_wrap(spec, _rig_layer(spec, run, rigs)),
             oracle=spec.oracle,
             report=report,
         )
+        if rigs:  # the rig's figures join the run's KPIs; its base layer's series a file
+            result.kpis.update(rigs[0].kpis())
+            write_json(run_dir / "kpis.json", result.kpis)
+            write_json(run_dir / "rig.json", {"counts": rigs[0].counts, **rigs[0].series()})
         records = read_records(run_dir / "records.sqlite")
         measures = measure(
             kpis=result.kpis,
@@ -241,6 +331,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
             records_emitted=result.summary.records,
             fault_start_h=spec.fault_start_h(),
             fault_end_h=spec.fault_end_h(),
+            truth=_truth_do(run, result),
         )
         criteria = tuple(evaluate(spec.criteria, measures, result.kpis))
     except Exception as exc:  # a scenario that cannot run fails; the campaign goes on

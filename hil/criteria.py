@@ -18,7 +18,11 @@ suite bounds one of them (``{ min = .., max = .. }``, both inclusive) and
 - ``solve_time_p99_s``: 99th percentile of the controller's solve times (wall s);
 - ``recovery_time_h``: process hours from the end of the last fault window to the first
   controller setpoint at or after it (inf: never);
-- ``kpi.NAME``: any number of the run's ``kpis.json``.
+- ``do_recovery_time_h``: process hours from the end of the last fault window until the
+  true DO is back at or above the pack's minimum for the rest of the run (0: it never
+  fell below after the fault ended; inf: it is below at the run's end);
+- ``kpi.NAME``: any number of the run's ``kpis.json`` (the rig's figures among them:
+  ``rig_T_max_error``, ``rig_F_delivered_fraction``, ... see :mod:`hil.rig`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ CRITERIA: dict[str, str] = {
     "records_lost": "records emitted but not in the historian (count)",
     "solve_time_p99_s": "99th percentile of the controller's solve times (wall s)",
     "recovery_time_h": "process h from the last fault's end to a controller setpoint",
+    "do_recovery_time_h": "process h from the last fault's end to true DO >= minimum for good",
 }
 """The named criteria and what each measures (besides ``kpi.NAME``)."""
 
@@ -97,8 +102,10 @@ def measure(
     records_emitted: int,
     fault_start_h: float | None,
     fault_end_h: float | None,
+    truth: tuple[np.ndarray, np.ndarray, float] | None = None,
 ) -> dict[str, float]:
-    """Every figure of the module docstring for one run; ``limits`` are the pack's."""
+    """Every figure of the module docstring for one run; ``limits`` are the pack's;
+    ``truth`` is (t h, true DO %, the pack's DO minimum %) when the model has DO."""
     setpoints = [r for r in records if isinstance(r, SetpointRecord)]
     plans = [r for r in records if isinstance(r, PlanRecord)]
     fallbacks = [
@@ -127,7 +134,26 @@ def measure(
     else:
         after = [t - fault_end_h for t in controller_t if t >= fault_end_h - 1e-9]
         out["recovery_time_h"] = max(min(after), 0.0) if after else math.inf
+    out["do_recovery_time_h"] = _do_recovery(truth, fault_end_h)
     return out
+
+
+def _do_recovery(truth: tuple[np.ndarray, np.ndarray, float] | None, end_h: float | None) -> float:
+    """Hours from ``end_h`` until the true DO stays at or above its minimum (NaN: no DO or
+    no windowed fault)."""
+    if truth is None or end_h is None:
+        return math.nan
+    t, do, minimum = (np.asarray(truth[0]), np.asarray(truth[1]), truth[2])
+    after = t >= end_h - 1e-9
+    if not after.any():
+        return math.nan
+    below = np.flatnonzero(after & (do < minimum))
+    if below.size == 0:
+        return 0.0
+    last = int(below[-1])
+    if last == t.size - 1:
+        return math.inf
+    return float(t[last + 1] - end_h)
 
 
 def _number(value: Any) -> float:

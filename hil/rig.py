@@ -96,14 +96,15 @@ OFFGAS_SENSORS = ("OUR", "CER", "y_O2_out", "y_CO2_out")
 """The sensors an off-gas analyser outage silences (those of them the pack has)."""
 _DEFAULT_PARAMETER = {
     "feed_concentration": ("S_feed", "s_f"),
-    "growth_change": ("mu_max", "mu_x", "qS_max"),
+    "growth_change": ("mu_max", "mu_x", "Y_xs_ox"),
 }
 
 
 def default_parameter(kind: str, parameter_names: Sequence[str]) -> str | None:
     """The model parameter a plant fault changes when the scenario names none: the feed's
     substrate concentration (``S_feed``, ``s_f``) or the growth rate (``mu_max``,
-    ``mu_x``; the yeast model's glucose uptake capacity ``qS_max``)."""
+    ``mu_x``; the yeast model's biomass yield on oxidised glucose ``Y_xs_ox``: a
+    contaminant that takes a share of the substrate and of the oxygen)."""
     for name in _DEFAULT_PARAMETER.get(kind, ()):
         if name in parameter_names:
             return name
@@ -332,7 +333,7 @@ class BaseLayer:
     pH: the medium is prepared at the setpoint and its buffer would hold it (``ambient``,
     time constant 0.2 h); acid formed in proportion to the true CO2 evolution (CER, or OUR
     when the model has no CER: RQ about 1) lowers it by 0.01 pH per mmol/L/h; the loop
-    doses base, 0 to 20 mL/h, 0.1 pH per mL/h (a base-only loop: it cannot lower pH).
+    doses base, 0 to 50 mL/h, 0.1 pH per mL/h (a base-only loop: it cannot lower pH).
 
     Both are stepped at every sampling instant of the plant with the loads of the
     instant's true outputs held over the interval, and measured noise-free; they do not
@@ -344,7 +345,7 @@ class BaseLayer:
         *,
         temperature_C: float | None,
         ph: float | None,
-        cooling_W: float = 150.0,
+        cooling_W: float = 500.0,
         heating_W: float = 150.0,
         volume_L: float = 1.0,
     ) -> None:
@@ -375,7 +376,7 @@ class BaseLayer:
                     tau_h=0.2,
                     gain=0.1,
                     u_min=0.0,
-                    u_max=20.0,
+                    u_max=50.0,
                     load_sign=-0.1,  # acid: 0.01 pH per mmol/L/h = 0.1 x 0.1
                 )
             )

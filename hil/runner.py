@@ -94,6 +94,9 @@ class Scenario:
     noise: Mapping[str, float] = field(default_factory=dict)
     drift: Mapping[str, float] = field(default_factory=dict)
     delay_h: Mapping[str, float] = field(default_factory=dict)
+    parameter_changes: tuple[tuple[float, Mapping[str, float]], ...] = ()
+    """Scheduled changes of the true parameters (:class:`hil.plant.SimulatedPlant`): set by
+    a suite's plant faults (wrong feed concentration, growth change), not a file key."""
 
 
 _TABLES = ("parameter_factors", "initial", "noise", "drift", "delay_h")
@@ -135,7 +138,14 @@ def parse_scenario(doc: Mapping[str, Any], *, source: str) -> Scenario:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ScenarioError(f"{source}: {key}.{k}: must be a finite number, got {v!r}")
         tables[key] = {str(k): float(v) for k, v in table.items()}
-    return Scenario(name=name, **tables)
+    return Scenario(
+        name=name,
+        parameter_factors=tables["parameter_factors"],
+        initial=tables["initial"],
+        noise=tables["noise"],
+        drift=tables["drift"],
+        delay_h=tables["delay_h"],
+    )
 
 
 def check_scenario(scenario: Scenario, run: ResolvedRun, *, source: str = "scenario") -> None:
@@ -224,6 +234,7 @@ def simulated_plant(run: ResolvedRun, scenario: Scenario, *, seed: int) -> Simul
         offline=offline,
         drift=dict(scenario.drift),
         delay_h=dict(scenario.delay_h),
+        parameter_changes=scenario.parameter_changes,
     )
 
 

@@ -21,6 +21,12 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
+    [scenario.sensors.DO_probe]      # the rig's sensor effects (hil.rig.SensorEffect)
+    lag_h = 0.03
+    [scenario.actuators.F]           # the rig's actuator effects (hil.rig.ActuatorEffect)
+    dead_time_h = 0.03
+    [scenario.base_layer]            # the rig's PID loops (hil.rig.BaseLayer)
+    ph = 7.0
     [[scenario.fault]]               # faults on a schedule: [start_h, end_h) of process time
     kind = "controller_raise"
     start_h = 6.5
@@ -35,7 +41,11 @@ Fault kinds (:mod:`hil.faults`): ``controller_raise``, ``controller_hang`` (``ha
 ``controller_nan``, ``network_loss`` (every read and write fails), ``read_failures``
 (every ``every``-th read), ``write_failures`` (every ``every``-th write),
 ``sensor_garbage`` (``sensor`` reads NaN) and ``device_clamp`` (``max``: a table of input
-caps the device holds for the whole run, ``start_h``/``end_h`` not used).
+caps the device holds for the whole run, ``start_h``/``end_h`` not used); the rig's
+(:data:`hil.rig.RIG_FAULT_KINDS`: ``probe_stuck``, ``probe_drift``, ``spikes``,
+``offgas_outage``, ``pump_failure``, ``pump_blockage``, ``cooling_loss``) and the true
+process's (:data:`hil.rig.PLANT_FAULT_KINDS`: ``feed_concentration``, ``growth_change``,
+scheduled parameter changes of the simulated plant).
 
 Bad input raises :class:`SuiteError` with one line naming the file and the key.
 """
@@ -51,6 +61,17 @@ from typing import Any
 
 from bpcontrol.tomlfile import read_toml
 from hil.criteria import CRITERIA, CriterionSpec
+from hil.rig import (
+    ACTUATOR_EFFECT_KEYS,
+    BASE_LAYER_KEYS,
+    OFFGAS_SENSORS,
+    PLANT_FAULT_KINDS,
+    RIG_FAULT_KINDS,
+    SENSOR_EFFECT_KEYS,
+    ActuatorEffect,
+    SensorEffect,
+    default_parameter,
+)
 from hil.runner import Scenario, ScenarioError, check_scenario, parse_scenario
 
 __all__ = [
@@ -80,6 +101,8 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "write_failures": ("every",),
     "sensor_garbage": ("sensor",),
     "device_clamp": ("max",),
+    **RIG_FAULT_KINDS,
+    **PLANT_FAULT_KINDS,
 }
 """Each fault kind and the options it takes (besides ``kind``, ``start_h``, ``end_h``)."""
 
@@ -101,6 +124,9 @@ _SCENARIO_KEYS = (
     "speed_up",
     "oracle",
     "plant",
+    "sensors",
+    "actuators",
+    "base_layer",
     "fault",
     "broken",
     "criteria",
@@ -139,6 +165,9 @@ class ScenarioSpec:
     speed_up: float = math.inf
     oracle: bool = False
     plant: Scenario = field(default_factory=Scenario)
+    sensors: Mapping[str, SensorEffect] = field(default_factory=dict)
+    actuators: Mapping[str, ActuatorEffect] = field(default_factory=dict)
+    base_layer: Mapping[str, float] | None = None
     faults: tuple[FaultSpec, ...] = ()
     broken: BrokenSpec | None = None
     criteria: tuple[CriterionSpec, ...] = ()
@@ -286,6 +315,11 @@ def _parse_scenario(
         plant = parse_scenario({"name": name, **plant_doc}, source=f"{where}: plant")
     except ScenarioError as exc:
         raise SuiteError(str(exc)) from None
+    sensors = _parse_effects(doc.get("sensors", {}), f"{where}: sensors", sensor=True)
+    actuators = _parse_effects(doc.get("actuators", {}), f"{where}: actuators", sensor=False)
+    base_layer = None
+    if "base_layer" in doc:
+        base_layer = _parse_base_layer(doc["base_layer"], f"{where}: base_layer")
     faults_doc = doc.get("fault", [])
     if not isinstance(faults_doc, list):
         raise SuiteError(f"{where}: fault: must be an array of tables ([[scenario.fault]])")
@@ -312,6 +346,9 @@ def _parse_scenario(
         speed_up=speed_up,
         oracle=oracle,
         plant=plant,
+        sensors=sensors,
+        actuators=actuators,
+        base_layer=base_layer,
         faults=faults,
         broken=broken,
         criteria=criteria,
@@ -349,7 +386,95 @@ def _parse_fault(doc: Any, where: str) -> FaultSpec:
         if not isinstance(caps, Mapping) or not caps:
             raise SuiteError(f"{where}: max: must be a table of input caps, e.g. {{ F = 0.1 }}")
         options["max"] = {str(k): _number(v, f"{where}: max.{k}") for k, v in caps.items()}
+    if kind in RIG_FAULT_KINDS or kind in PLANT_FAULT_KINDS:
+        _rig_fault_options(kind, options, where)
     return FaultSpec(kind=kind, start_h=start, end_h=end, options=options)
+
+
+def _fraction(value: Any, where: str) -> float:
+    v = _number(value, where)
+    if not 0.0 <= v < 1.0:
+        raise SuiteError(f"{where}: must be in [0, 1), got {value!r}")
+    return v
+
+
+def _rig_fault_options(kind: str, options: dict[str, Any], where: str) -> None:
+    """Check and complete (defaults) the options of a rig or plant fault, in place."""
+    if kind in ("probe_stuck", "probe_drift", "spikes"):
+        sensor = options.setdefault("sensor", "DO_probe")
+        if not isinstance(sensor, str):
+            raise SuiteError(f"{where}: sensor: must name an instrument of the pack")
+    if kind == "probe_drift":
+        if "rate_per_h" not in options:
+            raise SuiteError(f"{where}: rate_per_h: needed (sensor units per h)")
+        options["rate_per_h"] = _number(options["rate_per_h"], f"{where}: rate_per_h")
+    if kind == "spikes":
+        if "size" not in options:
+            raise SuiteError(f"{where}: size: needed (sensor units)")
+        options["size"] = _number(options["size"], f"{where}: size", positive=True)
+        prob = _number(options.get("probability", 0.1), f"{where}: probability", positive=True)
+        if prob > 1:
+            raise SuiteError(f"{where}: probability: must be in (0, 1], got {prob:g}")
+        options["probability"] = prob
+    if kind == "offgas_outage" and "sensors" in options:
+        names = options["sensors"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise SuiteError(f"{where}: sensors: must list instruments, e.g. ['OUR', 'CER']")
+        options["sensors"] = tuple(names)
+    if kind in ("pump_failure", "pump_blockage") and not isinstance(
+        options.setdefault("input", "F"), str
+    ):
+        raise SuiteError(f"{where}: input: must name an input of the model")
+    if kind in ("pump_blockage", "cooling_loss"):
+        if "fraction" not in options:
+            raise SuiteError(f"{where}: fraction: needed (the share left, in [0, 1))")
+        options["fraction"] = _fraction(options["fraction"], f"{where}: fraction")
+    if kind in PLANT_FAULT_KINDS:
+        if "factor" not in options:
+            raise SuiteError(f"{where}: factor: needed (times the plant's parameter)")
+        options["factor"] = _number(options["factor"], f"{where}: factor", positive=True)
+        if "parameter" in options and not isinstance(options["parameter"], str):
+            raise SuiteError(f"{where}: parameter: must name a parameter of the model")
+
+
+def _parse_effects(doc: Any, where: str, *, sensor: bool) -> dict[str, Any]:
+    """``[scenario.sensors.NAME]`` or ``[scenario.actuators.NAME]`` tables."""
+    keys = SENSOR_EFFECT_KEYS if sensor else ACTUATOR_EFFECT_KEYS
+    if not isinstance(doc, Mapping):
+        raise SuiteError(f"{where}: must be a table of {{ {' = .., '.join(keys)} = .. }} per name")
+    out: dict[str, Any] = {}
+    for name, table in doc.items():
+        w = f"{where}.{name}"
+        if not isinstance(table, Mapping):
+            raise SuiteError(f"{w}: must be a table with keys {', '.join(keys)}")
+        unknown = sorted(set(table) - set(keys))
+        if unknown:
+            raise SuiteError(f"{w}: unknown keys {unknown}; allowed: {', '.join(keys)}")
+        values = {k: _number(v, f"{w}.{k}") for k, v in table.items()}
+        for k in ("noise", "lag_h", "quantum", "resolution", "dead_time_h"):
+            if values.get(k, 0.0) < 0:
+                raise SuiteError(f"{w}.{k}: must be >= 0, got {values[k]:g}")
+        if "dropout" in values:
+            values["dropout"] = _fraction(values["dropout"], f"{w}.dropout")
+        if not sensor and values.get("min", -math.inf) >= values.get("max", math.inf):
+            raise SuiteError(f"{w}: min {values['min']:g} >= max {values['max']:g}")
+        out[str(name)] = SensorEffect(**values) if sensor else ActuatorEffect(**values)
+    return out
+
+
+def _parse_base_layer(doc: Any, where: str) -> dict[str, float]:
+    if not isinstance(doc, Mapping) or not doc:
+        raise SuiteError(f"{where}: must be a table with keys {', '.join(BASE_LAYER_KEYS)}")
+    unknown = sorted(set(doc) - set(BASE_LAYER_KEYS))
+    if unknown:
+        raise SuiteError(f"{where}: unknown keys {unknown}; allowed: {', '.join(BASE_LAYER_KEYS)}")
+    out = {k: _number(v, f"{where}: {k}") for k, v in doc.items()}
+    for k in ("cooling_W", "heating_W"):
+        if k in out and out[k] <= 0:
+            raise SuiteError(f"{where}: {k}: must be > 0, got {out[k]:g}")
+    if "temperature_C" not in out and "ph" not in out:
+        raise SuiteError(f"{where}: needs temperature_C or ph (the loops' setpoints)")
+    return out
 
 
 def _parse_broken(doc: Any, where: str) -> BrokenSpec:
@@ -421,8 +546,10 @@ def check_suite(suite: Suite) -> None:
             raise SuiteError(f"{where}: controller: nmpc, but the pack has no control.toml")
         inputs = run.model.input_names
         sensors = {i.output for i in run.instruments}
+        _check_rig(spec, run, sensors)
         for i, fault in enumerate(spec.faults):
             fw = f"{where}: fault[{i}]"
+            _check_rig_fault(spec, fault, run, sensors, fw)
             if fault.kind != "device_clamp" and fault.start_h >= hours:
                 raise SuiteError(f"{fw}: start_h {fault.start_h:g} h is after the run's end")
             if fault.kind == "sensor_garbage" and fault.options["sensor"] not in sensors:
@@ -448,3 +575,76 @@ def check_suite(suite: Suite) -> None:
                 raise SuiteError(
                     f"{where}: criteria.{c.name}: the pack's [kpis] minimum is not set"
                 )
+
+
+def _check_rig(spec: ScenarioSpec, run: Any, sensors: set[str]) -> None:
+    """Sensor and actuator effects name the pack's instruments and the model's inputs; a
+    temperature loop only where the model has no temperature state."""
+    where = spec.source
+    for name in spec.sensors:
+        if name not in sensors:
+            raise SuiteError(
+                f"{where}: sensors.{name}: not an instrument; instruments: "
+                f"{', '.join(sorted(sensors))}"
+            )
+    inputs = run.model.input_names
+    for name in spec.actuators:
+        if name not in inputs:
+            raise SuiteError(f"{where}: actuators.{name}: not an input; inputs: {inputs}")
+    layer = spec.base_layer or {}
+    if "temperature_C" in layer and "T" in run.model.state_names:
+        raise SuiteError(
+            f"{where}: base_layer.temperature_C: model {run.model.name!r} has its own "
+            "temperature state T (its T_set is the temperature loop); the rig's loop is for "
+            "models without one"
+        )
+
+
+def _check_rig_fault(
+    spec: ScenarioSpec, fault: FaultSpec, run: Any, sensors: set[str], where: str
+) -> None:
+    """A rig or plant fault's names against the pack (and its defaults filled in)."""
+    model = run.model
+    opts = fault.options
+    kind = fault.kind
+    if "sensor" in opts and kind in RIG_FAULT_KINDS and opts["sensor"] not in sensors:
+        raise SuiteError(
+            f"{where}: sensor: {opts['sensor']!r} is not an instrument; instruments: "
+            f"{', '.join(sorted(sensors))}"
+        )
+    if kind == "offgas_outage":
+        names = opts.get("sensors") or tuple(n for n in OFFGAS_SENSORS if n in sensors)
+        if not names:
+            raise SuiteError(f"{where}: sensors: the pack has no off-gas instrument; name some")
+        for n in names:
+            if n not in sensors:
+                raise SuiteError(f"{where}: sensors: {n!r} is not an instrument of the pack")
+        opts["sensors"] = tuple(names)  # type: ignore[index]
+    if kind in ("pump_failure", "pump_blockage") and opts["input"] not in model.input_names:
+        raise SuiteError(
+            f"{where}: input: {opts['input']!r} is not an input; inputs: {model.input_names}"
+        )
+    if kind == "cooling_loss":
+        if "T" in model.state_names:
+            raise SuiteError(
+                f"{where}: cooling_loss: model {model.name!r} has its own temperature state "
+                "with no cooling limit in it; not injectable (the rig's temperature loop "
+                "carries this fault only for models without a temperature)"
+            )
+        if "temperature_C" not in (spec.base_layer or {}):
+            raise SuiteError(f"{where}: cooling_loss: needs base_layer.temperature_C")
+    if kind in PLANT_FAULT_KINDS:
+        name = opts.get("parameter") or default_parameter(kind, model.parameter_names)
+        if name is None or name not in model.parameter_names:
+            raise SuiteError(
+                f"{where}: parameter: {name!r} is not a parameter of {model.name!r}; name one"
+            )
+        p = model.parameters[model.index(name)]
+        base = p.value * spec.plant.parameter_factors.get(name, 1.0)
+        true = base * float(opts["factor"])
+        if not p.lower <= true <= p.upper:
+            raise SuiteError(
+                f"{where}: factor {opts['factor']:g} makes {name} = {true:g} {p.unit}, outside "
+                f"its declared range [{p.lower:g}, {p.upper:g}]"
+            )
+        opts["parameter"] = name  # type: ignore[index]

@@ -56,7 +56,7 @@ def test_each_broken_controller_fails_its_criterion(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_kpis_on_local_pool_and_dask(tmp_path: Path) -> None:
-    suite = load_suite(SMOKE).only(["yeast-nominal", "yeast-controller-raises"])
+    suite = load_suite(SMOKE).only(["yeast-nominal", "yeast-controller-raises", "yeast-rig-faults"])
     pool = LocalPool(2)
     try:
         local = run_campaign(suite.scenarios, pool, out_root=tmp_path / "local")
@@ -79,6 +79,8 @@ def test_same_seed_same_kpis_on_local_pool_and_dask(tmp_path: Path) -> None:
                 assert math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12), (a.name, key, va, vb)
             else:
                 assert va == vb, (a.name, key)
+    rig = next(o for o in local if o.name == "yeast-rig-faults")
+    assert rig.kpis["rig_spikes"] >= 1 and rig.kpis["rig_T_final_output"] < 0  # the rig ran
     # and the seed matters: another seed moves the product
     other = next(s for s in suite.scenarios if s.name == "yeast-nominal")
     moved = run_scenario(replace(other, seed=8), str(tmp_path / "seed8"))

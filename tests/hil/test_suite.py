@@ -26,6 +26,16 @@ do_min_percent = { min = 20 }
 """
 
 
+def _fault(body: str) -> tuple[str, str]:
+    """A change to GOOD that adds one [[scenario.fault]] with ``body``."""
+    return ("[scenario.criteria]", f"[[scenario.fault]]\n{body}\n[scenario.criteria]")
+
+
+def _table(body: str) -> tuple[str, str]:
+    """A change to GOOD that adds the scenario table(s) in ``body``."""
+    return ("[scenario.criteria]", f"{body}\n[scenario.criteria]")
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "suite.toml"
     path.write_text(text, encoding="utf-8")
@@ -34,7 +44,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_smoke_suite_loads_with_defaults_merged() -> None:
     suite = load_suite(SUITES / "smoke.toml")
-    assert len(suite.scenarios) == 3
+    assert len(suite.scenarios) == 4
     by_name = {s.name: s for s in suite.scenarios}
     raises = by_name["yeast-controller-raises"]
     assert raises.duration_h == 4.5 and raises.seed == 7
@@ -110,6 +120,24 @@ def test_good_minimal_suite(tmp_path: Path) -> None:
             ),
             "parameter_factors.mu_x",
         ),
+        (_fault('kind = "probe_stuck"\nsensor = "pH_probe"\nstart_h = 3'), "fault[0]: sensor"),
+        (_fault('kind = "probe_drift"\nstart_h = 3'), "fault[0]: rate_per_h"),
+        (_fault('kind = "spikes"\nsize = 5\nprobability = 2\nstart_h = 3'), "probability"),
+        (_fault('kind = "offgas_outage"\nsensors = ["y_O2_out"]\nstart_h = 3'), "sensors"),
+        (_fault('kind = "pump_failure"\ninput = "Q_air"\nstart_h = 3'), "fault[0]: input"),
+        (_fault('kind = "pump_blockage"\nfraction = 1.5\nstart_h = 3'), "fraction"),
+        (_fault('kind = "cooling_loss"\nfraction = 0.5\nstart_h = 3'), "base_layer"),
+        (_fault('kind = "feed_concentration"\nstart_h = 3'), "fault[0]: factor"),
+        (_fault('kind = "growth_change"\nfactor = 5.0\nstart_h = 3'), "Y_xs_ox"),
+        (_fault('kind = "growth_change"\nparameter = "mu_x"\nfactor = 1.1'), "parameter"),
+        (_table("[scenario.sensors.DO_probe]\nlag = 0.1"), "sensors.DO_probe: unknown keys"),
+        (_table("[scenario.sensors.T_probe]\nnoise = 0.1"), "sensors.T_probe"),
+        (_table("[scenario.sensors.DO_probe]\ndropout = 1.0"), "sensors.DO_probe.dropout"),
+        (_table("[scenario.actuators.F]\ndead_time_h = -1"), "actuators.F.dead_time_h"),
+        (_table("[scenario.actuators.F]\nmin = 1\nmax = 0.5"), "actuators.F"),
+        (_table("[scenario.actuators.T_set]\nmax = 30"), "actuators.T_set"),
+        (_table("[scenario.base_layer]\nheater = 1"), "base_layer: unknown keys"),
+        (_table("[scenario.base_layer]\ncooling_W = 100"), "base_layer: needs"),
     ],
 )
 def test_bad_suite_one_line_naming_file_and_key(
@@ -145,3 +173,36 @@ def test_cli_unknown_executor_and_only(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--executor" in result.output
     result = runner.invoke(app, ["hil", "run", str(path), "--only", "zzz"])
     assert result.exit_code == 2 and "--only zzz" in result.output
+
+
+def test_rig_keys_parsed_with_defaults(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "[scenario.criteria]",
+        "[scenario.sensors.DO_probe]\nlag_h = 0.05\nquantum = 0.5\n"
+        "[scenario.actuators.F]\ndead_time_h = 0.02\nmax = 0.3\n"
+        "[scenario.base_layer]\ntemperature_C = 30\n"
+        '[[scenario.fault]]\nkind = "offgas_outage"\nstart_h = 3\nend_h = 3.5\n'
+        '[[scenario.fault]]\nkind = "growth_change"\nfactor = 0.9\nstart_h = 3\n'
+        '[[scenario.fault]]\nkind = "cooling_loss"\nfraction = 0.2\nstart_h = 3\n'
+        "[scenario.criteria]",
+        1,
+    )
+    (spec,) = load_suite(_write(tmp_path, text)).scenarios
+    assert spec.sensors["DO_probe"].lag_h == 0.05 and spec.sensors["DO_probe"].quantum == 0.5
+    assert spec.actuators["F"].dead_time_h == 0.02 and spec.actuators["F"].max == 0.3
+    assert spec.base_layer == {"temperature_C": 30.0}
+    outage, growth, _ = spec.faults
+    assert outage.options["sensors"] == ("OUR", "CER")  # the pack's off-gas instruments
+    assert growth.options["parameter"] == "Y_xs_ox"  # the yeast model's default
+    assert spec.fault_start_h() == 3.0 and spec.fault_end_h() == 3.5
+
+
+def test_cooling_loss_refused_for_a_model_with_its_own_temperature(tmp_path: Path) -> None:
+    text = GOOD.replace('pack = "yeast_fedbatch"', 'pack = "penicillin_fedbatch"').replace(
+        "[scenario.criteria]",
+        '[[scenario.fault]]\nkind = "cooling_loss"\nfraction = 0.2\nstart_h = 3\n'
+        "[scenario.criteria]",
+        1,
+    )
+    with pytest.raises(SuiteError, match="own temperature state"):
+        load_suite(_write(tmp_path, text))
