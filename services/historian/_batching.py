@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = ["STOP", "WAKE", "Retry", "gather"]
@@ -29,38 +28,43 @@ _FIRST_BACKOFF_S: Final = 0.05
 
 def gather(
     q: queue.SimpleQueue[Any],
+    batch: list[Any],
     *,
     block: bool,
     interval_s: float,
-    take: Callable[[Any], None],
-    full: Callable[[], bool],
-) -> bool:
-    """Move queued items into a batch with ``take``; True when the stop mark was seen.
+    max_len: int,
+    flatten: bool = False,
+) -> tuple[bool, int]:
+    """Move queued items into ``batch`` (each item appended, or its elements when
+    ``flatten``); (whether the stop mark was seen, how many items were taken).
 
     Blocks for the first item when ``block``. Then gathers for up to ``interval_s`` and
-    returns early (to commit) once ``full()``, on a flush request or the stop mark, taking
-    along only what is already queued.
+    returns early (to commit) once ``batch`` holds ``max_len`` entries, on a flush request
+    or the stop mark, taking along only what is already queued.
     """
     try:
         item = q.get() if block else q.get_nowait()
     except queue.Empty:
-        return False
+        return False, 0
     deadline = time.monotonic() + interval_s
     urgent = stop = False
+    taken = 0
+    add = batch.extend if flatten else batch.append
     while True:
         if item is STOP:
             stop = urgent = True
         elif item is WAKE:
             urgent = True
         else:
-            take(item)
-        if full():
-            return stop
+            add(item)
+            taken += 1
+        if len(batch) >= max_len:
+            return stop, taken
         remaining = 0.0 if urgent else deadline - time.monotonic()
         try:
             item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
         except queue.Empty:
-            return stop
+            return stop, taken
 
 
 class Retry:

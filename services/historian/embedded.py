@@ -670,13 +670,10 @@ class EmbeddedHistorian:
     def _gather(self, batch: list[Any], block: bool) -> bool:
         """Move queued records into ``batch`` (:func:`services.historian._batching.gather`:
         up to ``batch_interval_s`` or ``max_batch`` records); True at the stop mark."""
-        return gather(
-            self._queue,
-            block=block,
-            interval_s=self._interval,
-            take=batch.append,
-            full=lambda: len(batch) >= self._max_batch,
+        stop, _ = gather(
+            self._queue, batch, block=block, interval_s=self._interval, max_len=self._max_batch
         )
+        return stop
 
     def _store(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         """Insert ``batch`` in one transaction (all or nothing).

@@ -555,18 +555,16 @@ class InfluxHistorian:
     def _gather(self, batch: list[str], block: bool) -> bool:
         """Move queued lines into ``batch`` (:func:`services.historian._batching.gather`:
         up to ``batch_interval_s`` or ``batch_points`` lines); True at the stop mark."""
-
-        def take(lines: list[str]) -> None:
-            batch.extend(lines)
-            self._batch_records += 1
-
-        return gather(
+        stop, records = gather(
             self._queue,
+            batch,
             block=block,
             interval_s=self._interval,
-            take=take,
-            full=lambda: len(batch) >= self._batch_points,
+            max_len=self._batch_points,
+            flatten=True,
         )
+        self._batch_records += records
+        return stop
 
     def _buffer_loop(self) -> None:
         batch: list[str] = []
