@@ -27,7 +27,7 @@ from influx_server import InfluxServer, free_port
 
 from bpcontrol.records import RunIdentity
 from services.historian.buffer import ForwardBuffer
-from services.historian.influx import HistorianEventKind, InfluxHistorian
+from services.historian.influx import HistorianEvent, HistorianEventKind, InfluxHistorian
 from services.historian.influx_client import InfluxConfig
 
 RUN = RunIdentity("basel", "R-101", "B-fail", "r-fail", "2026-03-01T08:00:00+00:00")
@@ -42,6 +42,31 @@ def counts(server: InfluxServer, database: str) -> dict[str, int]:
 def write_all(h: InfluxHistorian) -> None:
     for r in records(N_STEPS, RUN):
         h.write(r)
+
+
+def held_back(
+    config: InfluxConfig, path: Path, kind: HistorianEventKind
+) -> tuple[list[HistorianEvent], list[HistorianEvent]]:
+    """Write the records through a historian whose server does not take them: nothing
+    delivered, all pending, then closed (they stay in the buffer file, nothing set aside).
+    Returns (the events of ``kind``, all events)."""
+    h = InfluxHistorian(config, path, max_backoff_s=0.2, drain_on_close_s=0.1)
+    write_all(h)
+    assert not h.flush(2.0)
+    assert h.delivered_points == 0 and h.pending_points == TOTAL
+    events = h.events()
+    h.close()
+    buffer = ForwardBuffer(path)
+    assert buffer.totals()[0] == TOTAL and buffer.dead_letters() == []
+    return [e for e in events if e.kind is kind], events
+
+
+def deliver(config: InfluxConfig, path: Path) -> None:
+    """Open a historian on the buffer file ``path`` and let it deliver what it holds."""
+    h = InfluxHistorian(config, path)
+    assert h.flush(60.0), f"{h.pending_points} points left, {h.last_error!r}"
+    h.close()
+    assert ForwardBuffer(path).totals() == (0, 0)
 
 
 class _Unavailable:
@@ -130,22 +155,11 @@ def test_wrong_password_keeps_records_buffered_then_right_one_delivers(
             timeout_s=2.0,
         )
         path = tmp_path / "buffer.sqlite"
-        h = InfluxHistorian(wrong, path, max_backoff_s=0.2, drain_on_close_s=0.1)
-        write_all(h)
-        assert not h.flush(2.0)
-        assert h.delivered_points == 0 and h.pending_points == TOTAL
-        events = h.events()
-        auth = [e for e in events if e.kind is HistorianEventKind.AUTH_FAILED]
+        auth, events = held_back(wrong, path, HistorianEventKind.AUTH_FAILED)
         assert len(auth) == 1 and "401" in auth[0].message, events
         assert all(password not in e.message for e in events)  # no secret in an event
-        h.close()  # what was not delivered stays in the buffer file, nothing set aside
-        buffer = ForwardBuffer(path)
-        assert buffer.totals()[0] == TOTAL and buffer.dead_letters() == []
-        h = InfluxHistorian(replace(wrong, password=password), path)  # credentials fixed
-        assert h.flush(60.0), f"{h.pending_points} points left, {h.last_error!r}"
-        h.close()
+        deliver(replace(wrong, password=password), path)  # the credentials fixed
         assert counts(server, database) == expected_points(N_STEPS)
-        assert buffer.totals() == (0, 0)
     finally:
         server.stop()
 
@@ -229,20 +243,11 @@ def test_tls_certificate_verified_by_default_and_trusted_with_its_ca(
         config = InfluxConfig(url=server.url, database=database, timeout_s=2.0)
         assert config.verify_tls  # the default
         path = tmp_path / "buffer.sqlite"
-        h = InfluxHistorian(config, path, max_backoff_s=0.2, drain_on_close_s=0.1)
-        write_all(h)
-        assert not h.flush(2.0)
-        assert h.delivered_points == 0 and h.pending_points == TOTAL
-        events = h.events()
-        tls = [e for e in events if e.kind is HistorianEventKind.TLS_FAILED]
+        tls, events = held_back(config, path, HistorianEventKind.TLS_FAILED)
         assert len(tls) == 1, events
         assert "CERTIFICATE_VERIFY_FAILED" in tls[0].message and "ca_file" in tls[0].message
-        h.close()
         assert counts(server, database)["measurement"] == 0  # nothing reached it
-        h = InfluxHistorian(replace(config, ca_file=str(ca)), path)  # the CA configured
-        assert h.flush(60.0), f"{h.pending_points} points left, {h.last_error!r}"
-        h.close()
+        deliver(replace(config, ca_file=str(ca)), path)  # the CA configured
         assert counts(server, database) == expected_points(N_STEPS)
-        assert ForwardBuffer(path).totals() == (0, 0)
     finally:
         server.stop()
