@@ -201,3 +201,40 @@ def test_escape_tag_rules() -> None:
     assert escape_tag("back\\slash") == "back\\slash"  # kept literally by 1.x
     with pytest.raises(RecordRefusedError):
         escape_tag("")
+
+
+def _encode_all(enc: LineEncoder, stream: list[MeasurementRecord]) -> list[object]:
+    out: list[object] = []
+    for r in stream:
+        try:
+            out.append(enc.encode(r))
+        except RecordRefusedError as exc:
+            out.append(str(exc))
+    return out
+
+
+def test_short_path_of_known_sensors_writes_the_same_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The short path for readings of known sensors against the general path on the
+    cases it must hand over: same microsecond twice, NaN, infinity, an int value, a
+    non-ASCII sensor, another run in between, a time out of range."""
+    other = RunIdentity("basel", "R-101", "B-2", "r2", "2026-03-01T08:00:00+00:00")
+    stream = []
+    for k in range(50):
+        t = k / 60
+        stream += [
+            MeasurementRecord(t, "DO", float(k), t, run=RUN),
+            MeasurementRecord(t, "DO", 2.0, t, run=RUN),  # same microsecond: +1 ns
+            MeasurementRecord(t, "pH", math.nan, t, run=RUN),
+            MeasurementRecord(t, f"s{k % 7}", 1.5, t, run=other),
+            MeasurementRecord(t, "DO", math.inf, t, run=RUN),
+            MeasurementRecord(t, "DO", 3, t, run=RUN),
+            MeasurementRecord(t, "\u00e9-sensor", 1.0, t, run=RUN),
+            MeasurementRecord(1e9, "DO", 1.0, 1e9, run=RUN),
+        ]
+    short = _encode_all(LineEncoder(), stream)
+    monkeypatch.setattr(LineEncoder, "_known_measurement", lambda self, record: None)
+    general = _encode_all(LineEncoder(), stream)
+    assert short == general
+    assert sum(isinstance(x, str) for x in short) == 100  # inf and out of range refused
