@@ -219,11 +219,13 @@ _FLAKY_KINDS = frozenset(
 
 
 def _plant_wrap(
-    spec: ScenarioSpec, rig: Callable[[Plant], Plant] | None = None
+    spec: ScenarioSpec, *inner: Callable[[Plant], Plant] | None
 ) -> Callable[[Plant], Plant] | None:
+    """The plant's layers, innermost first: ``inner`` (the rig, the transport), then the
+    link faults (on the controller's side of the network)."""
     from hil.faults import FlakyPlant
 
-    layers: list[Callable[[Plant], Plant]] = [] if rig is None else [rig]
+    layers: list[Callable[[Plant], Plant]] = [layer for layer in inner if layer is not None]
     for f in spec.faults:
         if f.kind not in _FLAKY_KINDS:
             continue
@@ -290,6 +292,8 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
     from bpcontrol.records import RunIdentity
     from bpcontrol.run_status import write_json
     from hil.runner import new_run_dir, run_batch
+    from hil.transport import close as close_transport
+    from hil.transport import opcua_layer
     from services.historian import read_records
 
     start = time.perf_counter()
@@ -308,17 +312,24 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         )
         run = replace(run, spec=replace(run.spec, identity=ident))
         rigs: list[Any] = []
-        result = run_batch(
-            run,
-            run_dir=run_dir,
-            scenario=_plant_scenario(spec, run),
-            duration_h=spec.duration_h,
-            speed_up=spec.speed_up,
-            wrap_controller=_controller_wrap(spec, run, limits),
-            wrap_plant=_plant_wrap(spec, _rig_layer(spec, run, rigs)),
-            oracle=spec.oracle,
-            report=report,
-        )
+        network: dict[str, Any] = {}
+        transport = None
+        if spec.transport == "opcua":
+            transport = opcua_layer(run_dir, spec.speed_up, run.model, network)
+        try:
+            result = run_batch(
+                run,
+                run_dir=run_dir,
+                scenario=_plant_scenario(spec, run),
+                duration_h=spec.duration_h,
+                speed_up=spec.speed_up,
+                wrap_controller=_controller_wrap(spec, run, limits),
+                wrap_plant=_plant_wrap(spec, _rig_layer(spec, run, rigs), transport),
+                oracle=spec.oracle,
+                report=report,
+            )
+        finally:
+            close_transport(network)
         if rigs:  # the rig's figures join the run's KPIs; its base layer's series a file
             result.kpis.update(rigs[0].kpis())
             write_json(run_dir / "kpis.json", result.kpis)

@@ -19,6 +19,7 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     deadline_s = 30.0                # wall s per solve (default: the pack's)
     speed_up = 360.0                 # process s per wall s (default: flat out)
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
+    transport = "inprocess"          # or "opcua": through the simulated device and gateway
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
     [scenario.sensors.DO_probe]      # the rig's sensor effects (hil.rig.SensorEffect)
@@ -73,6 +74,7 @@ from hil.rig import (
     default_parameter,
 )
 from hil.runner import Scenario, ScenarioError, check_scenario, parse_scenario
+from hil.transport import TRANSPORTS, mapping_path
 
 __all__ = [
     "BROKEN_KINDS",
@@ -123,6 +125,7 @@ _SCENARIO_KEYS = (
     "deadline_s",
     "speed_up",
     "oracle",
+    "transport",
     "plant",
     "sensors",
     "actuators",
@@ -164,6 +167,7 @@ class ScenarioSpec:
     deadline_s: float | None = None
     speed_up: float = math.inf
     oracle: bool = False
+    transport: str = "inprocess"
     plant: Scenario = field(default_factory=Scenario)
     sensors: Mapping[str, SensorEffect] = field(default_factory=dict)
     actuators: Mapping[str, ActuatorEffect] = field(default_factory=dict)
@@ -308,6 +312,16 @@ def _parse_scenario(
     oracle = doc.get("oracle", False)
     if not isinstance(oracle, bool):
         raise SuiteError(f"{where}: oracle: must be true or false, got {oracle!r}")
+    transport = doc.get("transport", "inprocess")
+    if transport not in TRANSPORTS:
+        raise SuiteError(
+            f"{where}: transport: must be one of {', '.join(TRANSPORTS)}, got {transport!r}"
+        )
+    if transport != "inprocess" and speed_up == math.inf:
+        raise SuiteError(
+            f"{where}: transport: {transport} needs a finite speed_up (the device's clock is "
+            "paced, as the loop's)"
+        )
     plant_doc = doc.get("plant", {})
     if not isinstance(plant_doc, Mapping):
         raise SuiteError(f"{where}: plant: must be a table (the format of hil.runner)")
@@ -345,6 +359,7 @@ def _parse_scenario(
         deadline_s=deadline,
         speed_up=speed_up,
         oracle=oracle,
+        transport=transport,
         plant=plant,
         sensors=sensors,
         actuators=actuators,
@@ -546,6 +561,11 @@ def check_suite(suite: Suite) -> None:
             raise SuiteError(f"{where}: controller: nmpc, but the pack has no control.toml")
         inputs = run.model.input_names
         sensors = {i.output for i in run.instruments}
+        if spec.transport == "opcua" and mapping_path(run.model.name) is None:
+            raise SuiteError(
+                f"{where}: transport: no device mapping for model {run.model.name!r} "
+                "(the edge gateways ship one for ecoli_fedbatch)"
+            )
         _check_rig(spec, run, sensors)
         for i, fault in enumerate(spec.faults):
             fw = f"{where}: fault[{i}]"
