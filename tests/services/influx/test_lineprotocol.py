@@ -227,13 +227,16 @@ def test_short_path_of_known_sensors_writes_the_same_lines(
             MeasurementRecord(t, "DO", float(k), t, run=RUN),
             MeasurementRecord(t, "DO", 2.0, t, run=RUN),  # same microsecond: +1 ns
             MeasurementRecord(t, "pH", math.nan, t, run=RUN),
-            MeasurementRecord(t, f"s{k % 7}", 1.5, t, run=other),
             MeasurementRecord(t, "DO", math.inf, t, run=RUN),
             MeasurementRecord(t, "DO", 3, t, run=RUN),
             MeasurementRecord(t, "\u00e9-sensor", 1.0, t, run=RUN),
             MeasurementRecord(1e9, "DO", 1.0, 1e9, run=RUN),
+            MeasurementRecord(t, "OUR", 10.0 + k, t, run=RUN),
         ]
-    short = _encode_all(LineEncoder(), stream)
+        if k % 10 == 9:
+            stream.append(MeasurementRecord(t, f"s{k}", 1.5, t, run=other))
+    enc = LineEncoder()
+    short = _encode_all(enc, stream)
     monkeypatch.setattr(LineEncoder, "_known_measurement", lambda self, record: None)
     general = _encode_all(LineEncoder(), stream)
     assert short == general
