@@ -11,9 +11,11 @@ then per run:
   ``httpx.Client``: points/s = points / time until the last answer. The peer: what the
   server takes with no buffer and no encoding on our side;
 * ``path``: the same records through ``InfluxHistorian.write`` (check + encode + queue),
-  the SQLite buffer (committed), the forwarder (read, POST, acknowledge, delete) into a
-  fresh database: points/s = points / (time from the first ``write`` until ``flush``
-  returned); also ``write()`` per record (us, median and p99) as the loop pays it;
+  the SQLite buffer (each chunk committed before it is sent), the forwarder (POST, up to
+  two requests in flight, acknowledge, delete) into a fresh database: points/s = points /
+  (time from the first ``write`` until ``flush`` returned, i.e. everything delivered and
+  deleted from the buffer); also ``write()`` per record (us, median and p99) as the loop
+  pays it;
 * ``narrow``: the same two for a stream of measurements only (one narrow point per
   record, 5x as many steps), the kind of points the raw figure of the issue was taken with;
 * ``readback``: a 30 h batch at 1-min steps (1800 steps: 7200 readings of 5 sensors,
