@@ -189,9 +189,11 @@ def _rig_layer(
 
     def layer(plant: Plant) -> Plant:
         assert isinstance(plant, SimulatedPlant)
-        base = None
-        if spec.base_layer:
-            b = spec.base_layer
+        base, cascade = None, None
+        b = spec.base_layer or {}
+        if "do_percent" in b:
+            cascade = (float(b["do_percent"]), str(b["do_input"]))
+        if "temperature_C" in b or "ph" in b:
             base = BaseLayer(
                 temperature_C=b.get("temperature_C"),
                 ph=b.get("ph"),
@@ -206,6 +208,7 @@ def _rig_layer(
             actuators=spec.actuators,
             faults=faults,
             base_layer=base,
+            do_cascade=cascade,
         )
         made.append(rig)
         return rig

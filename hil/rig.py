@@ -55,6 +55,7 @@ __all__ = [
     "SENSOR_EFFECT_KEYS",
     "ActuatorEffect",
     "BaseLayer",
+    "DoCascade",
     "FirstOrderLag",
     "FirstOrderProcess",
     "LoopConfig",
@@ -73,7 +74,7 @@ SENSOR_EFFECT_KEYS = ("noise", "lag_h", "drift_per_h", "quantum", "dropout")
 """Keys of a ``[scenario.sensors.NAME]`` table (:class:`SensorEffect`)."""
 ACTUATOR_EFFECT_KEYS = ("min", "max", "resolution", "dead_time_h")
 """Keys of a ``[scenario.actuators.NAME]`` table (:class:`ActuatorEffect`)."""
-BASE_LAYER_KEYS = ("temperature_C", "ph", "cooling_W", "heating_W")
+BASE_LAYER_KEYS = ("temperature_C", "ph", "cooling_W", "heating_W", "do_percent", "do_input")
 """Keys of a ``[scenario.base_layer]`` table (:class:`BaseLayer`)."""
 
 RIG_FAULT_KINDS: dict[str, tuple[str, ...]] = {
@@ -436,6 +437,49 @@ class BaseLayer:
         return out
 
 
+class DoCascade:
+    """The reactor's own DO loop: a PI on the DO probe's reading that sets one aeration
+    input (``input``, e.g. ``kLa``) every sampling instant, within ``[u_min, u_max]``.
+
+    DO settles within seconds of an aeration change, much faster than the 1 min
+    sampling, so the loop sees a static gain ``dDO/du = (100 - DO) / kLa`` (about 0.1
+    %/(1/h) on the yeast pack near 30 % DO); ``kp = 1`` (1/h per %) and ``ti`` one
+    sampling period keep the per-sample loop gain ``2 kp g`` under 2 (stable) up to ``g =
+    1``. With the cascade on, the supervisory controller's setpoints for that input are
+    not taken: the device confirms the cascade's value (the loop records that it holds
+    another value). The reading it acts on is the one the loop gets (probe effects and
+    faults included); a lost sample holds its output.
+    """
+
+    def __init__(
+        self, *, setpoint: float, input: str, u_min: float, u_max: float, u0: float
+    ) -> None:
+        self.setpoint, self.input = float(setpoint), input
+        self.pid = PIDController(kp=1.0, ti_h=1.0 / 60.0, u_min=u_min, u_max=u_max, u0=u0)
+        self.series: dict[str, list[float]] = {"t": [], "DO": [], "u": [], "saturated": []}
+
+    def update(self, t_h: float, do: float, dt_h: float) -> float:
+        """The output after the DO reading ``do`` at ``t_h`` (h)."""
+        u = self.pid.update(self.setpoint, do, dt_h)
+        for key, v in (("t", t_h), ("DO", do), ("u", u), ("saturated", self.pid.saturated)):
+            self.series[key].append(float(v))
+        return u
+
+    def kpis(self) -> dict[str, float]:
+        """The DO error seen by the loop after its first hour (largest, final) and the time
+        at an output limit (% of samples)."""
+        t, do = np.array(self.series["t"]), np.array(self.series["DO"])
+        if not t.size:
+            return {}
+        late = t >= t[0] + 1.0
+        err = do[late] - self.setpoint if late.any() else do - self.setpoint
+        return {
+            "rig_DO_cascade_max_error": float(err[np.argmax(np.abs(err))]),
+            "rig_DO_cascade_final_error": float(err[-1]),
+            "rig_DO_cascade_saturated_percent": 100.0 * float(np.mean(self.series["saturated"])),
+        }
+
+
 # --- the rig ----------------------------------------------------------------------------
 
 
@@ -450,6 +494,8 @@ class RigPlant:
         faults: the rig's scheduled faults (:data:`RIG_FAULT_KINDS`; plant faults are
             the inner plant's ``parameter_changes`` and are ignored here).
         base_layer: temperature and pH loops, or None.
+        do_cascade: ``(DO setpoint %, aeration input)`` of the device's DO loop
+            (:class:`DoCascade`), or None.
 
     Raises:
         ValueError: a sensor, input or fault option that does not fit the plant.
@@ -464,6 +510,7 @@ class RigPlant:
         actuators: Mapping[str, ActuatorEffect] | None = None,
         faults: Sequence[RigFault] = (),
         base_layer: BaseLayer | None = None,
+        do_cascade: tuple[float, str] | None = None,
     ) -> None:
         self.inner = inner
         model = inner.model
@@ -525,6 +572,22 @@ class RigPlant:
         self._i_our = _index(outputs, "OUR")
         self._i_cer = _index(outputs, "CER")
         self._i_vol = _index(outputs, "V_meas")
+        self.cascade: DoCascade | None = None
+        if do_cascade is not None:
+            sp, name = do_cascade
+            if name not in names or "DO_probe" not in outputs:
+                raise ValueError(f"do_cascade: needs the input {name!r} and a DO_probe")
+            i = names.index(name)
+            eff = self._actuators.get(name, ActuatorEffect())
+            self.cascade = DoCascade(
+                setpoint=sp,
+                input=name,
+                u_min=max(self._u_lo[i], eff.min),
+                u_max=min(self._u_hi[i], eff.max),
+                u0=float(u0[i]),
+            )
+        self._k_read = math.floor(self._t0 / period + _EPS_H)  # last instant read
+        self._held_back: list[Reading] = []
 
     # --- the Plant protocol ---------------------------------------------------------
     @property
@@ -535,6 +598,7 @@ class RigPlant:
     def apply(self, t_h: float, setpoints: Mapping[str, float]) -> Mapping[str, float]:
         """Accept ``setpoints`` (saturation, resolution); what has no dead time reaches the
         process at ``t_h``, the rest ``dead_time_h`` later. Returns the accepted values."""
+        self._cascade_to(t_h)
         self._sync(t_h)
         names = self.input_names
         missing = [n for n in names if n not in setpoints]
@@ -547,7 +611,11 @@ class RigPlant:
             if eff is not None and math.isfinite(v):
                 v = eff.accept(v)
             v = float(min(max(v, self._u_lo[i]), self._u_hi[i])) if math.isfinite(v) else v
+            if self.cascade is not None and n == self.cascade.input:
+                v = self._device[n]  # the device's DO loop holds this input
             accepted[n] = v
+            if self.cascade is not None and n == self.cascade.input:
+                continue
             if eff is not None and eff.dead_time_h > 0:
                 self._seq += 1
                 bisect.insort(self._pending, (t_h + eff.dead_time_h, self._seq, n, v))
@@ -559,15 +627,37 @@ class RigPlant:
 
     def read(self, t_h: float) -> Sequence[Reading]:
         """The true plant's readings through the sensor effects and faults."""
+        self._cascade_to(t_h)
+        out, self._held_back = self._held_back, []
         self._sync(t_h)
         readings = self.inner.read(t_h)
         self._step_base_layer(t_h)
-        out: list[Reading] = []
         for r in readings:
             value = self._effects(r)
             if value is not None:
                 out.append(Reading(r.sensor, value, r.t_sample))
         return out
+
+    def _cascade_to(self, t_h: float) -> None:
+        """Read the plant instant by instant up to ``t_h`` (h), the DO loop acting at each
+        one; the readings wait in :attr:`_held_back` for the next :meth:`read`."""
+        if self.cascade is None:
+            return
+        k_end = math.floor(t_h / self._period + _EPS_H)
+        for k in range(self._k_read + 1, k_end + 1):
+            tk = k * self._period
+            self._sync(tk)
+            do = None
+            for r in self.inner.read(tk):
+                value = self._effects(r)
+                if value is not None:
+                    self._held_back.append(Reading(r.sensor, value, r.t_sample))
+                    if r.sensor == "DO_probe" and math.isfinite(value):
+                        do = value
+            if do is not None:
+                self._device[self.cascade.input] = self.cascade.update(tk, do, self._period)
+                self._deliver(tk, force=False)
+        self._k_read = max(self._k_read, k_end)
 
     # --- what the rig measured ---------------------------------------------------------
     def kpis(self) -> dict[str, float]:
@@ -590,11 +680,16 @@ class RigPlant:
             out[f"rig_{n}_delivered_fraction"] = d / c if c > 0 else math.nan
         if self.base_layer is not None:
             out.update(self.base_layer.kpis())
+        if self.cascade is not None:
+            out.update(self.cascade.kpis())
         return out
 
     def series(self) -> dict[str, list[float]]:
         """The base layer's time series (``t`` in h; per loop value, output, saturated)."""
-        return {} if self.base_layer is None else dict(self.base_layer.series)
+        out = {} if self.base_layer is None else dict(self.base_layer.series)
+        if self.cascade is not None:
+            out.update({f"DO_cascade_{k}": v for k, v in self.cascade.series.items()})
+        return out
 
     # --- internals -------------------------------------------------------------------
     def _pump_factor(self, name: str, t_h: float) -> float:

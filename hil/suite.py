@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ class ScenarioSpec:
     plant: Scenario = field(default_factory=Scenario)
     sensors: Mapping[str, SensorEffect] = field(default_factory=dict)
     actuators: Mapping[str, ActuatorEffect] = field(default_factory=dict)
-    base_layer: Mapping[str, float] | None = None
+    base_layer: Mapping[str, Any] | None = None
     faults: tuple[FaultSpec, ...] = ()
     broken: BrokenSpec | None = None
     criteria: tuple[CriterionSpec, ...] = ()
@@ -477,18 +477,26 @@ def _parse_effects(doc: Any, where: str, *, sensor: bool) -> dict[str, Any]:
     return out
 
 
-def _parse_base_layer(doc: Any, where: str) -> dict[str, float]:
+def _parse_base_layer(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, Mapping) or not doc:
         raise SuiteError(f"{where}: must be a table with keys {', '.join(BASE_LAYER_KEYS)}")
     unknown = sorted(set(doc) - set(BASE_LAYER_KEYS))
     if unknown:
         raise SuiteError(f"{where}: unknown keys {unknown}; allowed: {', '.join(BASE_LAYER_KEYS)}")
-    out = {k: _number(v, f"{where}: {k}") for k, v in doc.items()}
+    out: dict[str, Any] = {
+        k: _number(v, f"{where}: {k}") for k, v in doc.items() if k != "do_input"
+    }
+    if "do_input" in doc:
+        if not isinstance(doc["do_input"], str) or "do_percent" not in doc:
+            raise SuiteError(f"{where}: do_input: names the aeration input of do_percent's loop")
+        out["do_input"] = doc["do_input"]
+    if "do_percent" in out and not 0 < out["do_percent"] < 100:
+        raise SuiteError(f"{where}: do_percent: must be in (0, 100), got {out['do_percent']:g}")
     for k in ("cooling_W", "heating_W"):
         if k in out and out[k] <= 0:
             raise SuiteError(f"{where}: {k}: must be > 0, got {out[k]:g}")
-    if "temperature_C" not in out and "ph" not in out:
-        raise SuiteError(f"{where}: needs temperature_C or ph (the loops' setpoints)")
+    if not {"temperature_C", "ph", "do_percent"} & set(out):
+        raise SuiteError(f"{where}: needs temperature_C, ph or do_percent (the loops' setpoints)")
     return out
 
 
@@ -612,12 +620,25 @@ def _check_rig(spec: ScenarioSpec, run: Any, sensors: set[str]) -> None:
         if name not in inputs:
             raise SuiteError(f"{where}: actuators.{name}: not an input; inputs: {inputs}")
     layer = spec.base_layer or {}
+    if "do_percent" in layer:
+        aeration = layer.get("do_input") or _aeration_input(inputs)
+        if aeration not in inputs or "DO_probe" not in sensors:
+            raise SuiteError(
+                f"{where}: base_layer.do_input: the DO cascade needs an aeration input "
+                f"(inputs: {inputs}) and a DO_probe instrument"
+            )
+        layer["do_input"] = aeration  # type: ignore[index]
     if "temperature_C" in layer and "T" in run.model.state_names:
         raise SuiteError(
             f"{where}: base_layer.temperature_C: model {run.model.name!r} has its own "
             "temperature state T (its T_set is the temperature loop); the rig's loop is for "
             "models without one"
         )
+
+
+def _aeration_input(inputs: Sequence[str]) -> str | None:
+    """The input a DO cascade drives by default: ``kLa``, else ``Q_air``, else ``N_stir``."""
+    return next((n for n in ("kLa", "Q_air", "N_stir") if n in inputs), None)
 
 
 def _check_rig_fault(

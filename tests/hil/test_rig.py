@@ -290,3 +290,49 @@ def test_base_layer_holds_temperature_and_shows_a_cooling_loss() -> None:
     # the final heat is nearly constant over the last time constants (batch phase, no feed)
     assert series["T"][i] == pytest.approx(28.0 + R * (30.0 + heat), abs=0.05)
     assert k["rig_T_max_error"] > 2.0  # the offset the fault leaves
+
+
+def test_do_cascade_holds_the_do_setpoint_without_steady_state_error() -> None:
+    # the device's DO loop (PI on the probe, kLa its output) against the true plant's
+    # growing O2 demand: the reading settles on the setpoint (integral action), and the
+    # controller's kLa writes are not taken (the device confirms the cascade's value)
+    rig = RigPlant(true_plant(), seed=1, do_cascade=(40.0, "kLa"))
+    held = []
+    for k in range(round(3.0 / PERIOD) + 1):
+        t = k * PERIOD
+        if k % 10 == 0:
+            held.append(rig.apply(t, {"F": 0.0, "kLa": 1500.0})["kLa"])
+        rig.read(t)
+    truth = rig.inner.truth()
+    do = truth.x[:, MODEL.index("DO")]
+    assert abs(do[-1] - 40.0) < 0.05 and np.all(np.abs(do[-30:] - 40.0) < 0.5)
+    assert held[-1] < 1500.0 and held[-1] == pytest.approx(truth.u[-1, 1])
+    k = rig.kpis()
+    assert abs(k["rig_DO_cascade_final_error"]) < 0.05
+    assert k["rig_DO_cascade_saturated_percent"] < 10.0
+    # the same run read every 7 instants: the same truth (the loop acts at every instant)
+    other = RigPlant(true_plant(), seed=1, do_cascade=(40.0, "kLa"))
+    for k_ in range(round(3.0 / PERIOD) + 1):
+        t = k_ * PERIOD
+        if k_ % 10 == 0:
+            other.apply(t, {"F": 0.0, "kLa": 1500.0})
+        if k_ % 7 == 0 or k_ == 180:
+            other.read(t)
+    np.testing.assert_array_equal(other.inner.truth().x, truth.x)
+
+
+def test_do_cascade_fooled_by_a_stuck_probe() -> None:
+    # a stuck probe freezes what the cascade sees: a constant error e = sp - stuck makes the
+    # PI's output a ramp of kp dt / ti e = e per sample (ti = dt, kp = 1) while the true DO
+    # leaves the setpoint unseen
+    fault = RigFault(kind="probe_stuck", start_h=2.0, options={"sensor": "DO_probe"})
+    rig = RigPlant(true_plant(), seed=1, faults=[fault], do_cascade=(40.0, "kLa"))
+    drive(rig, 3.0, lambda t: 0.0)
+    series = rig.cascade.series  # type: ignore[union-attr]
+    t, u, seen = (np.array(series[k]) for k in ("t", "u", "DO"))
+    late = t > 2.05
+    stuck = seen[late][0]
+    assert np.ptp(seen[late]) == 0.0
+    np.testing.assert_allclose(np.diff(u[late]), 40.0 - stuck, rtol=1e-9, atol=1e-12)
+    do = rig.inner.truth().x[:, MODEL.index("DO")]
+    assert abs(do[-1] - 40.0) > 1.0  # the true DO left the setpoint

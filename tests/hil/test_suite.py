@@ -138,6 +138,12 @@ def test_good_minimal_suite(tmp_path: Path) -> None:
         (_table("[scenario.actuators.T_set]\nmax = 30"), "actuators.T_set"),
         (_table("[scenario.base_layer]\nheater = 1"), "base_layer: unknown keys"),
         (_table("[scenario.base_layer]\ncooling_W = 100"), "base_layer: needs"),
+        (_table('[scenario.base_layer]\ndo_input = "kLa"'), "base_layer: do_input"),
+        (_table("[scenario.base_layer]\ndo_percent = 120"), "base_layer: do_percent"),
+        (
+            _table('[scenario.base_layer]\ndo_percent = 30\ndo_input = "F_air"'),
+            "base_layer.do_input",
+        ),
     ],
 )
 def test_bad_suite_one_line_naming_file_and_key(
@@ -180,7 +186,7 @@ def test_rig_keys_parsed_with_defaults(tmp_path: Path) -> None:
         "[scenario.criteria]",
         "[scenario.sensors.DO_probe]\nlag_h = 0.05\nquantum = 0.5\n"
         "[scenario.actuators.F]\ndead_time_h = 0.02\nmax = 0.3\n"
-        "[scenario.base_layer]\ntemperature_C = 30\n"
+        "[scenario.base_layer]\ntemperature_C = 30\ndo_percent = 30\n"
         '[[scenario.fault]]\nkind = "offgas_outage"\nstart_h = 3\nend_h = 3.5\n'
         '[[scenario.fault]]\nkind = "growth_change"\nfactor = 0.9\nstart_h = 3\n'
         '[[scenario.fault]]\nkind = "cooling_loss"\nfraction = 0.2\nstart_h = 3\n'
@@ -190,7 +196,7 @@ def test_rig_keys_parsed_with_defaults(tmp_path: Path) -> None:
     (spec,) = load_suite(_write(tmp_path, text)).scenarios
     assert spec.sensors["DO_probe"].lag_h == 0.05 and spec.sensors["DO_probe"].quantum == 0.5
     assert spec.actuators["F"].dead_time_h == 0.02 and spec.actuators["F"].max == 0.3
-    assert spec.base_layer == {"temperature_C": 30.0}
+    assert spec.base_layer == {"temperature_C": 30.0, "do_percent": 30.0, "do_input": "kLa"}
     outage, growth, _ = spec.faults
     assert outage.options["sensors"] == ("OUR", "CER")  # the pack's off-gas instruments
     assert growth.options["parameter"] == "Y_xs_ox"  # the yeast model's default
