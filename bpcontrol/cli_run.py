@@ -316,6 +316,7 @@ def run_command(
         new_run_dir,
         pack_scenario,
         run_batch,
+        same_plant,
     )
 
     with user_errors():
@@ -326,6 +327,7 @@ def run_command(
             base: RunSpec = load_run_spec(spec)
         else:
             base = spec_for(choose_pack(pack, model, recipe, control, ekf))
+        unfitted = base
         if parameters is not None:  # issue 18's hand-over file, checked against the ranges
             from services.fitting.handover import pack_with_parameters
 
@@ -346,6 +348,8 @@ def run_command(
         speed = parse_speed_up(speed_up)
         run = resolve(base)
         sc = load_scenario(scenario) if scenario is not None else pack_scenario(run)
+        if parameters is not None:  # the fit moves the controller's model, not the plant
+            sc = same_plant(sc, resolve(unfitted).model, run.model)
         check_scenario(sc, run, source=str(scenario or run.spec.pack.source("plant")))
         hours = run.recipe.duration_h if duration is None else duration
         if not (math.isfinite(hours) and 0 < hours <= run.recipe.duration_h + 1e-9):

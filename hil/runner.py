@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +62,7 @@ from bpcontrol.stderr_capture import StderrToEvents
 from bpcontrol.tomlfile import read_toml
 from hil.plant import SimulatedPlant
 from hil.synthetic import OfflineAssays
+from models import Model
 from services.historian import EmbeddedHistorian, HistorianError, read_records
 from services.historian.tee import TeeHistorian
 
@@ -236,6 +237,20 @@ def simulated_plant(run: ResolvedRun, scenario: Scenario, *, seed: int) -> Simul
         delay_h=dict(scenario.delay_h),
         parameter_changes=scenario.parameter_changes,
     )
+
+
+def same_plant(scenario: Scenario, before: Model, after: Model) -> Scenario:
+    """``scenario`` rewritten for a run whose model's parameters went from ``before`` to
+    ``after`` (``bpcontrol run --parameters``: a fit handed over), so that the simulated
+    plant stays the one the scenario describes against ``before``: each changed
+    parameter's factor becomes ``before * factor / after``. Fitting the controller's model
+    must not move the plant it is tested on."""
+    factors = dict(scenario.parameter_factors)
+    for i, name in enumerate(after.parameter_names):
+        old, new = float(before.p0[i]), float(after.p0[i])
+        if old != new and new != 0.0:
+            factors[name] = old * factors.get(name, 1.0) / new
+    return replace(scenario, parameter_factors=factors)
 
 
 def pack_scenario(run: ResolvedRun) -> Scenario:

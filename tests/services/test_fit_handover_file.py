@@ -4,18 +4,18 @@ pack loader, provenance named, the rest of the file kept) and as a parameter fil
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
+from reactor_batches import MODEL, PROFILES, synthetic_batch
 from typer.testing import CliRunner
 
 from bpcontrol.cli import app
 from bpcontrol.pack import builtin_pack_dir, load_pack, model_with_overrides
-from hil.synthetic import OfflineAssays, SyntheticRun, generate
-from models import InputProfile, load_model
 from services.fitting.handover import (
     FittedParameters,
     HandoverError,
@@ -23,40 +23,17 @@ from services.fitting.handover import (
     read_fitted,
     write_into_pack,
 )
-from services.historian.readback import BatchData, series_from_rows, write_csv
-
-MODEL = load_model("dompc_batch_reactor")
-PROFILES = (
-    {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
-    {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
-)
-
-
-def _batch(seed: int, batch_id: str, profile: dict[str, list[tuple[float, float]]]) -> BatchData:
-    """One simulated 40 h batch of the nominal reactor, as the read-back gives it."""
-    steps = InputProfile.from_steps(MODEL, profile)
-    run = SyntheticRun(
-        hours=40.0,
-        inputs=steps,
-        period_h=0.5,
-        online={"X_meas": 0.01, "V_meas": 0.1},
-        offline=OfflineAssays(
-            outputs=("S_meas", "P_meas"),
-            relative_sigma=0.05,
-            absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
-        ),
-    )
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    for r in generate(MODEL, run, seed=seed).records:
-        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {n: series_from_rows(n, rs) for n, rs in rows.items()}
-    return BatchData(batch_id, f"seed {seed}", series, steps, {}, {})
+from services.historian.readback import write_csv
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fitdata") / "csv"
-    write_csv(root, [_batch(11 + k, f"B{k + 1}", p) for k, p in enumerate(PROFILES)], MODEL)
+    batches = [
+        synthetic_batch(11 + k, f"B{k + 1}", p, origin=f"seed {11 + k}")
+        for k, p in enumerate(PROFILES)
+    ]
+    write_csv(root, batches, MODEL)
     return root
 
 
@@ -244,3 +221,50 @@ def test_cli_refusals_are_one_line_and_write_nothing(
         assert re.search(message, lines[0]), lines[0]
     assert not out.exists() and not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
     assert _unchanged(pack_dir, before)
+
+
+def test_run_with_a_fit_keeps_the_packs_plant(pack_dir: Path, tmp_path: Path) -> None:
+    """``bpcontrol run --parameters`` moves the controller's model, not the simulated
+    plant: with the recipe (open loop, the same setpoints either way) a run with a fit of
+    Y_x and mu_m and one without see the same true plant - the KPIs taken from the plant's
+    truth agree to the integrator's precision - and the run's scenario.json carries the
+    rewritten factors (the pack's plant has Y_x x0.8 of the unfitted 0.5)."""
+    fit_file = tmp_path / "fit.toml"
+    fit_file.write_text(
+        "[parameters]\n"
+        'Y_x = { value = 0.4, unit = "mol/mol" }\n'
+        'mu_m = { value = 0.025, unit = "1/h" }\n'
+        '[fit]\nmodel = "dompc_batch_reactor"\nbatches = ["B1"]\n',
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    kpis = []
+    for extra, out in (([], "plain"), (["--parameters", str(fit_file)], "fitted")):
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                "--pack",
+                str(pack_dir),
+                *extra,
+                "--duration",
+                "4",
+                "--controller",
+                "recipe",
+                "--speed-up",
+                "max",
+                "--out",
+                str(tmp_path / out),
+                "--json",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        (run_dir,) = (tmp_path / out).iterdir()
+        kpis.append(json.loads((run_dir / "kpis.json").read_text(encoding="utf-8")))
+        scenario = json.loads((run_dir / "scenario.json").read_text(encoding="utf-8"))
+    # the fitted run's plant: Y_x 0.5 * 0.8 / 0.4 = 1.0 of its model, mu_m 0.02 / 0.025
+    assert scenario["parameter_factors"]["Y_x"] == pytest.approx(1.0, rel=1e-12)
+    assert scenario["parameter_factors"]["mu_m"] == pytest.approx(0.8, rel=1e-12)
+    # final_product is read from the plant's true trajectory (the run's KPIs)
+    assert kpis[1]["final_product"] == pytest.approx(kpis[0]["final_product"], rel=1e-9)
+    assert kpis[0]["final_product"] > 0
