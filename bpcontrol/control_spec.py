@@ -13,6 +13,9 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
     #                              # once per machine; falls back to CasADi's VM, warned)
     discretization = "collocation" # or "rk4"
     collocation_degree = 3
+    # path_points = 2              # soft bounds also at this many evenly spaced points
+    #                              # inside each interval (besides node and collocation
+    #                              # points, which always hold them; rk4: substep ends)
     smoothing = 1e-3               # smooth min/max kinks in the controller's model copy
     # smoothing_kind = "one-sided" # exact on min/max's first argument's branch; the
     #                              # default "symmetric" is eps/2 off on both sides
@@ -33,6 +36,7 @@ make economic objectives plain weights). Example (``bpcontrol/data/packs/ecoli_f
     lower = 31.0
     weight_l1 = 100.0
     weight_l2 = 1.0
+    # backoff_sigma = 2.0           # plan the bound k estimate-sigmas inside (default 0)
     unit = "%"                     # optional; must match the model's unit
 
     [state_bounds.V]               # hard bounds on predicted states (prefer soft ones)
@@ -124,6 +128,7 @@ class SoftBoundSpec(_Strict):
     upper: float | None = None
     weight_l1: float = Field(default=1e3, gt=0)
     weight_l2: float = Field(default=1.0, ge=0)
+    backoff_sigma: float = Field(default=0.0, ge=0, le=10)
     unit: str | None = None
 
 
@@ -158,6 +163,7 @@ class ControlSpec(_Strict):
     discretization: Literal["rk4", "collocation"] = "collocation"
     collocation_degree: int = Field(default=3, ge=1, le=9)
     rk4_substeps: int = Field(default=4, ge=1, le=100)
+    path_points: int = Field(default=0, ge=0, le=50)
     smoothing: float = Field(default=0.0, ge=0)
     smoothing_kind: Literal["one-sided", "symmetric"] = "symmetric"
     max_iter: int = Field(default=500, ge=1, le=100_000)
@@ -345,6 +351,7 @@ def nmpc_config(
                 upper=math.inf if b.upper is None else b.upper,
                 weight_l1=b.weight_l1,
                 weight_l2=b.weight_l2,
+                backoff_sigma=b.backoff_sigma,
             )
             for n, b in spec.soft_bounds.items()
         ),
@@ -360,6 +367,7 @@ def nmpc_config(
         discretization=spec.discretization,
         rk4_substeps=spec.rk4_substeps,
         collocation_degree=spec.collocation_degree,
+        path_points=spec.path_points,
         solver=spec.solver,
         qp_solver=spec.qp_solver,
         jit=spec.jit,

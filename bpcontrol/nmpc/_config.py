@@ -25,6 +25,19 @@ class SoftBound:
     The L1 weight must exceed the constraint's Lagrange multiplier for the penalty to be
     exact (Fletcher 1987, Practical Methods of Optimization, ch. 14): then the optimum is
     the hard-constrained one whenever that is feasible, and the problem always has one.
+
+    The bound holds along the whole interval, not only at the shooting nodes: at the node,
+    every collocation point and ``NMPCConfig.path_points`` evenly spaced points of the
+    collocation polynomial inside it (RK4: at every substep's end), with one slack per
+    interval for all of them (the interval's largest violation), its penalty per control
+    period (scaled by the interval's length over ``dt_h``).
+
+    ``backoff_sigma`` (k >= 0, default 0) tightens the bound for estimation uncertainty: the
+    planned bound is ``lower + k sigma`` and ``upper - k sigma``, with ``sigma`` the
+    estimate's standard deviation of the bounded variable (of a state: its own; of an
+    output: first order, ``sqrt(sum_i (dy/dx_i sigma_i)^2)`` from the states' standard
+    deviations at the estimate), the same over the horizon. An estimate without state
+    standard deviations (``x_sigma``) plans on the bound itself and the plan says so.
     """
 
     name: str
@@ -32,6 +45,7 @@ class SoftBound:
     upper: float = math.inf
     weight_l1: float = 1e3
     weight_l2: float = 1.0
+    backoff_sigma: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,6 +327,10 @@ class NMPCConfig:
     the nominal problem on the estimate's parameters.
     ``initial_inputs(t_h)`` gives all model inputs of a recipe, used to build the first
     guess (a feasible recipe makes the first full solve far more reliable).
+    ``path_points``: evenly spaced points inside every interval where the soft bounds
+    hold besides the node and the collocation points (collocation only; the state there
+    from the collocation polynomial, so they cost constraint rows, not variables): a fast
+    state (DO) can dip between the collocation points while the nodes sit on the bound.
     ``slack_tolerance``: a plan is reported ``infeasible-softened`` only when a soft
     bound's slack exceeds this fraction of the bound's scale (its largest finite value,
     or a state's typical magnitude if larger; ``_ocp.soft_scale``), so the barrier's
@@ -334,6 +352,7 @@ class NMPCConfig:
     discretization: Literal["rk4", "collocation"] = "rk4"
     rk4_substeps: int = 4
     collocation_degree: int = 3
+    path_points: int = 0
     solver: Literal["rti", "ipopt"] = "rti"
     qp_solver: str = "condensed"
     qp_fallback: str | None = "qpoases"
@@ -420,6 +439,12 @@ class NMPCConfig:
                 )
             if sb.weight_l1 <= 0 or sb.weight_l2 < 0:
                 raise NMPCConfigError(f"soft bound on {sb.name!r}: weights must be positive")
+            if not (math.isfinite(sb.backoff_sigma) and sb.backoff_sigma >= 0):
+                raise NMPCConfigError(
+                    f"soft bound on {sb.name!r}: backoff_sigma must be >= 0, got {sb.backoff_sigma}"
+                )
+        if not 0 <= self.path_points <= 50:
+            raise NMPCConfigError(f"path_points must be in [0, 50], got {self.path_points}")
         obj = self.objective
         for label, keys in (("objective.terminal", obj.terminal), ("objective.stage", obj.stage)):
             for k in keys:

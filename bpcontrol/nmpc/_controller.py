@@ -64,6 +64,9 @@ class StateEstimate:
     p_sigma: np.ndarray | None = None
     """Standard deviation of each model parameter (n_p; NaN or 0 where not estimated):
     robust NMPC samples ``sigma_factors`` scenarios from it (see ``RobustConfig``)."""
+    x_sigma: np.ndarray | None = None
+    """Standard deviation of each state (nx, state units; None: not known): the soft
+    bounds' back-off (``SoftBound.backoff_sigma``) is that many of the bounded variable's."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class NMPC:
         self._ipopt_retry: Any = None
         # cost and slacks of a solution, evaluated in place (no DM per step)
         self._report = BufferedFunction(self.ocp.report_fn)
+        self._sigma_fn: ca.Function | None = None  # built on the first back-off
         self._rti: RealTimeIteration | None = None
         if cfg.solver == "rti":
             qps = [cfg.qp_solver]
@@ -242,17 +246,69 @@ class NMPC:
         h: np.ndarray,
         scheduled: np.ndarray,
         p_sigma: np.ndarray | None = None,
+        backoff: np.ndarray | None = None,
     ) -> np.ndarray:
         """The NLP's parameter vector (see :mod:`bpcontrol.nmpc._ocp` for the layout); with
         a scenario tree, every combination's parameters from ``p`` and ``p_sigma``
-        (:meth:`bpcontrol.nmpc.ScenarioTree.parameter_sets`)."""
+        (:meth:`bpcontrol.nmpc.ScenarioTree.parameter_sets`); ``backoff`` per soft bound
+        (bound units, default 0: see :meth:`backoffs`)."""
         lay = self.ocp.layout
-        par = np.concatenate([x, u_prev, p, h, np.zeros(lay.P_sched.size + lay.P_scen.size)])
+        extra = lay.P_sched.size + lay.P_scen.size + lay.P_backoff.size
+        par = np.concatenate([x, u_prev, p, h, np.zeros(extra)])
         par[lay.P_sched] = scheduled
         if lay.tree is not None:
             par[lay.P_scen] = lay.tree.parameter_sets(p, p_sigma)
+        if backoff is not None:
+            par[lay.P_backoff] = backoff
         assert par.size == lay.n_par
         return par
+
+    def backoffs(
+        self, x: np.ndarray, u: np.ndarray, p: np.ndarray, x_sigma: np.ndarray | None
+    ) -> tuple[np.ndarray, str]:
+        """Each soft bound's back-off (bound units): ``backoff_sigma`` times the bounded
+        variable's standard deviation (``SoftBound``), and a note when a bound asks for one
+        but the estimate has no (finite) state standard deviations.
+
+        The standard deviation is first order in the states' (taken as independent), the
+        larger of two: the variable's now, and the variable's one control period ahead
+        under the inputs ``u`` held (the model's sensitivity of ``v(x(t + dt))`` to
+        ``x(t)``, CVODES forward sensitivities). The second carries the uncertainty of
+        the states a fast variable follows: the E. coli DO settles within minutes to what
+        biomass, glucose and acetate demand, so its own sigma (0.1-0.4 %) says little of
+        its error in the next interval (measured at 5.7-5.9 h: acetate 0.03 g/L off, DO
+        predicted 2-5 % high, where this sigma was 0.25-0.8 %).
+        """
+        k = np.array([sb.backoff_sigma for sb in self.config.soft_bounds], dtype=float)
+        if not np.any(k > 0):
+            return np.zeros(k.size), ""
+        if x_sigma is None:
+            return np.zeros(k.size), "no back-off: the estimate has no state sigma"
+        xs = np.asarray(x_sigma, dtype=float)
+        if xs.shape != (self.model.nx,):
+            raise ValueError(f"estimate x_sigma has shape {xs.shape}, not ({self.model.nx},)")
+        if not np.all(np.isfinite(xs)):
+            return np.zeros(k.size), "no back-off: the estimate's state sigma is not finite"
+        if self._sigma_fn is None:
+            self._sigma_fn = self._bound_sigma_function()
+        sigma = np.asarray(self._sigma_fn(x, u, p, np.abs(xs))).ravel()
+        if not np.all(np.isfinite(sigma)):
+            return np.zeros(k.size), "no back-off: the bounds' sigma is not finite"
+        return k * sigma, ""
+
+    def _bound_sigma_function(self) -> ca.Function:
+        """``(x, u, p, x_sigma) -> sigma`` of the soft-bounded variables, now and one
+        control period ahead, the larger (see :meth:`backoffs`)."""
+        m = self.model
+        x, u, p = ca.MX.sym("x", m.nx), ca.MX.sym("u", m.nu), ca.MX.sym("p", m.n_p)
+        xs = ca.MX.sym("x_sigma", m.nx)
+        bounded = self.ocp.bounded_fn
+        x_next = m.to_casadi().integrator(self.config.dt_h)(x, u, p)
+        out = []
+        for v in (bounded(x, u, p), bounded(x_next, u, p)):
+            J = ca.jacobian(v, x) * ca.repmat(xs.T, v.shape[0], 1)
+            out.append(ca.sqrt(ca.sum2(J * J)))
+        return ca.Function("nmpc_bound_sigma", [x, u, p, xs], [ca.fmax(out[0], out[1])])
 
     def initial_guess(
         self,
@@ -374,7 +430,8 @@ class NMPC:
             h = self.interval_lengths(t)
             sched = self.scheduled_inputs(t, h)  # the recipe ahead, at the interval starts
             p_sigma, sigma_note = self._parameter_sigma(estimate)
-            par = self.parameters(x, u_prev, p, h, sched, p_sigma)
+            backoff, backoff_note = self.backoffs(x, u_prev, p, getattr(estimate, "x_sigma", None))
+            par = self.parameters(x, u_prev, p, h, sched, p_sigma, backoff)
             scale = self.ocp.w_scale
             lam_x0: np.ndarray | None = None
             lam_g0: np.ndarray | None = None
@@ -447,7 +504,7 @@ class NMPC:
                 msg = f"{msg} (adaptive barrier after the warm start ended {warm_end})"
             if status is SolveStatus.FAILED:
                 raise RuntimeError(msg)
-            for note in (bounds_note, sigma_note):
+            for note in (bounds_note, sigma_note, backoff_note):
                 if note:
                     msg = f"{msg}; {note}"
             u_lo = lbw[self.ocp.layout.U[0]] * self.ocp.w_scale[self.ocp.layout.U[0]]

@@ -11,7 +11,18 @@ them each step with the schedule at the interval start times, so a recipe's addi
 
 Parameter vector: ``[x0 (nx), u_prev (nu), p (n_p), h (N), u_sched (N x n_sched, by
 interval)]``, and with a scenario tree ``p_scen`` (n_combinations x n_p, by combination:
-every combination's full parameter vector, ``Layout.P_scen``).
+every combination's full parameter vector, ``Layout.P_scen``), then one back-off per soft
+bound (``Layout.P_backoff``, in the bound's units: the bound is tightened by it).
+
+Soft bounds hold along each interval, not only at its end node: a fast state such as
+dissolved oxygen can dip between nodes while every node sits on the bound (measured on
+the E. coli pack: DO 28.7 % inside a 10 min interval whose nodes were at the 31 % bound).
+With collocation the points are the node, every collocation point inside the interval
+and ``NMPCConfig.path_points`` evenly spaced points of the collocation polynomial (linear
+in the collocation states: rows, no variables); with RK4 every substep's end (the stage
+function returns the bounded values there). One slack per bound and interval covers all
+its points, and its penalty is per control period: scaled by ``h_k / dt_h`` (at least
+1 %, so an interval of zero length past the batch end keeps its slack bounded).
 
 Multi-stage robust NMPC (``NMPCConfig.robust``, :class:`~bpcontrol.nmpc.RobustConfig`):
 S copies of the trajectory, one per scenario of the tree, each with its combination's
@@ -71,6 +82,7 @@ class Layout:
     g_spans_s: np.ndarray  # (S, N, 2) g_spans per scenario
     P_scen: np.ndarray  # (n_combinations, n_p) indices into the parameters; (0, n_p) nominal
     tree: ScenarioTree | None
+    P_backoff: np.ndarray  # (n_soft_bounds,) indices into the parameters: each bound's back-off
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,8 @@ class OCP:
     report_fn: ca.Function  # (w, par) -> (cost, largest slack in the bound's units, largest
     # slack over its bound's scale, see soft_scale): one call per step
     stages: StageStructure
+    bounded_fn: ca.Function  # (x, u, p) -> each soft-bounded variable's value (the
+    # controller's model copy), for the back-off's sensitivities
 
 
 def state_scale(model: Model) -> np.ndarray:
@@ -131,15 +145,42 @@ def soft_scale(model: Model, name: str, bounds: tuple[float, float]) -> float:
     return max(scale, 1e-6) if scale > 0 else 1.0
 
 
-def _rk4(f: ca.Function, x: Any, u: Any, p: Any, h: Any, n: int) -> Any:
+def _rk4(f: ca.Function, x: Any, u: Any, p: Any, h: Any, n: int) -> list[Any]:
+    """The states at the ends of ``n`` RK4 substeps over ``h`` (the last: the interval's end)."""
     hs = h / n
+    ends = []
     for _ in range(n):
         k1 = f(x, u, p)
         k2 = f(x + hs / 2 * k1, u, p)
         k3 = f(x + hs / 2 * k2, u, p)
         k4 = f(x + hs * k3, u, p)
         x = x + hs / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
+        ends.append(x)
+    return ends
+
+
+def _lagrange(tau: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Lagrange basis on the nodes ``tau`` evaluated at ``at``: (len(at), len(tau)), so
+    the polynomial through values ``z_j`` at ``tau_j`` is ``L @ z`` there."""
+    L = np.ones((at.size, tau.size))
+    for j in range(tau.size):
+        for r in range(tau.size):
+            if r != j:
+                L[:, j] *= (at - tau[r]) / (tau[j] - tau[r])
+    return L
+
+
+def path_taus(cfg: NMPCConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Where inside an interval (fractions in (0, 1)) the soft bounds hold besides its end
+    node: the interior collocation points, and the ``path_points`` evenly spaced points
+    that are not collocation points (collocation); RK4: the interior substep ends."""
+    if cfg.discretization == "rk4":
+        return np.arange(1, cfg.rk4_substeps) / cfg.rk4_substeps, np.zeros(0)
+    colloc = np.asarray(ca.collocation_points(cfg.collocation_degree, "radau"), dtype=float)
+    inner = colloc[colloc < 1 - 1e-12]
+    extra = np.arange(1, cfg.path_points + 1) / (cfg.path_points + 1)
+    extra = np.array([e for e in extra if np.min(np.abs(colloc - e)) > 1e-9])
+    return inner, extra
 
 
 def _radau(d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,8 +327,21 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
     n_st = n_scen * N
     z_s = ca.SX.sym("z", nx * (1 + n_colloc) + n_manip)
     q_s = ca.SX.sym("q", model.n_p + 1 + n_sched)
-    o_sym = ca.SX.sym("o", nx * (n_colloc + 1), n_st)
+    n_sb = len(cfg.soft_bounds)
+    inner_tau, extra_tau = path_taus(cfg)
+    n_extra_o = 0 if n_colloc else inner_tau.size * n_sb  # RK4: bounded values inside
+    o_sym = ca.SX.sym("o", nx * (n_colloc + 1) + n_extra_o, n_st)
     stage_fn = _stage_function(model, cfg, cm, z_s, q_s, manip, fixed, sched_col, n_colloc)
+    # the collocation polynomial at the extra path points, from [x_k, Xc_1..Xc_d]
+    L_path = (
+        _lagrange(np.append(0.0, ca.collocation_points(d, "radau")), extra_tau)
+        if n_colloc
+        else np.zeros((0, 1))
+    )
+    # back-offs (bound units), one per soft bound: parameters after everything else
+    backoff = ca.SX.sym("backoff", n_sb)
+    P_backoff = int(par.shape[0]) + np.arange(n_sb, dtype=int)
+    par = ca.vertcat(par, backoff)
     z_idx = np.zeros((n_st, z_s.shape[0]), dtype=int)
     z_scale = np.concatenate([np.tile(sx, 1 + n_colloc), su[manip]])
     q_cols: list[Any] = []
@@ -358,35 +412,56 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
             st = sc * N + k
             o_k = o_sym[:, st]
             z_parts = [XS[sc, k]]
+            Xc: list[Any] = []
             for j in range(n_colloc):
-                _, xc_idx = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
+                xc, xc_idx = new_var(f"Xc{k}_{j}", nx, -np.inf, np.inf, sx)
                 z_parts.append(xc_idx)
+                Xc.append(xc)
             z_idx[st] = np.concatenate([*z_parts, US[sc, move_of[k]]])
             q_cols.append(ca.vertcat(pk, hk, u_sched[k * n_sched : (k + 1) * n_sched]))
             if n_colloc:
                 g.append(o_k[: nx * n_colloc] / ca.repmat(ca.DM(sx), n_colloc, 1))
                 lbg += [0.0] * (nx * n_colloc)
                 ubg += [0.0] * (nx * n_colloc)
-            x_end = o_k[nx * n_colloc :]
+            x_end = o_k[nx * n_colloc : nx * (n_colloc + 1)]
+            X_start = Xk
             Xk, XS[sc, k + 1] = new_var(f"X{k + 1}", nx, x_lo, x_hi, sx)
             g.append((x_end - Xk) / sx)
             lbg += [0.0] * nx
             ubg += [0.0] * nx
-            # soft bounds at the new node
-            vk = values(Xk, uk, pk)
-            for sb in cfg.soft_bounds:
+            # soft bounds along the interval (module docstring): the bounded values at
+            # its inner points, then at the new node; one slack per bound for all of them
+            points: list[dict[str, Any]] = []
+            if n_colloc:
+                points += [values(Xc[j], uk, pk) for j in range(inner_tau.size)]
+                Z = [X_start, *Xc]
+                for i in range(extra_tau.size):
+                    x_tau: Any = 0
+                    for j in range(len(Z)):
+                        x_tau = x_tau + float(L_path[i, j]) * Z[j]
+                    points.append(values(x_tau, uk, pk))
+            else:  # RK4: the stage's values at the inner substep ends, by bound
+                o_in = o_k[nx * (n_colloc + 1) :]
+                points += [
+                    {sb.name: o_in[i * n_sb + b] for b, sb in enumerate(cfg.soft_bounds)}
+                    for i in range(inner_tau.size)
+                ]
+            points.append(values(Xk, uk, pk))
+            per_period = ca.fmax(hk / cfg.dt_h, 0.01)  # the penalty per control period
+            for b, sb in enumerate(cfg.soft_bounds):
                 s, _ = new_var(f"s_{sb.name}_{k}", 1, 0.0, np.inf)
                 slacks.append(s)
                 slack_scales.append(soft_scale(model, sb.name, (sb.lower, sb.upper)))
-                Js += sb.weight_l1 * s + sb.weight_l2 * s**2
-                if np.isfinite(sb.lower):
-                    g.append(vk[sb.name] + s - sb.lower)
-                    lbg.append(0.0)
-                    ubg.append(np.inf)
-                if np.isfinite(sb.upper):
-                    g.append(sb.upper - vk[sb.name] + s)
-                    lbg.append(0.0)
-                    ubg.append(np.inf)
+                Js += per_period * (sb.weight_l1 * s + sb.weight_l2 * s**2)
+                for vk in points:
+                    if np.isfinite(sb.lower):
+                        g.append(vk[sb.name] + s - (sb.lower + backoff[b]))
+                        lbg.append(0.0)
+                        ubg.append(np.inf)
+                    if np.isfinite(sb.upper):
+                        g.append((sb.upper - backoff[b]) - vk[sb.name] + s)
+                        lbg.append(0.0)
+                        ubg.append(np.inf)
             w_spans[sc, k, 1], g_spans[sc, k, 1] = counter[0], len(lbg)
         pN = p_of(sc, N - 1)
         vN = values(Xk, full_input(moves, N - 1), pN)
@@ -436,6 +511,7 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
         g_spans_s=g_spans,
         P_scen=P_scen,
         tree=tree,
+        P_backoff=P_backoff,
     )
     sv = ca.vertcat(*slacks) if slacks else ca.SX.zeros(1)
     sv_rel = sv / ca.DM(slack_scales) if slacks else sv
@@ -455,7 +531,20 @@ def build_ocp(model: Model, cfg: NMPCConfig) -> OCP:
             ["cost", "slack_max", "slack_rel_max"],
         ),
         stages=stages,
+        bounded_fn=_bounded_function(model, cfg, cm),
     )
+
+
+def _bounded_function(model: Model, cfg: NMPCConfig, cm: CasadiModel) -> ca.Function:
+    """The soft-bounded variables at a state: ``(x, u, p) -> v`` (n_soft_bounds)."""
+    x = ca.SX.sym("x", model.nx)
+    u = ca.SX.sym("u", model.nu)
+    p = ca.SX.sym("p", model.n_p)
+    y = cm.h(x, u, p)
+    named = {n: x[i] for i, n in enumerate(model.state_names)}
+    named.update({n: y[i] for i, n in enumerate(model.output_names)})
+    v = ca.vertcat(*[named[sb.name] for sb in cfg.soft_bounds]) if cfg.soft_bounds else ca.SX(0, 1)
+    return ca.Function("nmpc_bounded", [x, u, p], [v], ["x", "u", "p"], ["v"])
 
 
 def _stage_function(
@@ -486,7 +575,16 @@ def _stage_function(
             parts[i] = cfg.fixed_inputs.get(model.input_names[i], model.inputs[i].nominal)
     u = ca.vertcat(*parts)
     if not n_colloc:
-        out = _rk4(cm.f, x0, u, pm, hk, cfg.rk4_substeps)
+        ends = _rk4(cm.f, x0, u, pm, hk, cfg.rk4_substeps)
+        inner = []  # the soft-bounded values at the inner substep ends, by point then bound
+        for xi in ends[:-1]:
+            y = cm.h(xi, u, pm)
+            for sb in cfg.soft_bounds:
+                if sb.name in model.state_names:
+                    inner.append(xi[model.index(sb.name)])
+                else:
+                    inner.append(y[model.output_names.index(sb.name)])
+        out = ca.vertcat(ends[-1], *inner)
     else:
         C, D = _radau(n_colloc)
         res = []
