@@ -162,7 +162,8 @@ class LoopEstimator:
         p_sigma = np.full(model.n_p, np.nan)
         for k, n in enumerate(self._tracked):
             p_sigma[model.index(n)] = sigma[nx + k]
-        estimate = StateEstimate(x=x.copy(), p=p.copy(), p_sigma=p_sigma)
+        # the states' std too: the NMPC's soft-bound back-off (SoftBound.backoff_sigma)
+        estimate = StateEstimate(x=x.copy(), p=p.copy(), p_sigma=p_sigma, x_sigma=sigma[:nx].copy())
         return EstimatorOutput(record, events, estimate, healthy)
 
 
