@@ -349,7 +349,9 @@ def run_command(
         run = resolve(base)
         sc = load_scenario(scenario) if scenario is not None else pack_scenario(run)
         if parameters is not None:  # the fit moves the controller's model, not the plant
-            sc = same_plant(sc, resolve(unfitted).model, run.model)
+            from bpcontrol.pack import model_with_overrides
+
+            sc = same_plant(sc, model_with_overrides(unfitted.pack), run.model)
         check_scenario(sc, run, source=str(scenario or run.spec.pack.source("plant")))
         hours = run.recipe.duration_h if duration is None else duration
         if not (math.isfinite(hours) and 0 < hours <= run.recipe.duration_h + 1e-9):

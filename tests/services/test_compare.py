@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reactor_batches import MODEL, synthetic_batch
 from typer.testing import CliRunner
 
 from bpcontrol.cli import app
@@ -24,19 +25,15 @@ from bpcontrol.records import (
     SetpointRecord,
     SetpointSource,
 )
-from hil.synthetic import OfflineAssays, SyntheticRun, generate
-from models import InputProfile, load_model
 from services.fitting.compare import CompareError, compare_batches
 from services.historian import EmbeddedHistorian
 from services.historian.readback import (
     BatchData,
     ReadbackError,
     open_source,
-    series_from_rows,
     write_csv,
 )
 
-MODEL = load_model("dompc_batch_reactor")
 PROFILES = {
     "B1": {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
     "B2": {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
@@ -46,24 +43,8 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 def _batch(seed: int, batch_id: str) -> BatchData:
-    """One simulated 40 h batch of the nominal reactor, as the read-back gives it."""
-    steps = InputProfile.from_steps(MODEL, PROFILES[batch_id])
-    run = SyntheticRun(
-        hours=40.0,
-        inputs=steps,
-        period_h=0.5,
-        online={"X_meas": 0.01, "V_meas": 0.1},
-        offline=OfflineAssays(
-            outputs=("S_meas", "P_meas"),
-            relative_sigma=0.05,
-            absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
-        ),
-    )
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    for r in generate(MODEL, run, seed=seed).records:
-        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {n: series_from_rows(n, rs) for n, rs in rows.items()}
-    return BatchData(batch_id, f"seed {seed}", series, steps, {}, {})
+    """One simulated 40 h batch of the nominal reactor under its profile of PROFILES."""
+    return synthetic_batch(seed, batch_id, PROFILES[batch_id], origin=f"seed {seed}")
 
 
 @pytest.fixture(scope="module")

@@ -11,45 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from reactor_batches import MODEL, PROFILES, synthetic_batch
 from typer.testing import CliRunner
 
 from bpcontrol.cli import app
 from bpcontrol.pack import builtin_pack_dir
-from hil.synthetic import OfflineAssays, SyntheticRun, generate
-from models import InputProfile, load_model
-from services.historian.readback import BatchData, series_from_rows, write_csv
-
-MODEL = load_model("dompc_batch_reactor")
-PROFILES = (
-    {"inp": [(0.0, 0.0), (8.0, 0.02), (20.0, 0.05)]},
-    {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
-)
-
-
-def _batch(seed: int, batch_id: str, profile: dict[str, list[tuple[float, float]]]) -> BatchData:
-    """One simulated 40 h batch of the nominal reactor, as the read-back gives it."""
-    steps = InputProfile.from_steps(MODEL, profile)
-    run = SyntheticRun(
-        hours=40.0,
-        inputs=steps,
-        period_h=0.5,
-        online={"X_meas": 0.01, "V_meas": 0.1},
-        offline=OfflineAssays(
-            outputs=("S_meas", "P_meas"),
-            relative_sigma=0.05,
-            absolute_sigma={"S_meas": 0.002, "P_meas": 0.002},
-        ),
-    )
-    rows: dict[str, list[tuple[float, float, float]]] = {}
-    for r in generate(MODEL, run, seed=seed).records:
-        rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-    series = {n: series_from_rows(n, rs) for n, rs in rows.items()}
-    return BatchData(batch_id, f"seed {seed}", series, steps, {}, {})
+from services.historian.readback import BatchData, write_csv
 
 
 @pytest.fixture(scope="module")
 def batches() -> list[BatchData]:
-    return [_batch(31 + k, f"B{k + 1}", p) for k, p in enumerate(PROFILES)]
+    return [
+        synthetic_batch(31 + k, f"B{k + 1}", p, origin=f"seed {31 + k}")
+        for k, p in enumerate(PROFILES)
+    ]
 
 
 Edit = Callable[[list[str]], list[str] | None]
