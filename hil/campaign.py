@@ -173,7 +173,7 @@ def _rig_layer(
     """The rig around the true plant (innermost: the network faults sit outside it); the
     rig made is appended to ``made`` so its figures can be read after the run."""
     from hil.plant import SimulatedPlant
-    from hil.rig import BaseLayer, RigFault, RigPlant
+    from hil.rig import BaseLayer, RigPlant
 
     if not _uses_rig(spec):
         return None
@@ -182,7 +182,7 @@ def _rig_layer(
     if "V" in model.state_names:
         volume = float(run.recipe.initial_state(model)[model.index("V")])
     faults = [
-        RigFault(kind=f.kind, start_h=f.start_h, end_h=f.end_h, options=dict(f.options))
+        f
         for f in spec.faults
         if not f.kind.startswith("controller_") and f.kind not in _FLAKY_KINDS
     ]
@@ -271,13 +271,9 @@ def _plant_wrap(
 
 def _plant_scenario(spec: ScenarioSpec, run: ResolvedRun) -> Any:
     """The plant side of ``spec`` with its plant faults as scheduled parameter changes."""
-    from hil.rig import RigFault, parameter_changes
+    from hil.rig import parameter_changes
 
-    faults = [
-        RigFault(kind=f.kind, start_h=f.start_h, end_h=f.end_h, options=f.options)
-        for f in spec.faults
-    ]
-    changes = parameter_changes(faults, run.model.parameter_names)
+    changes = parameter_changes(spec.faults, run.model.parameter_names)
     return replace(spec.plant, parameter_changes=changes) if changes else spec.plant
 
 

@@ -114,7 +114,9 @@ def default_parameter(kind: str, parameter_names: Sequence[str]) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class RigFault:
-    """One scheduled fault of the rig or the plant, active in ``[start_h, end_h)`` (h)."""
+    """One scheduled fault, active in ``[start_h, end_h)`` (process h), with its options;
+    the rig acts on the rig and plant kinds (a scenario's controller and network faults
+    are the same type, :data:`hil.suite.FaultSpec`, carried out elsewhere)."""
 
     kind: str
     start_h: float = 0.0

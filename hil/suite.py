@@ -70,6 +70,7 @@ from hil.rig import (
     RIG_FAULT_KINDS,
     SENSOR_EFFECT_KEYS,
     ActuatorEffect,
+    RigFault,
     SensorEffect,
     default_parameter,
 )
@@ -136,14 +137,9 @@ _SCENARIO_KEYS = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class FaultSpec:
-    """One scheduled fault: ``kind`` in ``[start_h, end_h)`` (process h), its options."""
-
-    kind: str
-    start_h: float = 0.0
-    end_h: float = math.inf
-    options: Mapping[str, Any] = field(default_factory=dict)
+FaultSpec = RigFault
+"""One scheduled fault of a scenario (controller, network, rig or plant): the rig's own
+fault type, so the campaign hands the rig and plant faults over as they are parsed."""
 
 
 @dataclass(frozen=True, kw_only=True)
