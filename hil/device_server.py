@@ -2,8 +2,10 @@
 
 :class:`DeviceServer` exposes the LADS-shaped profile (:mod:`services.edge.profile`) of a
 mapping file for any plant (the simulated E. coli reactor by default), advanced on a
-clock: every ``poll_s`` of wall time it reads the plant at ``clock.now()`` and publishes
-each sensor's latest value with its sample time (process h); a write of the TargetValues
+clock: whenever one of the plant's sampling instants (``period_h``) has passed (a plant
+without one: every ``poll_s`` of wall time) it reads the plant at ``clock.now()`` and
+publishes each sensor's latest value with its sample time (process h), then its process
+time (refreshed every 10 ms of wall time in between); a write of the TargetValues
 together with a new SetpointCommandId (one write request) is applied to the plant at
 ``clock.now()``, clipped to the device range, and confirmed through the CurrentValues and
 ConfirmedCommandId. Every applied write is kept in :attr:`DeviceServer.write_log`.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +52,20 @@ from services.edge.profile import DeviceNodes, build_device
 __all__ = ["DeviceSecurity", "DeviceServer", "WriteEntry"]
 
 _log = logging.getLogger(__name__)
+
+_RECHECK_S = 0.05
+"""Wall s between reads of the heartbeat and command nodes when no write woke the device."""
+_TIME_PUBLISH_S = 0.01
+"""Wall s between refreshes of the process time while no sampling instant passes."""
+
+
+def _sampling_period(plant: Plant) -> float | None:
+    """The plant's sampling period (h) when it declares one (``period_h``): its readings
+    exist only at multiples of it, so the device reads it only when one has passed."""
+    period = getattr(plant, "period_h", None)
+    if isinstance(period, (int, float)) and math.isfinite(period) and period > 0:
+        return float(period)
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class DeviceServer:
         self.safe_events: list[tuple[float, float]] = []
         """(wall s when the device dropped to safe, seconds since the last heartbeat)."""
         self._state = _State()
+        self._next_instant_h = -math.inf  # the plant's next sampling instant (h)
         self._watch = HeartbeatWatch(mapping.heartbeat_timeout_s)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -257,27 +275,54 @@ class DeviceServer:
             written.set()
 
         server.subscribe_server_callback(CallbackType.PostWrite, on_write)
+        period_h = _sampling_period(self.plant)
         async with server:
             await self._publish_held(nodes, held_now(self.plant, self.write_log, self.mapping))
             self._ready.set()
             last_beat: int | None = None
+            checked = published = -math.inf  # wall s of the last node check and time publish
             while not self._stop.is_set():
+                woke = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(written.wait(), self.poll_s)
+                    woke = True
                 written.clear()
                 now = time.monotonic()
-                beat = int(await nodes.heartbeat.read_value())
-                if beat != last_beat and (last_beat is not None or beat != 0):
-                    self._watch.beat(now)
-                    if not await nodes.link_ok.read_value():
-                        await nodes.link_ok.write_value(True)
-                last_beat = beat
-                async with applying:
-                    await self._apply_command(nodes)
+                # the heartbeat and a command arrive as writes (they wake the loop); read
+                # the nodes again now and then in case a write's callback was missed
+                if woke or now - checked >= _RECHECK_S:
+                    checked = now
+                    beat = int(await nodes.heartbeat.read_value())
+                    if beat != last_beat and (last_beat is not None or beat != 0):
+                        self._watch.beat(now)
+                        if not await nodes.link_ok.read_value():
+                            await nodes.link_ok.write_value(True)
+                    last_beat = beat
+                    async with applying:
+                        await self._apply_command(nodes)
                 if self._watch.lost(now) and not self._state.safe:
                     await self._go_safe(nodes, now)
                 if self._running_batch:
-                    await self._sample(nodes)
+                    published = await self._sample_if_due(nodes, period_h, now, published)
+
+    async def _sample_if_due(
+        self, nodes: DeviceNodes, period_h: float | None, now: float, published: float
+    ) -> float:
+        """Sample the plant when one of its sampling instants has passed since the last
+        sample (every poll for a plant without ``period_h``), else only refresh the
+        process time every ``_TIME_PUBLISH_S``; returns the wall time it last published.
+        Reading the plant and writing every node at each 2 ms poll held the GIL most of
+        the time and starved a controller in the same process (ticks 2-6 s late at 600x)."""
+        t = self.clock.now()
+        if period_h is None or t >= self._next_instant_h - 1e-9:
+            await self._sample(nodes)
+            if period_h is not None:
+                self._next_instant_h = (math.floor(t / period_h + 1e-9) + 1) * period_h
+            return now
+        if now - published >= _TIME_PUBLISH_S:  # no instant passed: no new sample exists
+            await nodes.process_time.write_value(t, ua.VariantType.Double)
+            return now
+        return published
 
     async def _publish_held(self, nodes: DeviceNodes, held: Mapping[str, float]) -> None:
         for m in self.mapping.inputs:

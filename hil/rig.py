@@ -593,6 +593,11 @@ class RigPlant:
 
     # --- the Plant protocol ---------------------------------------------------------
     @property
+    def period_h(self) -> float:
+        """The true plant's sampling period (h): readings exist only at its multiples."""
+        return float(self.inner.period_h)
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         """The true plant's inputs."""
         return tuple(self.inner.input_names)

@@ -694,27 +694,52 @@ def oracle_product(
 
     IPOPT solves of the pack's economic problem over the whole batch (``intervals`` equal
     intervals; see :func:`bpcontrol.control_spec.oracle_configs`), each applied open loop
-    to the true model (CVODES); the best true product wins. No real-time limit.
+    to the true model (CVODES); the best true product wins. No real-time limit. Each
+    problem is solved twice: from the recipe, and by continuation from the optimum of the
+    same problem with its soft bounds at the nodes only (measured on do-mpc's batch
+    reactor: from the recipe, IPOPT stopped feeding at 70 h, 1.434 mol/L against 1.681
+    with the continuation, whose start holds X_s on its bound).
     """
     if run.nmpc is None:
         raise ScenarioError(f"{run.spec.pack.source('pack')}: the oracle needs a control.toml")
     model, recipe = run.model, run.recipe
     best: tuple[float, float] | None = None
     message = ""
+    estimate = StateEstimate(x0, p_true)
     for cfg in oracle_configs(run.nmpc, recipe.duration_h, intervals=intervals):
-        solver = NMPC(model, cfg)
-        init = solver.init(x0, recipe.fallback(0.0))
-        plan, _ = solver.step(init, StateEstimate(x0, p_true), 0.0)
-        if not plan.status.usable:
-            message = plan.message
-            continue
-        step = model.to_casadi().integrator(cfg.dt_h)
-        x = np.asarray(x0, dtype=float)
-        for k in range(intervals):
-            x = np.asarray(step(x, plan.U[k], p_true)).ravel()
-        value = product_value(run, x, plan.U[-1], p_true)
-        if best is None or value > best[0]:
-            best = (value, float(plan.slack_max))
+        starts = [cfg]
+        nodes = _solve_open_loop(replace(cfg, bounds_between_nodes=False), x0, estimate, run)
+        if nodes.status.usable:
+            U, dt = nodes.U.copy(), cfg.dt_h
+            starts.append(replace(cfg, initial_inputs=_held(U, dt)))
+        for start in starts:
+            plan = _solve_open_loop(start, x0, estimate, run)
+            if not plan.status.usable:
+                message = plan.message
+                continue
+            step = model.to_casadi().integrator(cfg.dt_h)
+            x = np.asarray(x0, dtype=float)
+            for k in range(intervals):
+                x = np.asarray(step(x, plan.U[k], p_true)).ravel()
+            value = product_value(run, x, plan.U[-1], p_true)
+            if best is None or value > best[0]:
+                best = (value, float(plan.slack_max))
     if best is None:
         raise RuntimeError(f"oracle solve failed: {message}")
     return best
+
+
+def _solve_open_loop(cfg: Any, x0: np.ndarray, estimate: StateEstimate, run: ResolvedRun) -> Any:
+    """One whole-batch plan of ``cfg`` from ``x0`` (the oracle's solve)."""
+    solver = NMPC(run.model, cfg)
+    plan, _ = solver.step(solver.init(x0, run.recipe.fallback(0.0)), estimate, 0.0)
+    return plan
+
+
+def _held(U: np.ndarray, dt_h: float) -> Callable[[float], np.ndarray]:
+    """The inputs ``U`` (one row per interval of ``dt_h`` h) held piecewise constant."""
+
+    def inputs(t_h: float) -> np.ndarray:
+        return U[min(max(int(t_h / dt_h + 1e-9), 0), len(U) - 1)]
+
+    return inputs

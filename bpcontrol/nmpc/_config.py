@@ -331,6 +331,9 @@ class NMPCConfig:
     hold besides the node and the collocation points (collocation only; the state there
     from the collocation polynomial, so they cost constraint rows, not variables): a fast
     state (DO) can dip between the collocation points while the nodes sit on the bound.
+    ``bounds_between_nodes``: False holds the soft bounds at the nodes only (no interior
+    points): an easier problem whose solution starts the full one (the oracle's
+    continuation, ``hil.runner.oracle_product``), never a controller's setting.
     ``slack_tolerance``: a plan is reported ``infeasible-softened`` only when a soft
     bound's slack exceeds this fraction of the bound's scale (its largest finite value,
     or a state's typical magnitude if larger; ``_ocp.soft_scale``), so the barrier's
@@ -353,6 +356,7 @@ class NMPCConfig:
     rk4_substeps: int = 4
     collocation_degree: int = 3
     path_points: int = 0
+    bounds_between_nodes: bool = True
     solver: Literal["rti", "ipopt"] = "rti"
     qp_solver: str = "condensed"
     qp_fallback: str | None = "qpoases"

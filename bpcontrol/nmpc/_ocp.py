@@ -173,7 +173,10 @@ def _lagrange(tau: np.ndarray, at: np.ndarray) -> np.ndarray:
 def path_taus(cfg: NMPCConfig) -> tuple[np.ndarray, np.ndarray]:
     """Where inside an interval (fractions in (0, 1)) the soft bounds hold besides its end
     node: the interior collocation points, and the ``path_points`` evenly spaced points
-    that are not collocation points (collocation); RK4: the interior substep ends."""
+    that are not collocation points (collocation); RK4: the interior substep ends. None
+    when ``bounds_between_nodes`` is off."""
+    if not cfg.bounds_between_nodes:
+        return np.zeros(0), np.zeros(0)
     if cfg.discretization == "rk4":
         return np.arange(1, cfg.rk4_substeps) / cfg.rk4_substeps, np.zeros(0)
     colloc = np.asarray(ca.collocation_points(cfg.collocation_degree, "radau"), dtype=float)
@@ -577,7 +580,7 @@ def _stage_function(
     if not n_colloc:
         ends = _rk4(cm.f, x0, u, pm, hk, cfg.rk4_substeps)
         inner = []  # the soft-bounded values at the inner substep ends, by point then bound
-        for xi in ends[:-1]:
+        for xi in ends[:-1] if cfg.bounds_between_nodes else []:
             y = cm.h(xi, u, pm)
             for sb in cfg.soft_bounds:
                 if sb.name in model.state_names:

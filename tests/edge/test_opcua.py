@@ -173,3 +173,44 @@ def test_outage_raises_link_lost_and_the_gateway_reconnects(
         ids = [e.command_id for e in own_device.write_log if e.command_id != 0]
         assert len(ids) == len(set(ids))
         assert len(own_device.write_log) > writes
+
+
+class _CountingPlant:
+    """A plant that counts its reads (the device's sampling pattern under test)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def read(self, t_h: float) -> object:
+        self.reads += 1
+        return self.inner.read(t_h)  # type: ignore[attr-defined]
+
+
+def test_device_reads_its_plant_once_per_sampling_instant(
+    model: object, mapping: DeviceMapping, pki: Pki
+) -> None:
+    """A plant with a sampling period is read when an instant has passed, not at every
+    2 ms poll: 1 min samples at 600x are 0.1 s of wall time, so about 10 reads in 1 s
+    (reading at every poll, ~500, held the GIL and starved a loop in the same process)."""
+    from edge_rig import device_security
+
+    from bpcontrol.clock import PacedClock
+    from hil.plant import ecoli_plant
+
+    plant = _CountingPlant(ecoli_plant(model, seed=3))  # type: ignore[arg-type]
+    clock = PacedClock(600.0)
+    device = DeviceServer(plant, clock, mapping, security=device_security(pki))  # type: ignore[arg-type]
+    with device, OpcUaPlant(device.endpoint, mapping, security=client_security(pki)) as gw:
+        gw.apply(clock.now(), SETPOINTS)
+        reads0, t0 = plant.reads, clock.now()
+        time.sleep(1.0)
+        instants = (clock.now() - t0) * 60.0  # 1-min instants passed
+        readings = gw.read(clock.now())
+    assert {"DO_probe", "V_meas"} <= {r.sensor for r in readings}
+    # one read per instant passed (+1 for the first poll and the boundaries)
+    assert plant.reads - reads0 <= instants + 2
+    assert plant.reads - reads0 >= instants - 2

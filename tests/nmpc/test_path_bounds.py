@@ -18,6 +18,7 @@ the optimum is exact (to the solver's tolerance); with RK4 the points are the su
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -201,3 +202,30 @@ def test_pack_sets_the_measured_backoff() -> None:
     assert run.nmpc is not None
     do = next(b for b in run.nmpc.soft_bounds if b.name == "DO")
     assert (do.lower, do.backoff_sigma) == (31.0, 3.0)
+
+
+def test_bounds_at_the_nodes_only_is_the_node_only_optimum() -> None:
+    """``bounds_between_nodes = False`` (the oracle's first, easier problem) drops every
+    interior point: the optimum is the node-only one, u = 4 (module docstring)."""
+    bound = SoftBound(name="y", lower=0.0, weight_l1=1e3)
+    u, _ = _solve(_config(bound, bounds_between_nodes=False))
+    assert u == pytest.approx(U_NODE_ONLY, abs=1e-4)
+    u, _ = _solve(_config(bound, discretization="rk4", rk4_substeps=3, bounds_between_nodes=False))
+    assert u == pytest.approx(U_NODE_ONLY, abs=1e-4)
+
+
+def _blow_up(m: MathNamespace, x: Values, u: Values, p: Values) -> dict[str, Any]:
+    return {"y": p.gain * x.y**2 + u.a, "v": 0.0 * x.v}
+
+
+def test_backoff_falls_back_to_the_sigma_now_when_the_period_ahead_fails() -> None:
+    """y' = y^2 from y = 2 blows up at t = 1/2 h, inside the 1 h period: CVODES cannot
+    integrate the period ahead, so the back-off is k times the sigma now (2 x 0.05), said
+    in the note, instead of the step failing (measured: one E. coli step at 9.33 h failed
+    on the period-ahead sensitivity and sent the loop to FALLBACK for 3 steps)."""
+    model = replace(MODEL, name="blow_up", rhs=_blow_up)
+    bound = SoftBound(name="y", upper=5.0, weight_l1=1e3, backoff_sigma=2.0)
+    ctl = NMPC(model, _config(bound, discretization="rk4"))
+    backoff, note = ctl.backoffs(np.array([2.0, 0.0]), model.u0, model.p0, np.array([0.05, 0.0]))
+    assert backoff == pytest.approx([0.1], rel=1e-9)
+    assert note.startswith("back-off from the sigma now only: the period-ahead sensitivity failed")
