@@ -292,7 +292,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
     from bpcontrol.run_status import write_json
     from hil.runner import new_run_dir, run_batch
     from hil.transport import close as close_transport
-    from hil.transport import opcua_layer
+    from hil.transport import layer as transport_layer
     from services.historian import read_records
 
     start = time.perf_counter()
@@ -312,9 +312,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         run = replace(run, spec=replace(run.spec, identity=ident))
         rigs: list[Any] = []
         network: dict[str, Any] = {}
-        transport = None
-        if spec.transport == "opcua":
-            transport = opcua_layer(run_dir, spec.speed_up, run.model, network)
+        transport = transport_layer(spec.transport, run_dir, spec.speed_up, run.model, network)
         try:
             result = run_batch(
                 run,

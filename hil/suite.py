@@ -19,7 +19,7 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     deadline_s = 30.0                # wall s per solve (default: the pack's)
     speed_up = 360.0                 # process s per wall s (default: flat out)
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
-    transport = "inprocess"          # or "opcua": through the simulated device and gateway
+    transport = "inprocess"          # "opcua" or "mqtt": through the simulated device and gateway
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
     [scenario.sensors.DO_probe]      # the rig's sensor effects (hil.rig.SensorEffect)
@@ -565,7 +565,7 @@ def check_suite(suite: Suite) -> None:
             raise SuiteError(f"{where}: controller: nmpc, but the pack has no control.toml")
         inputs = run.model.input_names
         sensors = {i.output for i in run.instruments}
-        if spec.transport == "opcua" and mapping_path(run.model.name) is None:
+        if spec.transport != "inprocess" and mapping_path(run.model.name) is None:
             raise SuiteError(
                 f"{where}: transport: no device mapping for model {run.model.name!r} "
                 "(the edge gateways ship one for ecoli_fedbatch)"

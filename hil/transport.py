@@ -1,4 +1,5 @@
-"""A scenario's plant behind a real protocol: the OPC UA simulated device and its gateway.
+"""A scenario's plant behind a real protocol: the OPC UA or MQTT simulated device and its
+gateway.
 
 With ``transport = "opcua"`` the rig (or the bare simulated plant) is served by
 :class:`hil.device_server.DeviceServer` on 127.0.0.1 (Basic256Sha256 SignAndEncrypt,
@@ -8,6 +9,12 @@ opcua://...`` does. The device runs on its own paced clock at the scenario's
 ``speed_up``, started by the controller's first command as the loop's clock is, so the
 two share process time (to the wall-clock jitter between them: a scenario through the
 network is not reproducible to 1e-9, only to the loop's tolerance of that jitter).
+
+With ``transport = "mqtt"`` the run starts its own Mosquitto on 127.0.0.1 (a free port,
+logins made for the run, an ACL per reactor: :mod:`services.edge.broker`), the
+:class:`hil.device_mqtt.DeviceMqtt` on it, and the loop reaches it through
+:class:`services.edge.mqtt_gateway.MqttPlant` (MQTT 5, QoS 1 commands, confirmations),
+as ``bpcontrol run --plant mqtt://...`` does.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from typing import Any
 from bpcontrol.clock import PacedClock
 from bpcontrol.interfaces import Plant
 
-__all__ = ["MAPPINGS", "TRANSPORTS", "close", "mapping_path", "opcua_layer"]
+__all__ = ["MAPPINGS", "TRANSPORTS", "close", "layer", "mapping_path", "mqtt_layer", "opcua_layer"]
 
-TRANSPORTS = ("inprocess", "opcua")
-"""How the loop reaches the plant: in-process calls, or the OPC UA device and gateway."""
+TRANSPORTS = ("inprocess", "opcua", "mqtt")
+"""How the loop reaches the plant: in-process calls, the OPC UA device and gateway, or the
+MQTT device and gateway through a Mosquitto of the run's own."""
 
 _EDGE_DATA = Path(__file__).resolve().parents[1] / "services" / "edge" / "data"
 MAPPINGS = {"ecoli_fedbatch": "ecoli_reactor.toml"}
@@ -99,14 +107,78 @@ def opcua_layer(
     return wrap
 
 
+def layer(
+    transport: str, run_dir: Path, speed_up: float, model: Any, made: dict[str, Any]
+) -> Callable[[Plant], Plant] | None:
+    """The ``wrap_plant`` layer of ``transport`` (None: in-process)."""
+    if transport == "opcua":
+        return opcua_layer(run_dir, speed_up, model, made)
+    if transport == "mqtt":
+        return mqtt_layer(run_dir, speed_up, model, made)
+    if transport != "inprocess":
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    return None
+
+
+def mqtt_layer(
+    run_dir: Path, speed_up: float, model: Any, made: dict[str, Any]
+) -> Callable[[Plant], Plant]:
+    """A ``wrap_plant`` layer that serves the plant on an MQTT device behind a Mosquitto of
+    the run's own and returns the gateway to it; ``made`` receives ``broker``, ``device``,
+    ``gateway`` and ``secrets`` (the broker's folder: :func:`close` removes it)."""
+    from hil.device_mqtt import DeviceMqtt
+    from services.edge.broker import reactor_acl, start_mosquitto
+    from services.edge.mapping import load_mapping
+    from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
+
+    path = mapping_path(model.name)
+    if path is None:
+        raise ValueError(f"transport mqtt: no device mapping for model {model.name!r}")
+    mapping = load_mapping(path, model)
+    topics = mapping.mqtt
+    if topics is None:
+        raise ValueError(f"transport mqtt: {path}: no [mqtt] table (prefix, site, reactor)")
+
+    def wrap(plant: Plant) -> Plant:
+        folder = run_dir / "mosquitto"
+        made["secrets"] = folder
+        ctl, dev = f"{mapping.name}-controller", f"{mapping.name}-device"
+        users = {ctl: secrets.token_urlsafe(16), dev: secrets.token_urlsafe(16)}  # this run's
+        broker = start_mosquitto(folder, users, reactor_acl(topics, controller=ctl, device=dev))
+        made["broker"] = broker
+        device = DeviceMqtt(
+            plant,
+            PacedClock(speed_up),
+            mapping,
+            host="127.0.0.1",
+            port=broker.port,
+            security=MqttSecurity(dev, users[dev]),
+            start_on_first_command=True,
+        )
+        device.start()
+        made["device"] = device
+        gateway = MqttPlant(
+            "127.0.0.1", broker.port, mapping, security=MqttSecurity(ctl, users[ctl])
+        )
+        made["gateway"] = gateway
+        return gateway
+
+    return wrap
+
+
 def close(made: dict[str, Any]) -> None:
-    """Close the gateway and stop the device of :func:`opcua_layer` (those that exist), and
-    remove the run's certificates and keys (they were good for this run only)."""
+    """Close the gateway, stop the device and the broker of a layer (those that exist), and
+    remove the run's certificates, keys and broker logins (good for this run only)."""
     try:
         if "gateway" in made:
             made["gateway"].close()
     finally:
-        if "device" in made:
-            made["device"].stop()
-        if "pki" in made:
-            shutil.rmtree(made["pki"], ignore_errors=True)
+        try:
+            if "device" in made:
+                made["device"].stop()
+        finally:
+            if "broker" in made:
+                made["broker"].stop()
+            for key in ("pki", "secrets"):
+                if key in made:
+                    shutil.rmtree(made[key], ignore_errors=True)

@@ -37,11 +37,12 @@ end_h = 1.5
 
 
 @pytest.mark.slow  # two paced batches of 12 s wall each, plus the device's start
-def test_rig_through_opcua_matches_in_process(tmp_path: Path) -> None:
-    path = tmp_path / "opcua.toml"
-    path.write_text(SUITE, encoding="utf-8")
+@pytest.mark.parametrize("transport", ["opcua", "mqtt"])
+def test_rig_through_the_network_matches_in_process(transport: str, tmp_path: Path) -> None:
+    path = tmp_path / "net.toml"
+    path.write_text(SUITE.replace('transport = "opcua"', f'transport = "{transport}"'))
     (spec,) = load_suite(path).scenarios
-    assert spec.transport == "opcua"
+    assert spec.transport == transport
     remote = run_scenario(spec, str(tmp_path / "runs"))
     local = run_scenario(replace(spec, transport="inprocess"), str(tmp_path / "runs"))
     assert remote.passed and local.passed, (remote.summary_line(), local.summary_line())
@@ -50,7 +51,9 @@ def test_rig_through_opcua_matches_in_process(tmp_path: Path) -> None:
     a, b = remote.kpis["final_product"], local.kpis["final_product"]
     assert a == pytest.approx(b, rel=1e-3)
     assert remote.kpis["records_stored"] == local.kpis["records_stored"]
-    assert not (Path(remote.run_dir) / "pki").exists()  # the run's keys are gone
+    # the run's keys and broker logins are gone
+    assert not (Path(remote.run_dir) / "pki").exists()
+    assert not (Path(remote.run_dir) / "mosquitto").exists()
 
 
 def test_opcua_needs_a_mapping_and_a_paced_clock(tmp_path: Path) -> None:
