@@ -72,7 +72,12 @@ class EKFConfig:
     jump (measured: the E. coli filter with mu_max and Y_xs 20 % off, seed 2 of
     ``tests/estimators/test_tracking_mismatch.py``, had its biomass inflated from the
     off-gas at 3 h and collapse from 3.5 to 0.05 g/L). The gate alone rides those
-    minutes out.
+    minutes out. Probes recover only together: once at least two trusted probes have
+    each had every reading of the last ``recover_probes_after_h`` (default 0.5 h, 0: off)
+    gated, the plant has departed from the model (a contamination, a failed pump: the DO
+    and the off-gas disagree with it at once, for longer than any regime change), and
+    those probes recover as an assay does. One probe alone (a stuck or drifting DO
+    probe) never does: its run is a sensor fault, and the gate keeps guarding against it.
     """
 
     sensors: tuple[Sensor, ...]
@@ -86,6 +91,7 @@ class EKFConfig:
     variance_limit: float = 1e6
     recover_after_gated: int = 3
     recover_min_period_h: float = 0.5
+    recover_probes_after_h: float = 0.5
 
     def validate(self, model: Model) -> None:
         """Raise :class:`EstimatorConfigError` naming the first entry that does not fit."""
@@ -154,6 +160,11 @@ class EKFConfig:
         if not (math.isfinite(self.recover_min_period_h) and self.recover_min_period_h >= 0):
             raise EstimatorConfigError(
                 f"recover_min_period_h must be a number >= 0, got {self.recover_min_period_h}"
+            )
+        if not (math.isfinite(self.recover_probes_after_h) and self.recover_probes_after_h >= 0):
+            raise EstimatorConfigError(
+                "recover_probes_after_h must be a number >= 0 (0: probes never recover), "
+                f"got {self.recover_probes_after_h}"
             )
         n = self.recover_after_gated
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:

@@ -24,6 +24,10 @@ Around every prediction and update of either filter (:class:`CompiledEKF` or
   readings, and an ``inconsistent`` event names the sensor and the states. The
   run counters are stored with every history entry and replayed with it, so a late
   assay gives the same counts, recoveries and estimates as on-time fusion;
+- probes (faster than ``recover_min_period_h``) recover together only: two or more
+  trusted probes each with every reading of the last ``config.recover_probes_after_h``
+  gated (the plant departing from the model, not one faulty probe) recover as an
+  assay does, with an ``inconsistent`` event each;
 - a covariance that is not finite, not positive definite or has a variance above its
   limit (:attr:`FilterSetup.variance_limits`) is reset to the prior (a ``reset`` event
   naming the entry).
@@ -150,6 +154,13 @@ class OnlineEstimator:
         cfg = ekf.config
         # the sensors a run of gated readings can recover from (the slow ones: assays)
         self._recoverable = tuple(s.period_h >= cfg.recover_min_period_h for s in cfg.sensors)
+        # the probes' run that recovers them together (readings, per probe; 0: never)
+        self._probe_run = tuple(
+            0
+            if recoverable or cfg.recover_probes_after_h <= 0
+            else max(math.ceil(cfg.recover_probes_after_h / s.period_h - 1e-9), 1)
+            for s, recoverable in zip(cfg.sensors, self._recoverable, strict=True)
+        )
 
     def init(
         self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
@@ -321,6 +332,18 @@ class OnlineEstimator:
                     and run >= n
                     and bool(last.gated[i])
                 ]
+                probes = [
+                    i
+                    for i, (trusted, run) in enumerate(
+                        zip(counted.trusted, counted.gated_run, strict=True)
+                    )
+                    if self._probe_run[i] > 0
+                    and trusted
+                    and run >= self._probe_run[i]
+                    and bool(last.gated[i])
+                ]
+                if len(probes) >= 2:  # the plant departs from the model (EKFConfig)
+                    due += probes
                 if due:
                     inflated, how = ekf.inflate_for(prior, e.u, last, due)
                     gated_first = last

@@ -44,6 +44,7 @@ TOML format
     variance_limit = 1e6
     recover_after_gated = 3     # gated readings in a row from a trusted sensor (0: off)
     recover_min_period_h = 0.5  # ... for sensors with period_h at least this (assays)
+    recover_probes_after_h = 0.5  # two or more probes all gated this long recover (0: off)
 
     [sensors]                   # required; period_h (1 min), relative_sigma (0) optional
     DO_probe = { sigma = 1.0, period_h = 0.016666666666666666 }
@@ -105,6 +106,7 @@ _SCALARS: dict[str, type] = {
     "variance_limit": float,
     "recover_after_gated": int,
     "recover_min_period_h": float,
+    "recover_probes_after_h": float,
 }
 _TABLES = ("sensors", "tracked", "state_sigma0", "process_sigma")
 _SENSOR_KEYS = ("sigma", "period_h", "relative_sigma")

@@ -10,7 +10,9 @@ leaves them inside, in both filters alike. Recovery (:class:`estimators.OnlineEs
 after ``recover_after_gated`` gated readings in a row from an offline assay (a lab
 reference, trusted from its first reading), the covariance of the states it observes is
 inflated, the reading fused and an ``inconsistent`` event names the sensor and the
-states; never before, never for a fast probe, and the same when the readings arrive late.
+states; never before, never for one fast probe alone (probes recover only together,
+after ``recover_probes_after_h`` of gated readings each), and the same when the readings
+arrive late.
 
 Acceptance (``slow``): the plant (:data:`PLANT_MODEL`) is the E. coli fed-batch of
 ``models/library`` with the Monod glucose uptake ``qS_max S / (K_s + S)`` replaced by
@@ -280,14 +282,61 @@ def test_no_recovery_before_n_and_an_assay_off_from_its_first_reading_recovers(
 
 
 def test_a_fast_probe_never_recovers(compiled: CompiledEKF) -> None:
-    """Only the assays recover: a minute-rate probe's runs of gated readings at a regime
-    change point the measurement Jacobian at the wrong states (see EKFConfig)."""
+    """Only the assays are trusted from the start and recover on their own: a minute-rate
+    probe's runs of gated readings at a regime change point the measurement Jacobian at
+    the wrong states (see EKFConfig); probes recover only together (the next test)."""
     online = OnlineEstimator(compiled)
     slow = [s.period_h >= compiled.config.recover_min_period_h for s in compiled.config.sensors]
     state = online.init(compiled.model.x0)
     runs = state.history[-1].runs
     assert runs.trusted == tuple(slow)  # assays trusted from the start, probes not
     assert not all(slow) and any(slow)
+
+
+def _probe_events(
+    ekf: CompiledEKF,
+    model: Model,
+    warm: tuple[np.ndarray, list[tuple[float, list[Reading]]]],
+    offsets: Mapping[str, float],
+) -> list[Any]:
+    """20 min of online data, then the probes in ``offsets`` read that far off (the
+    plant departing from the model, or one faulty probe); the probes' gated and
+    inconsistent events."""
+    u, steps = warm
+    est = OnlineEstimator(ekf)
+    state = est.init(model.x0)
+    out = []
+    for k, (t, readings) in enumerate(steps):
+        if k >= 20:
+            readings = [Reading(r.sensor, r.value + offsets.get(r.sensor, 0.0)) for r in readings]
+        report, state = est.step(state, t, u, readings)
+        out += [e for e in report.events if e.sensor in offsets]
+    return out
+
+
+def test_probes_recover_together_but_one_probe_alone_never(
+    ecoli_model: Model,
+    ecoli_config: EKFConfig,
+    warm_start: tuple[np.ndarray, list[tuple[float, list[Reading]]]],
+) -> None:
+    """Two probes gated for ``recover_probes_after_h`` (here 5 min: 5 one-minute readings)
+    recover together, each with an ``inconsistent`` event at its 5th gated reading; the DO
+    probe off alone (a drifting probe) stays gated for as long as it is off."""
+    cfg = dataclasses.replace(ecoli_config, recover_probes_after_h=5.0 / 60.0)
+    ekf = CompiledEKF(ecoli_model, cfg)
+    # DO 20 % low and O2 in the off-gas 0.5 % low (25 std each): more uptake than modelled
+    both = _probe_events(ekf, ecoli_model, warm_start, {"DO_probe": -20.0, "y_O2_out": -0.5})
+    first = {n: [e.kind for e in both if e.sensor == n][:5] for n in ("DO_probe", "y_O2_out")}
+    assert first == {n: ["gated"] * 4 + ["inconsistent"] for n in first}, first
+    recovered = [e for e in both if e.kind == "inconsistent"]
+    assert {e.sensor for e in recovered} == {"DO_probe", "y_O2_out"}
+    assert all(e.states for e in recovered)  # the states inflated are named
+    alone = _probe_events(ekf, ecoli_model, warm_start, {"DO_probe": -20.0})
+    assert alone and all(e.kind == "gated" for e in alone)
+    assert len(alone) >= 15  # gated all along (20 min off)
+    off = CompiledEKF(ecoli_model, dataclasses.replace(cfg, recover_probes_after_h=0.0))
+    never = _probe_events(off, ecoli_model, warm_start, {"DO_probe": -20.0, "y_O2_out": -0.5})
+    assert never and all(e.kind == "gated" for e in never)
 
 
 def test_recovery_threshold_is_configurable_and_zero_turns_it_off(
