@@ -153,15 +153,14 @@ def _mqtt_device(
 ) -> tuple[Any, str]:
     """A local Mosquitto (logins, ACL) and the MQTT device on it."""
     from hil.device_mqtt import DeviceMqtt
-    from services.edge.broker import reactor_acl, start_mosquitto
+    from services.edge.broker import reactor_logins, start_mosquitto
     from services.edge.credentials import write_credentials
     from services.edge.mqtt_gateway import MqttSecurity
 
-    ctl_user, dev_user = f"{mapping.name}-controller", f"{mapping.name}-device"
-    users = {ctl_user: secrets.token_urlsafe(12), dev_user: secrets.token_urlsafe(12)}
-    acl = reactor_acl(mapping.mqtt, controller=ctl_user, device=dev_user)
+    logins = reactor_logins(mapping.mqtt, mapping.name)
+    users, ctl_user, dev_user = logins.users, logins.controller, logins.device
     try:
-        broker = start_mosquitto(folder.resolve() / "mosquitto", users, acl, port=port)
+        broker = start_mosquitto(folder.resolve() / "mosquitto", users, logins.acl, port=port)
     except RuntimeError as exc:
         raise ValueError(f"--port {port}: the broker could not start ({exc})") from None
     write_credentials(security, {"mqtt": {"user": ctl_user, "password": users[ctl_user]}})

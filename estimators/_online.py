@@ -154,10 +154,13 @@ class OnlineEstimator:
         cfg = ekf.config
         # the sensors a run of gated readings can recover from (the slow ones: assays)
         self._recoverable = tuple(s.period_h >= cfg.recover_min_period_h for s in cfg.sensors)
-        # the probes' run that recovers them together (readings, per probe; 0: never)
-        self._probe_run = tuple(
-            0
-            if recoverable or cfg.recover_probes_after_h <= 0
+        # the run of gated readings that recovers each sensor (0: never): an assay's
+        # recover_after_gated, a probe's recover_probes_after_h in readings (together only)
+        self._recover_run = tuple(
+            cfg.recover_after_gated
+            if recoverable
+            else 0
+            if cfg.recover_probes_after_h <= 0
             else max(math.ceil(cfg.recover_probes_after_h / s.period_h - 1e-9), 1)
             for s, recoverable in zip(cfg.sensors, self._recoverable, strict=True)
         )
@@ -320,28 +323,15 @@ class OnlineEstimator:
                 prior = fs
                 fs, last = ekf.update(prior, e.u, y, mask)
                 counted = runs.after(last.accepted, last.gated)
-                n = ekf.config.recover_after_gated
-                due = [
+                ended = [  # a trusted sensor whose run of gated readings reached its bound
                     i
                     for i, (trusted, run) in enumerate(
                         zip(counted.trusted, counted.gated_run, strict=True)
                     )
-                    if n > 0
-                    and self._recoverable[i]
-                    and trusted
-                    and run >= n
-                    and bool(last.gated[i])
+                    if 0 < self._recover_run[i] <= run and trusted and bool(last.gated[i])
                 ]
-                probes = [
-                    i
-                    for i, (trusted, run) in enumerate(
-                        zip(counted.trusted, counted.gated_run, strict=True)
-                    )
-                    if self._probe_run[i] > 0
-                    and trusted
-                    and run >= self._probe_run[i]
-                    and bool(last.gated[i])
-                ]
+                due = [i for i in ended if self._recoverable[i]]
+                probes = [i for i in ended if not self._recoverable[i]]
                 if len(probes) >= 2:  # the plant departs from the model (EKFConfig)
                     due += probes
                 if due:

@@ -706,18 +706,18 @@ def oracle_product(
     best: tuple[float, float] | None = None
     message = ""
     estimate = StateEstimate(x0, p_true)
-    for cfg in oracle_configs(run.nmpc, recipe.duration_h, intervals=intervals):
+    configs = oracle_configs(run.nmpc, recipe.duration_h, intervals=intervals)
+    step = model.to_casadi().integrator(configs[0].dt_h)  # every config: the same intervals
+    for cfg in configs:
         starts = [cfg]
         nodes = _solve_open_loop(replace(cfg, bounds_between_nodes=False), x0, estimate, run)
         if nodes.status.usable:
-            U, dt = nodes.U.copy(), cfg.dt_h
-            starts.append(replace(cfg, initial_inputs=_held(U, dt)))
+            starts.append(replace(cfg, initial_inputs=_held(nodes.U.copy(), cfg.dt_h)))
         for start in starts:
             plan = _solve_open_loop(start, x0, estimate, run)
             if not plan.status.usable:
                 message = plan.message
                 continue
-            step = model.to_casadi().integrator(cfg.dt_h)
             x = np.asarray(x0, dtype=float)
             for k in range(intervals):
                 x = np.asarray(step(x, plan.U[k], p_true)).ravel()

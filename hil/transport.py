@@ -127,7 +127,7 @@ def mqtt_layer(
     the run's own and returns the gateway to it; ``made`` receives ``broker``, ``device``,
     ``gateway`` and ``secrets`` (the broker's folder: :func:`close` removes it)."""
     from hil.device_mqtt import DeviceMqtt
-    from services.edge.broker import reactor_acl, start_mosquitto
+    from services.edge.broker import reactor_logins, start_mosquitto
     from services.edge.mapping import load_mapping
     from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
 
@@ -142,9 +142,9 @@ def mqtt_layer(
     def wrap(plant: Plant) -> Plant:
         folder = run_dir / "mosquitto"
         made["secrets"] = folder
-        ctl, dev = f"{mapping.name}-controller", f"{mapping.name}-device"
-        users = {ctl: secrets.token_urlsafe(16), dev: secrets.token_urlsafe(16)}  # this run's
-        broker = start_mosquitto(folder, users, reactor_acl(topics, controller=ctl, device=dev))
+        logins = reactor_logins(topics, mapping.name)  # this run's only
+        users, ctl, dev = logins.users, logins.controller, logins.device
+        broker = start_mosquitto(folder, users, logins.acl)
         made["broker"] = broker
         device = DeviceMqtt(
             plant,

@@ -10,6 +10,7 @@ A production site runs its own broker; this module is not involved then.
 from __future__ import annotations
 
 import getpass
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,14 @@ from pathlib import Path
 from services.edge.link import free_port
 from services.edge.mapping import MqttTopics
 
-__all__ = ["BrokerTls", "Mosquitto", "reactor_acl", "start_mosquitto"]
+__all__ = [
+    "BrokerTls",
+    "Mosquitto",
+    "ReactorLogins",
+    "reactor_acl",
+    "reactor_logins",
+    "start_mosquitto",
+]
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -40,6 +48,25 @@ def reactor_acl(topics: MqttTopics, *, controller: str, device: str) -> str:
         f"user {device}\n"
         f"topic readwrite {b}/#\n\n"
     )
+
+
+@dataclass(frozen=True)
+class ReactorLogins:
+    """One reactor's two broker users (controller and device), their passwords and ACL."""
+
+    controller: str
+    device: str
+    users: dict[str, str]
+    acl: str
+
+
+def reactor_logins(topics: MqttTopics, reactor: str) -> ReactorLogins:
+    """Fresh logins ``<reactor>-controller`` and ``<reactor>-device`` (random passwords,
+    good for one broker's life) and their ACL (:func:`reactor_acl`)."""
+    controller, device = f"{reactor}-controller", f"{reactor}-device"
+    users = {controller: secrets.token_urlsafe(16), device: secrets.token_urlsafe(16)}
+    acl = reactor_acl(topics, controller=controller, device=device)
+    return ReactorLogins(controller, device, users, acl)
 
 
 @dataclass(frozen=True)
