@@ -1,4 +1,5 @@
-"""``bpcontrol device serve``: the simulated bioreactor controller, for a new user to try.
+"""``bpcontrol device serve``: the simulated bioreactor controller, for a new user to try;
+``bpcontrol device mapping``: a device mapping file for any model to start from.
 
 Part of the composition root (it imports ``hil`` and ``services``). It serves the built-in
 pack's simulated plant of the mapping's model (the main job's E. coli reactor by default)
@@ -101,6 +102,47 @@ def serve_device_command(
         device.stop()
     applied = sum(1 for e in device.write_log if e.command_id != 0)
     typer.echo(f"device stopped ({applied} setpoint writes applied)")
+
+
+@device_app.command("mapping")
+def mapping_command(
+    model: Annotated[str, typer.Option(help="Built-in model name or a .py model file.")],
+    name: Annotated[str, typer.Option(help="The device's browse name (node ids, topics).")] = "r1",
+    safe: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A safe setpoint NAME=VALUE in model units (repeatable; default: the "
+            "input's nominal value)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the file here (default: print it).")
+    ] = None,
+) -> None:
+    """Print the identity device mapping of a model (every input and measured output under
+    its own name, in model units) as a TOML file to edit for a real device."""
+    from models import load_model
+    from services.edge.mapping import identity_toml
+
+    with user_errors():
+        m = load_model(model)
+        values = {u.name: u.nominal for u in m.inputs}
+        for item in safe or []:
+            key, sep, text = item.partition("=")
+            if not sep or key.strip() not in values:
+                raise ValueError(
+                    f"--safe {item!r}: use NAME=VALUE with NAME one of {', '.join(values)}"
+                )
+            try:
+                values[key.strip()] = float(text)
+            except ValueError:
+                raise ValueError(f"--safe {item!r}: {text!r} is not a number") from None
+        text = identity_toml(m, values, name=name)
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.write_text(text, encoding="utf-8")
+            typer.echo(f"wrote {output} (device mapping of model {m.name})")
 
 
 def _opcua_device(

@@ -37,13 +37,18 @@ a linear scaling and the device's declared range, so a real device is used witho
 Node ids are OPC UA node id strings (``ns=2;s=...`` or ``ns=2;i=...``); the namespace
 index 2 is the device namespace (the first one a server registers). Every problem is a
 :class:`MappingError` whose message names the file and the key.
+
+Any model has a mapping without a file: :func:`identity_mapping` maps every input and
+every measured output under its own name, in the model's units (scale 1, offset 0, the
+model's declared bounds as the device range); :func:`identity_toml` renders the same
+document as a file to start a vendor's mapping from (``bpcontrol device mapping --model``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +62,27 @@ __all__ = [
     "MappingError",
     "MqttTopics",
     "OutputMap",
+    "identity_document",
+    "identity_mapping",
+    "identity_toml",
     "load_mapping",
     "parse_mapping",
 ]
 
 _NODE_ID = re.compile(r"^ns=\d+;(s=.+|i=\d+)$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+HEARTBEAT_PERIOD_S = 0.5
+"""Default ``device.heartbeat_period_s``: the controller's heartbeat period (wall s)."""
+HEARTBEAT_TIMEOUT_S = 3.0
+"""Default ``device.heartbeat_timeout_s``: silence (wall s) after which the device goes safe."""
+CONFIRM_TIMEOUT_S = 2.0
+"""Default ``device.confirm_timeout_s``: wall s a setpoint write waits for its confirmation."""
+WIDE_RANGE = 1e9
+"""The identity mapping's stand-in for an infinite declared output bound (model units):
+an infinite lower bound becomes -1e9 (``upper - 1e9`` if that is lower), an infinite
+upper bound 1e9 (``lower + 1e9`` if that is higher): [-1e9, 1e9] when both are infinite
+(OPC UA's EURange must be finite)."""
 
 
 class MappingError(ValueError):
@@ -319,10 +339,16 @@ def parse_mapping(
         )
     namespace = _text(source, "device.namespace", dev.get("namespace", "urn:bpcontrol:lads"))
     period = _number(
-        source, "device.heartbeat_period_s", dev.get("heartbeat_period_s", 0.5), positive=True
+        source,
+        "device.heartbeat_period_s",
+        dev.get("heartbeat_period_s", HEARTBEAT_PERIOD_S),
+        positive=True,
     )
     timeout = _number(
-        source, "device.heartbeat_timeout_s", dev.get("heartbeat_timeout_s", 3.0), positive=True
+        source,
+        "device.heartbeat_timeout_s",
+        dev.get("heartbeat_timeout_s", HEARTBEAT_TIMEOUT_S),
+        positive=True,
     )
     if timeout <= 2 * period:
         raise MappingError(
@@ -330,7 +356,10 @@ def parse_mapping(
             f"heartbeat_period_s ({period:g} s), or one late beat drops the device to safe"
         )
     confirm = _number(
-        source, "device.confirm_timeout_s", dev.get("confirm_timeout_s", 2.0), positive=True
+        source,
+        "device.confirm_timeout_s",
+        dev.get("confirm_timeout_s", CONFIRM_TIMEOUT_S),
+        positive=True,
     )
 
     inputs_doc = _table(source, "inputs", doc.get("inputs"))
@@ -450,3 +479,149 @@ def parse_mapping(
         outputs=tuple(outputs),
         mqtt=mqtt,
     )
+
+
+def _finite_range(lower: float, upper: float) -> list[float]:
+    """``[lower, upper]`` with an infinite side replaced by :data:`WIDE_RANGE` (see there)."""
+    lo = float(lower) if math.isfinite(lower) else -math.inf
+    hi = float(upper) if math.isfinite(upper) else math.inf
+    if lo == -math.inf and hi == math.inf:
+        return [-WIDE_RANGE, WIDE_RANGE]
+    if lo == -math.inf:
+        return [min(-WIDE_RANGE, hi - WIDE_RANGE), hi]
+    if hi == math.inf:
+        return [lo, max(WIDE_RANGE, lo + WIDE_RANGE)]
+    return [lo, hi]
+
+
+def _safe_values(
+    model: Model, safe: Mapping[str, float] | Sequence[float] | Any, source: str
+) -> list[Any]:
+    """The safe setpoints in model input order (a mapping by name, or values in order)."""
+    names = model.input_names
+    if isinstance(safe, Mapping):
+        missing = [n for n in names if n not in safe]
+        extra = sorted(str(k) for k in safe if k not in names)
+        if missing or extra:
+            raise MappingError(
+                f"{source}: safe: needs every input of {model.name!r} ({', '.join(names)}); "
+                f"missing {', '.join(missing) or '-'}, unknown {', '.join(extra) or '-'}"
+            )
+        return [safe[n] for n in names]
+    values = list(safe)
+    if len(values) != len(names):
+        raise MappingError(
+            f"{source}: safe: {len(values)} values for the {len(names)} inputs of "
+            f"{model.name!r} ({', '.join(names)})"
+        )
+    return values
+
+
+def identity_document(
+    model: Model,
+    safe: Mapping[str, float] | Sequence[float] | Any,
+    *,
+    name: str = "r1",
+    source: str | None = None,
+) -> dict[str, Any]:
+    """The identity mapping document of ``model`` (the keys of the module docstring).
+
+    Every input ``u`` is the control function ``u`` (nodes ``ns=2;s=<name>.<u>.TargetValue``
+    and ``.CurrentValue``), every measured output ``y`` (``Output.derived`` False) the
+    sensor function ``y`` (``ns=2;s=<name>.<y>.SensorValue`` and ``.SampleTime``), all in
+    the model's units (scale 1, offset 0). An input's device range is its declared bounds;
+    an output's its declared bounds, an infinite bound replaced by a finite one
+    :data:`WIDE_RANGE` away (OPC UA's EURange is finite). ``safe`` are the local safe
+    setpoints in model units, by input name or in model input order; they must lie inside
+    the bounds (:func:`parse_mapping` says which one does not). ``[mqtt]`` is
+    ``bpcontrol/hil/<name>``; the heartbeat and confirm timeouts are the defaults
+    (:data:`HEARTBEAT_PERIOD_S`, :data:`HEARTBEAT_TIMEOUT_S`, :data:`CONFIRM_TIMEOUT_S`).
+    """
+    where = source or f"identity mapping of {model.name}"
+    values = _safe_values(model, safe, where)
+    inputs: dict[str, Any] = {}
+    for u, value in zip(model.inputs, values, strict=True):
+        inputs[u.name] = {
+            "function": u.name,
+            "target": f"ns=2;s={name}.{u.name}.TargetValue",
+            "current": f"ns=2;s={name}.{u.name}.CurrentValue",
+            "unit": u.unit,
+            "scale": 1.0,
+            "offset": 0.0,
+            "range": [float(u.lower), float(u.upper)],
+            "safe": value if isinstance(value, bool) else _as_float(value),
+        }
+    outputs: dict[str, Any] = {}
+    for y in model.outputs:
+        if y.derived:
+            continue
+        outputs[y.name] = {
+            "function": y.name,
+            "value": f"ns=2;s={name}.{y.name}.SensorValue",
+            "sample_time": f"ns=2;s={name}.{y.name}.SampleTime",
+            "unit": y.unit,
+            "scale": 1.0,
+            "offset": 0.0,
+            "range": _finite_range(y.lower, y.upper),
+        }
+    return {
+        "device": {
+            "name": name,
+            "model": model.name,
+            "namespace": "urn:bpcontrol:lads:bioreactor",
+            "heartbeat_period_s": HEARTBEAT_PERIOD_S,
+            "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
+            "confirm_timeout_s": CONFIRM_TIMEOUT_S,
+        },
+        "mqtt": {"prefix": "bpcontrol", "site": "hil", "reactor": name},
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+
+
+def _as_float(value: Any) -> Any:
+    """``float(value)`` for a number (NumPy's too); anything else as it is, for
+    :func:`parse_mapping` to name."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def identity_mapping(
+    model: Model,
+    safe: Mapping[str, float] | Sequence[float] | Any,
+    *,
+    name: str = "r1",
+    source: str | None = None,
+) -> DeviceMapping:
+    """A device mapping for any model from its declaration (:func:`identity_document`),
+    checked by :func:`parse_mapping`; problems are a one-line :class:`MappingError`
+    naming ``source`` (default ``identity mapping of <model>``) and the key."""
+    where = source or f"identity mapping of {model.name}"
+    doc = identity_document(model, safe, name=name, source=where)
+    return parse_mapping(doc, source=where, model=model)
+
+
+def identity_toml(
+    model: Model,
+    safe: Mapping[str, float] | Sequence[float] | Any,
+    *,
+    name: str = "r1",
+) -> str:
+    """The identity mapping of ``model`` as a TOML file to start a device's mapping from
+    (checked first: a safe setpoint outside the bounds raises :class:`MappingError`)."""
+    import tomli_w
+
+    identity_mapping(model, safe, name=name)
+    doc = identity_document(model, safe, name=name)
+    head = (
+        f"# Device mapping of model {model.name!r}: every input and measured output under its\n"
+        "# own name, in the model's units (scale 1, offset 0, the declared bounds as ranges).\n"
+        "# Replace the node ids, units, scales and ranges with the device's; keep the table\n"
+        "# names (the model's signals). Safe setpoints are in device units. Format:\n"
+        "# docs/device-mapping.md.\n\n"
+    )
+    text = tomli_w.dumps(doc)  # it writes every array one item a line; ranges fit one
+    text = re.sub(r"(?m)^range = \[\n\s+(\S+),\n\s+(\S+),\n\]", r"range = [\1, \2]", text)
+    return head + text
