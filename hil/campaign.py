@@ -312,7 +312,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         run = replace(run, spec=replace(run.spec, identity=ident))
         rigs: list[Any] = []
         network: dict[str, Any] = {}
-        transport = transport_layer(spec.transport, run_dir, spec.speed_up, run.model, network)
+        transport = transport_layer(spec.transport, run_dir, spec.speed_up, run, network)
         try:
             result = run_batch(
                 run,

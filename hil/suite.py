@@ -20,6 +20,7 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     speed_up = 360.0                 # process s per wall s (default: flat out)
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
     transport = "inprocess"          # "opcua" or "mqtt": through the simulated device and gateway
+                                     # (any model: its device mapping, hil/transport.py)
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
     [scenario.sensors.DO_probe]      # the rig's sensor effects (hil.rig.SensorEffect)
@@ -75,7 +76,7 @@ from hil.rig import (
     default_parameter,
 )
 from hil.runner import Scenario, ScenarioError, check_scenario, parse_scenario
-from hil.transport import TRANSPORTS, mapping_path
+from hil.transport import TRANSPORTS, mapping_for
 
 __all__ = [
     "BROKEN_KINDS",
@@ -538,7 +539,8 @@ def _parse_criterion(name: str, doc: Any, where: str) -> CriterionSpec:
 
 
 def check_suite(suite: Suite) -> None:
-    """Resolve every scenario's pack and check its plant, faults and broken controller
+    """Resolve every scenario's pack and check its plant, faults, broken controller and,
+    through a network transport, its device mapping (:func:`hil.transport.mapping_for`)
     against it (names, windows inside the run), before anything runs."""
     from bpcontrol.pack import PackError
     from bpcontrol.runspec import resolve, spec_for
@@ -565,11 +567,11 @@ def check_suite(suite: Suite) -> None:
             raise SuiteError(f"{where}: controller: nmpc, but the pack has no control.toml")
         inputs = run.model.input_names
         sensors = {i.output for i in run.instruments}
-        if spec.transport != "inprocess" and mapping_path(run.model.name) is None:
-            raise SuiteError(
-                f"{where}: transport: no device mapping for model {run.model.name!r} "
-                "(the edge gateways ship one for ecoli_fedbatch)"
-            )
+        if spec.transport != "inprocess":
+            try:
+                mapping_for(run)
+            except ValueError as exc:  # MappingError: one line naming the file and the key
+                raise SuiteError(f"{where}: transport: {spec.transport}: {exc}") from None
         _check_rig(spec, run, sensors)
         for i, fault in enumerate(spec.faults):
             fw = f"{where}: fault[{i}]"

@@ -15,6 +15,13 @@ logins made for the run, an ACL per reactor: :mod:`services.edge.broker`), the
 :class:`hil.device_mqtt.DeviceMqtt` on it, and the loop reaches it through
 :class:`services.edge.mqtt_gateway.MqttPlant` (MQTT 5, QoS 1 commands, confirmations),
 as ``bpcontrol run --plant mqtt://...`` does.
+
+The device mapping of a run (:func:`mapping_for`) is the one shipped with the edge
+gateways for its model where there is one (:data:`MAPPINGS`: the E. coli reactor's, with
+its vendor units and scaling), else the identity mapping of the model
+(:func:`services.edge.mapping.identity_mapping`: every input and measured output under
+its own name, in model units) with the recipe's fallback at 0 h as the device's safe
+setpoints: any model, a user's own included, runs through either protocol.
 """
 
 from __future__ import annotations
@@ -23,12 +30,27 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from bpcontrol.clock import PacedClock
 from bpcontrol.interfaces import Plant
 
-__all__ = ["MAPPINGS", "TRANSPORTS", "close", "layer", "mapping_path", "mqtt_layer", "opcua_layer"]
+if TYPE_CHECKING:
+    from bpcontrol.runspec import ResolvedRun
+    from services.edge.mapping import DeviceMapping
+
+__all__ = [
+    "MAPPINGS",
+    "TRANSPORTS",
+    "close",
+    "layer",
+    "mapping_for",
+    "mapping_path",
+    "mqtt_layer",
+    "opcua_layer",
+]
 
 TRANSPORTS = ("inprocess", "opcua", "mqtt")
 """How the loop reaches the plant: in-process calls, the OPC UA device and gateway, or the
@@ -36,7 +58,8 @@ MQTT device and gateway through a Mosquitto of the run's own."""
 
 _EDGE_DATA = Path(__file__).resolve().parents[1] / "services" / "edge" / "data"
 MAPPINGS = {"ecoli_fedbatch": "ecoli_reactor.toml"}
-"""The device mappings shipped with the edge gateways, per model (services/edge/data)."""
+"""The device mappings shipped with the edge gateways, per model (services/edge/data);
+every other model gets its identity mapping (:func:`mapping_for`)."""
 
 
 def mapping_path(model_name: str) -> Path | None:
@@ -45,21 +68,36 @@ def mapping_path(model_name: str) -> Path | None:
     return None if name is None else _EDGE_DATA / name
 
 
+def mapping_for(run: ResolvedRun) -> DeviceMapping:
+    """The device mapping of ``run``: the shipped file of its model (:data:`MAPPINGS`), else
+    the model's identity mapping whose safe setpoints (model units) are the recipe's
+    fallback at 0 h clipped into the inputs' declared bounds. Raises
+    :class:`services.edge.mapping.MappingError` (one line naming the file or the model
+    and the key) when the mapping cannot be built."""
+    from services.edge.mapping import identity_mapping, load_mapping
+
+    path = mapping_path(run.model.name)
+    if path is not None:
+        return load_mapping(path, run.model)
+    lo, hi = run.model.bounds("inputs")
+    safe = np.clip(np.asarray(run.recipe.fallback(0.0), dtype=float), lo, hi)
+    return identity_mapping(
+        run.model,
+        safe,
+        source=f"identity mapping of model {run.model.name} (safe: the recipe's fallback at 0 h)",
+    )
+
+
 def opcua_layer(
-    run_dir: Path, speed_up: float, model: Any, made: dict[str, Any]
+    run_dir: Path, speed_up: float, mapping: DeviceMapping, made: dict[str, Any]
 ) -> Callable[[Plant], Plant]:
-    """A ``wrap_plant`` layer that serves the plant on an OPC UA device and returns the
-    gateway to it; ``made`` receives ``device``, ``gateway`` and ``pki`` (the caller
-    closes them: :func:`close`)."""
+    """A ``wrap_plant`` layer that serves the plant on an OPC UA device (``mapping``: its
+    nodes) paced at ``speed_up`` (process s per wall s) and returns the gateway to it;
+    ``made`` receives ``device``, ``gateway`` and ``pki`` (the caller closes them:
+    :func:`close`)."""
     from hil.device_server import DeviceSecurity, DeviceServer
-    from services.edge.mapping import load_mapping
     from services.edge.opcua_gateway import ClientSecurity, OpcUaPlant
     from services.edge.pki import make_certificate
-
-    path = mapping_path(model.name)
-    if path is None:
-        raise ValueError(f"transport opcua: no device mapping for model {model.name!r}")
-    mapping = load_mapping(path, model)
 
     def wrap(plant: Plant) -> Plant:
         pki = run_dir / "pki"
@@ -108,36 +146,37 @@ def opcua_layer(
 
 
 def layer(
-    transport: str, run_dir: Path, speed_up: float, model: Any, made: dict[str, Any]
+    transport: str, run_dir: Path, speed_up: float, run: ResolvedRun, made: dict[str, Any]
 ) -> Callable[[Plant], Plant] | None:
-    """The ``wrap_plant`` layer of ``transport`` (None: in-process)."""
-    if transport == "opcua":
-        return opcua_layer(run_dir, speed_up, model, made)
-    if transport == "mqtt":
-        return mqtt_layer(run_dir, speed_up, model, made)
-    if transport != "inprocess":
+    """The ``wrap_plant`` layer of ``transport`` for ``run`` (None: in-process), on the
+    run's device mapping (:func:`mapping_for`), paced at ``speed_up`` (process s per
+    wall s)."""
+    if transport == "inprocess":
+        return None
+    if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    return None
+    mapping = mapping_for(run)
+    if transport == "opcua":
+        return opcua_layer(run_dir, speed_up, mapping, made)
+    return mqtt_layer(run_dir, speed_up, mapping, made)
 
 
 def mqtt_layer(
-    run_dir: Path, speed_up: float, model: Any, made: dict[str, Any]
+    run_dir: Path, speed_up: float, mapping: DeviceMapping, made: dict[str, Any]
 ) -> Callable[[Plant], Plant]:
-    """A ``wrap_plant`` layer that serves the plant on an MQTT device behind a Mosquitto of
-    the run's own and returns the gateway to it; ``made`` receives ``broker``, ``device``,
+    """A ``wrap_plant`` layer that serves the plant on an MQTT device (``mapping``: its
+    topics) behind a Mosquitto of the run's own, paced at ``speed_up`` (process s per
+    wall s), and returns the gateway to it; ``made`` receives ``broker``, ``device``,
     ``gateway`` and ``secrets`` (the broker's folder: :func:`close` removes it)."""
     from hil.device_mqtt import DeviceMqtt
     from services.edge.broker import reactor_logins, start_mosquitto
-    from services.edge.mapping import load_mapping
     from services.edge.mqtt_gateway import MqttPlant, MqttSecurity
 
-    path = mapping_path(model.name)
-    if path is None:
-        raise ValueError(f"transport mqtt: no device mapping for model {model.name!r}")
-    mapping = load_mapping(path, model)
     topics = mapping.mqtt
     if topics is None:
-        raise ValueError(f"transport mqtt: {path}: no [mqtt] table (prefix, site, reactor)")
+        raise ValueError(
+            f"transport mqtt: {mapping.source}: no [mqtt] table (prefix, site, reactor)"
+        )
 
     def wrap(plant: Plant) -> Plant:
         folder = run_dir / "mosquitto"
