@@ -46,7 +46,14 @@ __all__ = [
 ]
 
 WALL_TIME_KPIS = frozenset(
-    {"run_id", "wall_time_s", "speed_up_achieved", "solve_time_median_s", "solve_time_max_s"}
+    {
+        "run_id",
+        "wall_time_s",
+        "speed_up_achieved",
+        "solve_time_median_s",
+        "solve_time_max_s",
+        "historian_outage_restart_s",
+    }
 )
 """KPIs that depend on the machine or the moment, not on the spec and seed."""
 _NEVER = 10**9  # a FlakyPlant failure period that never comes round
@@ -184,7 +191,9 @@ def _rig_layer(
     faults = [
         f
         for f in spec.faults
-        if not f.kind.startswith("controller_") and f.kind not in _FLAKY_KINDS
+        if not f.kind.startswith("controller_")
+        and f.kind not in _FLAKY_KINDS
+        and f.kind != "historian_outage"
     ]
 
     def layer(plant: Plant) -> Plant:
@@ -290,6 +299,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
     that fails (the outcome says why)."""
     from bpcontrol.records import RunIdentity
     from bpcontrol.run_status import write_json
+    from hil.historian import RunHistorian
     from hil.runner import new_run_dir, run_batch
     from hil.transport import close as close_transport
     from hil.transport import layer as transport_layer
@@ -312,8 +322,10 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         run = replace(run, spec=replace(run.spec, identity=ident))
         rigs: list[Any] = []
         network: dict[str, Any] = {}
+        historian = RunHistorian(spec.historian, spec.faults, run_dir, ident)
         transport = transport_layer(spec.transport, run_dir, spec.speed_up, run, network)
         try:
+            historian.start()
             result = run_batch(
                 run,
                 run_dir=run_dir,
@@ -324,9 +336,16 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
                 wrap_plant=_plant_wrap(spec, _rig_layer(spec, run, rigs), transport),
                 oracle=spec.oracle,
                 report=report,
+                mirror=historian.mirror,
+                progress=historian.progress if historian.outages else None,
             )
+            historian.settle()
         finally:
             close_transport(network)
+            historian.close()
+        if historian.enabled:  # what InfluxDB held, the outage's times
+            result.kpis.update(historian.kpis())
+            write_json(run_dir / "kpis.json", result.kpis)
         if rigs:  # the rig's figures join the run's KPIs; its base layer's series a file
             result.kpis.update(rigs[0].kpis())
             write_json(run_dir / "kpis.json", result.kpis)
@@ -340,6 +359,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
             fault_start_h=spec.fault_start_h(),
             fault_end_h=spec.fault_end_h(),
             truth=_truth_do(run, result),
+            historian_points=historian.points(records),
         )
         criteria = tuple(evaluate(spec.criteria, measures, result.kpis))
     except Exception as exc:  # a scenario that cannot run fails; the campaign goes on

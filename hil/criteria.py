@@ -14,7 +14,11 @@ suite bounds one of them (``{ min = .., max = .. }``, both inclusive) and
 - ``fallback_entered``: FALLBACK events from the first fault on (all, with no fault);
 - ``fallback_left``: 1 when the loop applied a controller (``nmpc``) setpoint after its
   last FALLBACK event, else 0 (1 when it never fell back);
-- ``records_lost``: records the loop emitted that the historian does not hold;
+- ``records_lost``: records the loop emitted that the run's embedded historian (the run
+  folder's ``records.sqlite``) does not hold, with or without an InfluxDB mirror;
+- ``historian_points_missing``: with ``historian = "influx"`` (:mod:`hil.historian`): the
+  InfluxDB points the embedded store's records make that the run's InfluxDB does not hold
+  after the run (counted through its ``/query``; NaN without a mirror);
 - ``solve_time_p99_s``: 99th percentile of the controller's solve times (wall s);
 - ``recovery_time_h``: process hours from the end of the last fault window to the first
   controller setpoint at or after it (inf: never);
@@ -48,7 +52,8 @@ CRITERIA: dict[str, str] = {
     "setpoints_outside_clamps": "applied setpoints outside the pack's limits or rates (count)",
     "fallback_entered": "FALLBACK events from the first fault on (count)",
     "fallback_left": "controller setpoints applied after the last FALLBACK (1 yes, 0 no)",
-    "records_lost": "records emitted but not in the historian (count)",
+    "records_lost": "records emitted but not in the embedded historian (count)",
+    "historian_points_missing": "points of the embedded records not in InfluxDB (count)",
     "solve_time_p99_s": "99th percentile of the controller's solve times (wall s)",
     "recovery_time_h": "process h from the last fault's end to a controller setpoint",
     "do_recovery_time_h": "process h from the last fault's end to true DO >= minimum for good",
@@ -103,9 +108,12 @@ def measure(
     fault_start_h: float | None,
     fault_end_h: float | None,
     truth: tuple[np.ndarray, np.ndarray, float] | None = None,
+    historian_points: tuple[int, int] | None = None,
 ) -> dict[str, float]:
     """Every figure of the module docstring for one run; ``limits`` are the pack's;
-    ``truth`` is (t h, true DO %, the pack's DO minimum %) when the model has DO."""
+    ``truth`` is (t h, true DO %, the pack's DO minimum %) when the model has DO;
+    ``historian_points`` is (points the embedded records make, points InfluxDB holds of
+    them) when the run had an InfluxDB mirror."""
     setpoints = [r for r in records if isinstance(r, SetpointRecord)]
     plans = [r for r in records if isinstance(r, PlanRecord)]
     fallbacks = [
@@ -121,7 +129,11 @@ def measure(
         "setpoints_outside_clamps": float(len(setpoint_violations(setpoints, limits))),
         "fallback_entered": float(sum(t >= from_h - 1e-9 for t in fallbacks)),
         "records_lost": float(max(records_emitted - len(records), 0)),
+        "historian_points_missing": math.nan,
     }
+    if historian_points is not None:
+        expected, held = historian_points
+        out["historian_points_missing"] = float(max(expected - held, 0))
     if fallbacks:
         last = max(fallbacks)
         out["fallback_left"] = float(any(t > last for t in controller_t))

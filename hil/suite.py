@@ -21,6 +21,7 @@ A suite names its scenarios; each one is a pure function of its spec and seed (s
     oracle = false                   # also solve the whole-batch optimum (product_vs_oracle)
     transport = "inprocess"          # "opcua" or "mqtt": through the simulated device and gateway
                                      # (any model: its device mapping, hil/transport.py)
+    historian = "embedded"           # or "influx": also to InfluxDB on a server of the run's own
     [scenario.plant]                 # the plant's perturbation (format of hil.runner)
     parameter_factors = { mu_max = 0.8 }
     [scenario.sensors.DO_probe]      # the rig's sensor effects (hil.rig.SensorEffect)
@@ -47,7 +48,9 @@ caps the device holds for the whole run, ``start_h``/``end_h`` not used); the ri
 (:data:`hil.rig.RIG_FAULT_KINDS`: ``probe_stuck``, ``probe_drift``, ``spikes``,
 ``offgas_outage``, ``pump_failure``, ``pump_blockage``, ``cooling_loss``) and the true
 process's (:data:`hil.rig.PLANT_FAULT_KINDS`: ``feed_concentration``, ``growth_change``,
-scheduled parameter changes of the simulated plant).
+scheduled parameter changes of the simulated plant); ``historian_outage`` (the run's
+InfluxDB server crashes at ``start_h`` and comes back at ``end_h``; needs
+``historian = "influx"``, :mod:`hil.historian`).
 
 Bad input raises :class:`SuiteError` with one line naming the file and the key.
 """
@@ -63,6 +66,7 @@ from typing import Any
 
 from bpcontrol.tomlfile import read_toml
 from hil.criteria import CRITERIA, CriterionSpec
+from hil.historian import HISTORIANS
 from hil.rig import (
     ACTUATOR_EFFECT_KEYS,
     BASE_LAYER_KEYS,
@@ -105,6 +109,7 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "write_failures": ("every",),
     "sensor_garbage": ("sensor",),
     "device_clamp": ("max",),
+    "historian_outage": (),
     **RIG_FAULT_KINDS,
     **PLANT_FAULT_KINDS,
 }
@@ -128,6 +133,7 @@ _SCENARIO_KEYS = (
     "speed_up",
     "oracle",
     "transport",
+    "historian",
     "plant",
     "sensors",
     "actuators",
@@ -165,6 +171,7 @@ class ScenarioSpec:
     speed_up: float = math.inf
     oracle: bool = False
     transport: str = "inprocess"
+    historian: str = "embedded"
     plant: Scenario = field(default_factory=Scenario)
     sensors: Mapping[str, SensorEffect] = field(default_factory=dict)
     actuators: Mapping[str, ActuatorEffect] = field(default_factory=dict)
@@ -319,6 +326,11 @@ def _parse_scenario(
             f"{where}: transport: {transport} needs a finite speed_up (the device's clock is "
             "paced, as the loop's)"
         )
+    historian = doc.get("historian", "embedded")
+    if historian not in HISTORIANS:
+        raise SuiteError(
+            f"{where}: historian: must be one of {', '.join(HISTORIANS)}, got {historian!r}"
+        )
     plant_doc = doc.get("plant", {})
     if not isinstance(plant_doc, Mapping):
         raise SuiteError(f"{where}: plant: must be a table (the format of hil.runner)")
@@ -347,6 +359,7 @@ def _parse_scenario(
     )
     if any(c.name == "product_vs_oracle" for c in criteria) and not oracle:
         raise SuiteError(f"{where}: criteria.product_vs_oracle: needs oracle = true")
+    _check_historian(historian, faults, criteria, where)
     return ScenarioSpec(
         name=name,
         pack=pack,
@@ -357,6 +370,7 @@ def _parse_scenario(
         speed_up=speed_up,
         oracle=oracle,
         transport=transport,
+        historian=historian,
         plant=plant,
         sensors=sensors,
         actuators=actuators,
@@ -366,6 +380,25 @@ def _parse_scenario(
         criteria=criteria,
         source=where,
     )
+
+
+def _check_historian(
+    historian: str, faults: Sequence[FaultSpec], criteria: Sequence[CriterionSpec], where: str
+) -> None:
+    """A historian outage and the InfluxDB criterion need ``historian = "influx"``."""
+    if historian == "influx":
+        return
+    for i, fault in enumerate(faults):
+        if fault.kind == "historian_outage":
+            raise SuiteError(
+                f'{where}: fault[{i}]: historian_outage needs historian = "influx", '
+                f"got {historian!r}"
+            )
+    if any(c.name == "historian_points_missing" for c in criteria):
+        raise SuiteError(
+            f'{where}: criteria.historian_points_missing: needs historian = "influx", '
+            f"got {historian!r}"
+        )
 
 
 def _parse_fault(doc: Any, where: str) -> FaultSpec:
