@@ -34,10 +34,11 @@ ALARM_KINDS: Final = frozenset(
         EventKind.ESTIMATOR_FAILED,
         EventKind.ESTIMATOR_RESET,
         EventKind.ESTIMATE_INCONSISTENT,
+        EventKind.INTERLOCK,
     }
 )
 """Event kinds an operator must acknowledge: the loop left AUTO, could not read or write the
-plant, or the estimator failed or lost consistency."""
+plant, the estimator failed or lost consistency, or an interlock tripped or released."""
 
 
 @dataclass(frozen=True)

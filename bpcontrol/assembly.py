@@ -135,6 +135,7 @@ def assemble(
             deadline_s,
             {n: (float(lo_u[i]), float(hi_u[i])) for i, n in enumerate(model.input_names)},
             auto_resume_after=auto_resume_after if controller is not None else None,
+            interlocks=recipe.interlocks,
         )
     )
     loop = ControlLoop(

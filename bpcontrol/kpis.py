@@ -22,6 +22,7 @@ from bpcontrol.records import (
     PlanRecord,
     Record,
     SetpointRecord,
+    SetpointSource,
 )
 from bpcontrol.supervisor import SetpointLimits
 from models import Model
@@ -43,7 +44,9 @@ def setpoint_violations(
     """Every applied setpoint outside its limits or moving faster than its rate clamp.
 
     Rates are checked between consecutive records: ``|v1 - v0| <= rate * (t1 - t0)`` with a
-    relative tolerance of 1e-9 for rounding. Returns one line per violation (empty: none).
+    relative tolerance of 1e-9 for rounding; an interlock's cut (source ``interlock``) is
+    exempt from the rate clamp by design (:mod:`bpcontrol.interlocks`), never from the
+    limits. Returns one line per violation (empty: none).
     """
     problems: list[str] = []
     prev: SetpointRecord | None = None
@@ -55,7 +58,7 @@ def setpoint_violations(
                 problems.append(
                     f"{rec.t_h:.4f} h: {name} = {value:g} outside [{lim.lower:g}, {lim.upper:g}]"
                 )
-            if prev is not None:
+            if prev is not None and rec.source != SetpointSource.INTERLOCK:
                 step = abs(value - prev.values[name])
                 allowed = lim.rate_per_h * (rec.t_h - prev.t_h)
                 if step > allowed + tol:

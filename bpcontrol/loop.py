@@ -398,6 +398,7 @@ class ControlLoop:
         s.t_end_h = t
         self._write_notes(t)
         readings = self._read(t)
+        self._interlocks(t, readings)
         try:
             out = self.estimator.step(t, self._applied, readings)
         except Exception as exc:  # keep the last estimate, mark it unhealthy, go on
@@ -452,6 +453,21 @@ class ControlLoop:
             value = float(r.value) if isinstance(r.value, (int, float)) else math.nan
             self._write(MeasurementRecord(t, r.sensor, value, ts if math.isfinite(ts) else t))
         return readings
+
+    def _interlocks(self, t: float, readings: list[Reading]) -> None:
+        """Let the supervisor's interlocks see this tick's raw readings; apply a trip now."""
+        if not self.supervisor.config.interlocks or not readings:
+            return
+        latest: dict[str, float] = {}
+        for r in readings:
+            if isinstance(r.value, (int, float)):
+                latest[r.sensor] = float(r.value)
+        record, events, self._sup = self.supervisor.watch(self._sup, t, latest)
+        for e in events:
+            self._write(e)
+        if record is not None:
+            self._setpoint = self._write(record)
+            self._apply(t, np.array([record.values[n] for n in self.recipe.input_names]))
 
     def _controller_allowed(self, t: float) -> bool:
         """Whether the recipe phase at ``t`` (h) lets the controller act (``Phase.auto``)."""

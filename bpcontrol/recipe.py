@@ -57,6 +57,18 @@ third phase for the example above::
 
 The batch ends at ``duration_h`` (the "end" phase).
 
+``[[interlocks]]`` (optional) are the supervisor's guards on raw measurements, checked at
+every measurement whatever the estimator believes: e.g. cut the feed to half when the DO
+probe reads below 20 % twice in a row (format and rules: :mod:`bpcontrol.interlocks`)::
+
+    [[interlocks]]
+    name = "low-DO"
+    sensor = "DO_probe"
+    below = 20.0
+    readings = 2
+    release = 25.0
+    cut = { F = 0.5 }
+
 Sane sizes: a batch lasts at most :data:`MAX_DURATION_H` hours and has at most
 :data:`MAX_TICKS` measurement periods (``duration_h`` over the measurement period), so a
 number that passes the finiteness checks but would overflow (``duration_h = 1e308``) or
@@ -78,6 +90,7 @@ from typing import Any
 
 import numpy as np
 
+from bpcontrol.interlocks import Interlock, parse_interlocks
 from bpcontrol.run_length import MAX_DURATION_H, MAX_TICKS, check_run_length
 from bpcontrol.supervisor import SetpointLimits
 from bpcontrol.tomlfile import read_toml
@@ -205,6 +218,7 @@ class Recipe:
     limits: Mapping[str, SetpointLimits]
     phases: tuple[Phase, ...]
     source: str = field(default="")
+    interlocks: tuple[Interlock, ...] = ()
 
     def phase_at(self, t_h: float) -> Phase:
         """The phase in force at ``t_h`` (h): the last one that started by then."""
@@ -264,6 +278,7 @@ _TOP_KEYS = {
     "initial",
     "limits",
     "phases",
+    "interlocks",
 }
 
 
@@ -316,6 +331,11 @@ def parse_recipe(doc: Mapping[str, Any], model: Model, *, source: str = "recipe"
     inputs = model.input_names
     limits = _limits(_table(doc, "limits", fail), model, fail)
     phases = _phases(doc.get("phases"), inputs, limits, duration, fail)
+    measured = tuple(o.name for o in model.outputs if not o.derived)
+    try:
+        interlocks = parse_interlocks(doc.get("interlocks"), outputs=measured, inputs=inputs)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     return Recipe(
         name=str(doc.get("name", model.name)),
         model=model.name,
@@ -327,6 +347,7 @@ def parse_recipe(doc: Mapping[str, Any], model: Model, *, source: str = "recipe"
         limits=MappingProxyType(limits),
         phases=phases,
         source=source,
+        interlocks=interlocks,
     )
 
 

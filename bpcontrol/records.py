@@ -121,6 +121,8 @@ class SetpointSource(enum.StrEnum):
     """The values applied before, frozen (mode HOLD)."""
     RECIPE = "recipe"
     """The recipe profile because the recipe phase forbids the controller (mode AUTO)."""
+    INTERLOCK = "interlock"
+    """An interlock tripped on a raw measurement and cut inputs (any mode)."""
 
 
 class EventKind(enum.StrEnum):
@@ -136,6 +138,8 @@ class EventKind(enum.StrEnum):
     """An operator changed the limits of one input."""
     PHASE = "phase"
     """A recipe phase began."""
+    INTERLOCK = "interlock"
+    """An interlock tripped (inputs cut) or was released (:mod:`bpcontrol.interlocks`)."""
     BATCH_END = "batch-end"
     """The batch reached its end."""
     STOPPED = "stopped"

@@ -69,6 +69,8 @@ from bpcontrol.commands import (
     SetSetpoint,
     describe,
 )
+from bpcontrol.interlocks import Interlock, InterlockState, initial_state
+from bpcontrol.interlocks import watch as watch_interlocks
 from bpcontrol.records import (
     AuditRecord,
     EventKind,
@@ -155,6 +157,8 @@ class SupervisorConfig:
         auto_resume_after: after the supervisor fell back by itself, return to AUTO once
             this many steps in a row brought a plan AUTO would accept (the controller keeps
             solving in the shadow); ``None`` (default) leaves the return to an operator.
+        interlocks: guards on raw measurements (:mod:`bpcontrol.interlocks`), checked by
+            :meth:`Supervisor.watch` at every measurement.
     """
 
     input_names: tuple[str, ...]
@@ -163,6 +167,7 @@ class SupervisorConfig:
     controller_deadline_s: float
     hard_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     auto_resume_after: int | None = None
+    interlocks: tuple[Interlock, ...] = ()
 
     def __post_init__(self) -> None:
         names = tuple(self.input_names)
@@ -200,6 +205,11 @@ class SupervisorConfig:
         n = self.auto_resume_after
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"auto_resume_after must be an integer >= 1 or None, got {n!r}")
+        object.__setattr__(self, "interlocks", tuple(self.interlocks))
+        for lock in self.interlocks:
+            unknown = sorted(set(lock.cut) - set(names))
+            if unknown:
+                raise ValueError(f"interlock {lock.name!r} cuts unknown inputs {unknown}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,7 @@ class SupervisorState:
         fallback_cause: why the supervisor fell back (empty unless it did so itself).
         good_plans: consecutive steps, since the supervisor fell back by itself, whose plan
             AUTO would have accepted (counts toward ``auto_resume_after``).
+        interlock: the interlocks' counts and the caps of tripped ones.
     """
 
     mode: Mode
@@ -224,6 +235,7 @@ class SupervisorState:
     t_h: float
     fallback_cause: str = ""
     good_plans: int = 0
+    interlock: InterlockState = field(default_factory=InterlockState)
 
     @property
     def u(self) -> np.ndarray:
@@ -302,7 +314,36 @@ class Supervisor:
                     f"u0[{name!r}] = {value} is outside its limits [{lim.lower}, {lim.upper}]"
                 )
         applied = tuple(float(v) for v in u)
-        return SupervisorState(mode, applied, applied, limits, float(t0))
+        return SupervisorState(
+            mode, applied, applied, limits, float(t0), interlock=initial_state(cfg.interlocks)
+        )
+
+    def watch(
+        self, state: SupervisorState, t_h: float, readings: Mapping[str, float]
+    ) -> tuple[SetpointRecord | None, tuple[EventRecord, ...], SupervisorState]:
+        """Check the interlocks against this measurement's ``readings`` (sensor -> value).
+
+        Returns the setpoints a trip applies at ``t_h`` (h), source ``interlock`` (None
+        when nothing tripped), the trip and release events, and the next state. Raises
+        ValueError when ``t_h`` is not finite or earlier than the last step.
+        """
+        cfg = self.config
+        if not cfg.interlocks:
+            return None, (), state
+        if not math.isfinite(t_h) or t_h < state.t_h:
+            raise ValueError(f"t_h must be finite and >= the last step {state.t_h}, got {t_h}")
+        names = cfg.input_names
+        applied = dict(zip(names, state.applied, strict=True))
+        lower = {n: lim.lower for n, lim in zip(names, state.limits, strict=True)}
+        trip, locks = watch_interlocks(cfg.interlocks, state.interlock, readings, applied, lower)
+        events = tuple(EventRecord(t_h, EventKind.INTERLOCK, m, _SUPERVISOR) for m in trip.messages)
+        if not trip.values:
+            return None, events, replace(state, interlock=locks)
+        values = tuple(trip.values.get(n, v) for n, v in zip(names, state.applied, strict=True))
+        record = SetpointRecord(
+            t_h, dict(zip(names, values, strict=True)), SetpointSource.INTERLOCK, ()
+        )
+        return record, events, replace(state, applied=values, t_h=float(t_h), interlock=locks)
 
     def step(
         self,
@@ -394,6 +435,8 @@ class Supervisor:
                 target = recipe
 
         applied, clamped = self._clamp(state, target, t_h - state.t_h)
+        if state.interlock.tripped:
+            applied = self._capped(state, applied)
         record = SetpointRecord(
             t_h, dict(zip(cfg.input_names, applied, strict=True)), source, clamped
         )
@@ -476,6 +519,13 @@ class Supervisor:
             if abs(value - want) > _CLAMP_REPORT_TOL * max(1.0, abs(want)):  # not rounding
                 clamped.append(name)
         return tuple(applied), tuple(clamped)
+
+    def _capped(self, state: SupervisorState, applied: tuple[float, ...]) -> tuple[float, ...]:
+        """``applied`` under the caps of tripped interlocks (never below the lower limit)."""
+        return tuple(
+            min(v, max(state.interlock.cap(n), lim.lower))
+            for n, v, lim in zip(self.config.input_names, applied, state.limits, strict=True)
+        )
 
     # ------------------------------------------------------------------ operator commands
 
