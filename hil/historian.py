@@ -17,7 +17,8 @@ wait for it). After the run :meth:`RunHistorian.settle` counts what InfluxDB hol
 run (``/query``, per measurement, ``WHERE run_id = ...``) against the points the embedded
 store's records make (encoded as the mirror encodes them): the measure
 ``historian_points_missing`` (:mod:`hil.criteria`). :meth:`RunHistorian.close` stops the
-server and removes its data (its log and config, a few kB, stay).
+server and removes its data (its log and config, a few kB, stay) and the buffer file once
+it is drained (what an outage left undelivered stays in it).
 """
 
 from __future__ import annotations
@@ -211,13 +212,17 @@ class RunHistorian:
 
     def close(self) -> None:
         """Close the mirror (idempotent: :func:`hil.runner.run_batch` closed it unless the
-        run failed before its loop), stop the server (SIGTERM, then SIGKILL) and remove its
-        data; idempotent."""
+        run failed before its loop) and remove its buffer file when drained, stop the
+        server (SIGTERM, then SIGKILL) and remove its data; idempotent."""
         for outage in self.outages:
             outage.join()
         if self.mirror is not None:
             with contextlib.suppress(Exception):
                 self.mirror.close(timeout_s=1.0)
+            if self.mirror.pending_points == 0:  # drained: the empty buffer file goes too
+                for suffix in ("", "-wal", "-shm"):
+                    path = self.mirror.buffer_path
+                    path.with_name(path.name + suffix).unlink(missing_ok=True)
         if self.server is not None:
             self.server.stop()
             for sub in ("data", "meta", "wal"):

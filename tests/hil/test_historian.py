@@ -178,6 +178,7 @@ def test_influx_holds_every_record_after_the_restart(tmp_path: Path) -> None:
     finally:
         historian.close()
     assert not (run_dir / "influxd" / "data").exists()
+    assert not (run_dir / "influx-buffer.sqlite").exists()  # drained, removed
 
 
 def test_outage_scenario_passes_with_nothing_missing(tmp_path: Path) -> None:
@@ -201,6 +202,7 @@ def test_server_that_never_comes_back_fails_points_missing(tmp_path: Path) -> No
     assert missing == kpis["mirror_pending_points"] > 0  # what the buffer file kept
     assert outcome.measures["records_lost"] == 0  # the embedded store has every record
     assert math.isnan(kpis["historian_outage_up_h"])
+    assert (Path(outcome.run_dir) / "influx-buffer.sqlite").exists()  # the points kept
 
 
 @pytest.mark.slow
