@@ -96,7 +96,14 @@ class PureEstimator(Protocol):
     @property
     def ekf(self) -> FilterInfo: ...
 
-    def init(self, x0: np.ndarray, *, t0: float = 0.0) -> Any: ...
+    def init(
+        self,
+        x0: np.ndarray,
+        *,
+        t0: float = 0.0,
+        theta0: Mapping[str, float] | None = None,
+        P0_diag: np.ndarray | None = None,
+    ) -> Any: ...
 
     def step(
         self, state: Any, t: float, u: np.ndarray, readings: Iterable[Reading] = ()
@@ -113,13 +120,24 @@ class LoopEstimator:
     message).
     """
 
-    def __init__(self, online: PureEstimator, x0: np.ndarray, *, t0_h: float = 0.0) -> None:
+    def __init__(
+        self,
+        online: PureEstimator,
+        x0: np.ndarray,
+        *,
+        t0_h: float = 0.0,
+        theta0: Mapping[str, float] | None = None,
+        P0_diag: np.ndarray | None = None,
+    ) -> None:
+        """Start at ``x0`` at ``t0_h`` (h); ``theta0`` and ``P0_diag`` (states then tracked
+        parameters) default to the filter's configured prior (a resumed run passes its
+        last estimate's: :mod:`bpcontrol.resume`)."""
         self.online = online
         self.model = online.ekf.model
         self._tracked = tuple(online.ekf.tracked_names)
         self._x = np.asarray(x0, dtype=float)
         self._t = float(t0_h)
-        self._state: Any = online.init(self._x.copy(), t0=t0_h)
+        self._state: Any = online.init(self._x.copy(), t0=t0_h, theta0=theta0, P0_diag=P0_diag)
 
     def warm_up(self, u: np.ndarray) -> None:
         """Compile or solve the estimator once now (a throw-away step; state kept).

@@ -16,7 +16,8 @@ from bpcontrol.interfaces import Clock, Controller, Historian, Plant
 from bpcontrol.loop import ControlLoop, LoopSnapshot
 from bpcontrol.nmpc import NMPC, NMPCConfig
 from bpcontrol.recipe import Recipe
-from bpcontrol.records import RunIdentity
+from bpcontrol.records import EventKind, RunIdentity
+from bpcontrol.resume import ResumePoint
 from bpcontrol.runspec import EstimatorKind, ResolvedRun, RunSpec, resolve
 from bpcontrol.supervisor import Supervisor, SupervisorConfig
 from estimators import CompiledEKF, EKFConfig, MHEConfig, MovingHorizonEstimator, OnlineEstimator
@@ -46,11 +47,12 @@ def build_loop(
     progress: Callable[[LoopSnapshot], None] | None = None,
     wrap_controller: Callable[[Controller], Controller] | None = None,
     t0_h: float = 0.0,
+    resume: ResumePoint | None = None,
 ) -> AssembledLoop:
     """Build the loop of ``spec`` around ``plant``, ``historian`` and ``clock``.
 
     Raises a ``ValueError`` subclass (one line naming the file and key) for a bad spec.
-    See :func:`assemble` for what is built.
+    See :func:`assemble` for what is built (``resume``: a restarted run's state).
     """
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
     assembled = assemble(
@@ -69,6 +71,7 @@ def build_loop(
         progress=progress,
         wrap_controller=wrap_controller,
         t0_h=t0_h,
+        resume=resume,
     )
     assembled.run = run
     return assembled
@@ -91,6 +94,7 @@ def assemble(
     progress: Callable[[LoopSnapshot], None] | None = None,
     wrap_controller: Callable[[Controller], Controller] | None = None,
     t0_h: float = 0.0,
+    resume: ResumePoint | None = None,
 ) -> AssembledLoop:
     """Wire a loop from checked Python objects (what :func:`build_loop` does after reading
     a spec; scripts that build their configurations in Python call this directly).
@@ -103,9 +107,26 @@ def assemble(
     ``estimator``: the EKF compiled to C (``"compiled"``, the default), in JAX (``"jax"``),
     or moving-horizon estimation (``"mhe"``, tuned by ``mhe_config``; default
     :class:`MHEConfig`) with the same sensor configuration ``ekf_config``.
+
+    ``resume`` (:func:`bpcontrol.resume.resume_point` of the run's records) restarts a run
+    that crashed: the loop starts at ``resume.t_h`` (``t0_h`` is ignored) from the last
+    estimate and its covariance, the supervisor from the applied setpoints in their mode,
+    and a ``resumed`` event says so.
     """
     x0 = recipe.initial_state(model)
     u0 = recipe.fallback(t0_h)
+    p0 = model.p0.copy()
+    theta0: dict[str, float] | None = None
+    P0_diag = None
+    mode = None
+    if resume is not None:
+        t0_h = resume.t_h
+        x0, u0, mode = resume.x0(model.state_names), resume.u0(model.input_names), resume.mode
+        tracked = tuple(t.name for t in ekf_config.tracked)
+        theta0 = dict(resume.parameters)
+        P0_diag = resume.p0_diag(model.state_names, tracked)
+        for name, value in theta0.items():
+            p0[model.index(name)] = value
     pure: PureEstimator
     if estimator == "mhe":
         pure = MovingHorizonEstimator(model, ekf_config, mhe_config or MHEConfig())
@@ -117,12 +138,15 @@ def assemble(
         pure = OnlineEstimator(ExtendedKalmanFilter(model, ekf_config))
     else:
         raise ValueError(f"estimator must be 'compiled', 'jax' or 'mhe', got {estimator!r}")
-    loop_estimator = LoopEstimator(pure, x0, t0_h=t0_h)
+    # a resumed filter starts where its last estimate was made and propagates from there
+    # (the readings of the downtime are late samples inside its window, fused in order)
+    t_est = t0_h if resume is None else min(resume.estimate_t_h, t0_h)
+    loop_estimator = LoopEstimator(pure, x0, t0_h=t_est, theta0=theta0, P0_diag=P0_diag)
     loop_estimator.warm_up(u0)
     controller: Controller | None = None
     if nmpc_config is not None:
         nmpc = NMPCController(NMPC(model, nmpc_config), x0, u0)
-        nmpc.warm_up(x0, model.p0, u0, t0_h)
+        nmpc.warm_up(x0, p0, u0, t0_h)
         controller = nmpc
         if wrap_controller is not None:
             controller = wrap_controller(controller)
@@ -150,5 +174,11 @@ def assemble(
         progress=progress,
         t0_h=t0_h,
         identity=identity,
+        u0=u0 if resume is not None else None,
+        mode=mode if controller is not None else None,
+        fallback_cause=resume.fallback_cause if resume is not None else "",
+        resumed=resume is not None,
     )
+    if resume is not None:
+        loop.note(EventKind.RESUMED, resume.describe(), "loop")
     return AssembledLoop(loop, loop_estimator, controller, supervisor)

@@ -223,6 +223,13 @@ class ControlLoop:
             :attr:`bpcontrol.supervisor.SupervisorConfig.auto_resume_after`.
         progress: called after every tick with the snapshot (for a progress bar).
         t0_h: process time (h) of the first tick.
+        u0: the setpoints applied at the first tick (default: the recipe's at ``t0_h``; a
+            resumed run's last applied ones, :mod:`bpcontrol.resume`).
+        mode: the starting mode (default: AUTO with a controller, else FALLBACK).
+        fallback_cause: starting in FALLBACK, the supervisor's own cause (it then returns to
+            AUTO by its ``auto_resume_after`` rule); empty: an operator's FALLBACK.
+        resumed: the loop continues a run that crashed (:mod:`bpcontrol.resume`): the
+            recipe phase in force at ``t0_h`` has begun already (no ``phase`` event).
         identity: the run's identity; every record written is stamped with it (a record
             that already names a run keeps it).
     """
@@ -242,6 +249,10 @@ class ControlLoop:
         progress: Callable[[LoopSnapshot], None] | None = None,
         t0_h: float = 0.0,
         identity: RunIdentity | None = None,
+        u0: np.ndarray | None = None,
+        mode: Mode | None = None,
+        fallback_cause: str = "",
+        resumed: bool = False,
     ) -> None:
         if tuple(plant.input_names) != recipe.input_names:
             raise ValueError(
@@ -274,10 +285,14 @@ class ControlLoop:
         self._limits_passed: dict[str, tuple[float, float]] | None = None
         self._stop_reason: str | None = None
         self._notes: queue.SimpleQueue[tuple[EventKind, str, str]] = queue.SimpleQueue()
-        mode = Mode.AUTO if controller is not None else Mode.FALLBACK
-        self._sup: SupervisorState = self.supervisor.init(recipe.fallback(t0_h), t0_h, mode)
+        if mode is None:
+            mode = Mode.AUTO if controller is not None else Mode.FALLBACK
+        start = recipe.fallback(t0_h) if u0 is None else np.asarray(u0, dtype=float)
+        self._sup: SupervisorState = self.supervisor.init(start, t0_h, mode)
+        if fallback_cause and mode is Mode.FALLBACK:  # the supervisor's: it may return
+            self._sup = replace(self._sup, fallback_cause=fallback_cause)
         self._applied = self._sup.u  # what the plant holds (confirmed)
-        self._phase = ""
+        self._phase = recipe.phase_at(t0_h).name if resumed else ""
         self._last_estimate: EstimateRecord | None = None
         self._estimate: StateEstimate | None = None
         self._healthy_since_control = True

@@ -140,6 +140,9 @@ class EventKind(enum.StrEnum):
     """A recipe phase began."""
     INTERLOCK = "interlock"
     """An interlock tripped (inputs cut) or was released (:mod:`bpcontrol.interlocks`)."""
+    RESUMED = "resumed"
+    """A restarted loop resumed the run from its historian's last state (:mod:`bpcontrol.
+    resume`)."""
     BATCH_END = "batch-end"
     """The batch reached its end."""
     STOPPED = "stopped"

@@ -389,10 +389,16 @@ class MovingHorizonEstimator:
         return self.ekf.sensor_names
 
     def init(
-        self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
+        self,
+        x0: np.ndarray,
+        *,
+        t0: float = 0.0,
+        theta0: Mapping[str, float] | None = None,
+        P0_diag: np.ndarray | None = None,
     ) -> MHEState:
-        """The state at ``t0`` (h): the EKF's prior; the estimate is ``x0``, ``theta0``."""
-        es = self.online.init(x0, t0=t0, theta0=theta0)
+        """The state at ``t0`` (h): the EKF's prior (``P0_diag``: another, e.g. a resumed
+        run's); the estimate is ``x0``, ``theta0``."""
+        es = self.online.init(x0, t0=t0, theta0=theta0, P0_diag=P0_diag)
         z = np.asarray(es.filter.z, dtype=float)
         return MHEState(
             ekf=es,

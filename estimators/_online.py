@@ -166,9 +166,17 @@ class OnlineEstimator:
         )
 
     def init(
-        self, x0: np.ndarray, *, t0: float = 0.0, theta0: Mapping[str, float] | None = None
+        self,
+        x0: np.ndarray,
+        *,
+        t0: float = 0.0,
+        theta0: Mapping[str, float] | None = None,
+        P0_diag: np.ndarray | None = None,
     ) -> EstimatorState:
-        fs, _ = self.ekf.project(self.ekf.init(x0, t0=t0, theta0=theta0))
+        """The state at ``t0`` (h): ``x0`` and the tracked parameters at ``theta0`` (default
+        their base values), covariance ``diag(P0_diag)`` (states then tracked parameters;
+        default the configured prior; a resumed run passes its last estimate's)."""
+        fs, _ = self.ekf.project(self.ekf.init(x0, t0=t0, theta0=theta0, P0_diag=P0_diag))
         # the assays are trusted from the start (lab references: a filter already off at
         # the first assay must recover from it too); a fast probe earns trust by a reading
         # accepted, and only assays recover in any case

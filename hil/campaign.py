@@ -193,7 +193,7 @@ def _rig_layer(
         for f in spec.faults
         if not f.kind.startswith("controller_")
         and f.kind not in _FLAKY_KINDS
-        and f.kind != "historian_outage"
+        and f.kind not in ("historian_outage", "crash_restart")
     ]
 
     def layer(plant: Plant) -> Plant:
@@ -223,6 +223,14 @@ def _rig_layer(
         return rig
 
     return layer
+
+
+def _crash(spec: ScenarioSpec) -> tuple[float, float] | None:
+    """``(at_h, down_h)`` of the scenario's crash_restart fault (None: it has none)."""
+    for f in spec.faults:
+        if f.kind == "crash_restart":
+            return f.start_h, f.end_h - f.start_h
+    return None
 
 
 _FLAKY_KINDS = frozenset(
@@ -338,6 +346,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
                 report=report,
                 mirror=historian.mirror,
                 progress=historian.progress if historian.outages else None,
+                crash=_crash(spec),
             )
             historian.settle()
         finally:

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from bpcontrol.kpis import run_kpis
 from bpcontrol.loop import ControlLoop, LoopSnapshot, RunSummary
 from bpcontrol.nmpc import NMPC, StateEstimate
 from bpcontrol.records import EventKind
+from bpcontrol.resume import resume_point
 from bpcontrol.run_status import (
     RunState,
     StopOnSignals,
@@ -61,6 +63,7 @@ from bpcontrol.runspec import ResolvedRun, RunSpec, resolve
 from bpcontrol.stderr_capture import StderrToEvents
 from bpcontrol.tomlfile import read_toml
 from hil.plant import SimulatedPlant
+from hil.restart import ControllerCrash, CrashingPlant, merge_summaries
 from hil.synthetic import OfflineAssays
 from models import Model
 from services.historian import EmbeddedHistorian, HistorianError, read_records
@@ -352,6 +355,7 @@ def run_batch(
     store_timeout_s: float = STORE_TIMEOUT_S,
     checkpoint_interval_s: float = 1.0,
     mirror: MirrorHistorian | None = None,
+    crash: tuple[float, float] | None = None,
 ) -> RunResult:
     """Run one batch (see the module docstring); ``scenario`` defaults to the pack's plant.
 
@@ -369,11 +373,17 @@ def run_batch(
     the KPIs and the report. Its events become ``historian`` events of the loop; at the end
     it delivers for up to ``store_timeout_s`` and what is left waits in its buffer
     (KPIs ``mirror_delivered_points``, ``mirror_pending_points``).
+
+    ``crash = (at_h, down_h)``: the controller process crashes at ``at_h`` and restarts
+    ``down_h`` hours later from the historian's last state (:mod:`hil.restart`); the KPIs
+    gain ``restarts``, ``restart_at_h`` and ``restart_wall_s``.
     """
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
     scenario = scenario if scenario is not None else pack_scenario(run)
     sim = simulated_plant(run, scenario, seed=run.spec.seed)
     plant: Plant = sim if wrap_plant is None else wrap_plant(sim)
+    if crash is not None:
+        plant = CrashingPlant(plant, crash[0])
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.toml").write_text(run.spec.to_toml(), encoding="utf-8")
@@ -399,10 +409,11 @@ def run_batch(
             )
         if mirror is not None and loops:
             for ev in mirror.events():
-                loops[0].note(EventKind.HISTORIAN, f"{ev.kind}: {ev.message}", "mirror")
+                loops[-1].note(EventKind.HISTORIAN, f"{ev.kind}: {ev.message}", "mirror")
         if progress is not None:
             progress(snapshot)
 
+    restart_kpis: dict[str, Any] = {}
     with StopOnSignals(stop) as signals:
         try:
             assembled = build_loop(
@@ -418,10 +429,22 @@ def run_batch(
             loops.append(loop)
             stop.attach(loop)
             with StderrToEvents(
-                lambda line: loop.note(EventKind.SOLVER_OUTPUT, line, "stderr"),
+                lambda line: loops[-1].note(EventKind.SOLVER_OUTPUT, line, "stderr"),
                 run_dir / STDERR_LOG,
             ):
-                summary = loop.run(duration_h)
+                try:
+                    summary = loop.run(duration_h)
+                except ControllerCrash as crashed:
+                    assert crash is not None  # only a CrashingPlant raises it
+                    restarted = _restart(
+                        run, crashed.t_h, crash[1], duration_h, historian, run_dir,
+                        plant=plant, historian=sink, clock=clock, progress=watch,
+                        wrap_controller=wrap_controller,
+                    )  # fmt: skip
+                    loops.append(restarted.loop)
+                    stop.attach(restarted.loop)
+                    summary = merge_summaries(loop.summary, restarted.loop.run(restarted.hours))
+                    restart_kpis.update(restarted.kpis)
         except BaseException as exc:
             ended: RunState = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             _close_within(historian, store_timeout_s)
@@ -449,8 +472,9 @@ def run_batch(
                 state, why = "failed", f"writing the run folder failed: {exc}"
             truth = sim.truth()
             result = RunResult(run_dir, {}, summary, truth.t, truth.x, None)
-        if mirrored is not None:
-            result.kpis.update(mirrored)
+        if mirrored is not None or restart_kpis:
+            result.kpis.update(mirrored or {})
+            result.kpis.update(restart_kpis)
             with contextlib.suppress(OSError):
                 write_json(run_dir / "kpis.json", result.kpis)
         why = result.kpis.get("oracle_error", "") or why
@@ -473,6 +497,53 @@ def run_batch(
         state, signals.signum, oracle_failed="oracle_error" in result.kpis
     )
     return result
+
+
+@dataclass
+class _Restarted:
+    """A loop resumed after a crash: run it ``hours`` more; ``kpis`` say what happened."""
+
+    loop: ControlLoop
+    hours: float
+    kpis: dict[str, Any]
+
+
+def _restart(
+    run: ResolvedRun,
+    at_h: float,
+    down_h: float,
+    duration_h: float | None,
+    store: EmbeddedHistorian,
+    run_dir: Path,
+    /,
+    **build: Any,
+) -> _Restarted:
+    """The new loop of a run whose controller crashed at ``at_h`` (h): ``down_h`` hours
+    later (on the measurement grid), from the state the historian file holds."""
+    wall0 = time.perf_counter()
+    if not store.flush(timeout_s=STORE_TIMEOUT_S):  # what the dead loop had handed over
+        raise HistorianError("the historian did not store the records before the restart")
+    model, recipe = run.model, run.recipe
+    point = resume_point(
+        read_records(run_dir / "records.sqlite"),
+        state_names=model.state_names,
+        input_names=model.input_names,
+        tracked=tuple(t.name for t in run.ekf.tracked),
+        source=str(run_dir / "records.sqlite"),
+    )
+    period = recipe.measurement_period_h
+    t0 = math.ceil((at_h + down_h) / period - 1e-9) * period
+    end = recipe.duration_h if duration_h is None else float(duration_h)
+    assembled = build_loop(run, resume=replace(point, t_h=t0), **build)
+    build["clock"].sleep_until(t0)  # the plant runs on alone until then (a paced clock)
+    kpis = {
+        "restarts": 1,
+        "restart_at_h": at_h,
+        "restart_resumed_h": t0,
+        "restart_wall_s": time.perf_counter() - wall0,
+        "restart_estimate_age_h": at_h - point.estimate_t_h,
+    }
+    return _Restarted(assembled.loop, end - t0, kpis)
 
 
 def _preload_report() -> None:

@@ -50,7 +50,9 @@ caps the device holds for the whole run, ``start_h``/``end_h`` not used); the ri
 process's (:data:`hil.rig.PLANT_FAULT_KINDS`: ``feed_concentration``, ``growth_change``,
 scheduled parameter changes of the simulated plant); ``historian_outage`` (the run's
 InfluxDB server crashes at ``start_h`` and comes back at ``end_h``; needs
-``historian = "influx"``, :mod:`hil.historian`).
+``historian = "influx"``, :mod:`hil.historian`); ``crash_restart`` (the controller process
+dies at ``start_h`` and restarts at ``end_h`` from the historian's last state, the plant
+running on alone in between: :mod:`hil.restart`).
 
 Bad input raises :class:`SuiteError` with one line naming the file and the key.
 """
@@ -110,6 +112,7 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "sensor_garbage": ("sensor",),
     "device_clamp": ("max",),
     "historian_outage": (),
+    "crash_restart": (),
     **RIG_FAULT_KINDS,
     **PLANT_FAULT_KINDS,
 }
@@ -347,6 +350,9 @@ def _parse_scenario(
     if not isinstance(faults_doc, list):
         raise SuiteError(f"{where}: fault: must be an array of tables ([[scenario.fault]])")
     faults = tuple(_parse_fault(f, f"{where}: fault[{i}]") for i, f in enumerate(faults_doc))
+    crashes = [i for i, f in enumerate(faults) if f.kind == "crash_restart"]
+    if len(crashes) > 1:
+        raise SuiteError(f"{where}: fault[{crashes[1]}]: one crash_restart per scenario")
     broken = None
     if "broken" in doc:
         broken = _parse_broken(doc["broken"], f"{where}: broken")
@@ -417,6 +423,8 @@ def _parse_fault(doc: Any, where: str) -> FaultSpec:
     if not (start >= 0 and end > start):
         raise SuiteError(f"{where}: needs 0 <= start_h < end_h, got [{start:g}, {end:g})")
     options = {k: doc[k] for k in FAULT_KINDS[kind] if k in doc}
+    if kind == "crash_restart" and end == math.inf:
+        raise SuiteError(f"{where}: end_h: crash_restart needs end_h, when the controller restarts")
     if kind == "controller_hang":
         options["hang_s"] = _number(options.get("hang_s", 5.0), f"{where}: hang_s", positive=True)
     if kind in ("read_failures", "write_failures"):
