@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bpcontrol.interfaces import Clock, Plant
-from hil.device_server import WriteEntry, held_now
+from hil.device_server import WriteEntry, held_now, sampling_period
 from services.edge.link import HeartbeatWatch
 from services.edge.mapping import DeviceMapping
 from services.edge.mqtt_gateway import MqttSecurity, mqtt_client, topics_of
@@ -97,6 +98,8 @@ class DeviceMqtt:
         self._names = {self.topics.command(m.name): m.name for m in mapping.inputs}
         self._outputs = {o.name: o for o in mapping.outputs}
         self._link_ok_sent = True
+        self._period_h = sampling_period(plant)
+        self._next_instant_h = 0.0  # the plant has nothing new to read before this (h)
 
     @property
     def endpoint(self) -> str:
@@ -323,8 +326,16 @@ class DeviceMqtt:
         _log.warning("MQTT device %s: heartbeat lost, safe setpoints applied", self.mapping.name)
 
     def _sample(self) -> None:
-        """Publish each new sample, then the process time: the set of this poll is complete."""
+        """Publish each new sample, then the process time: the set of this poll is complete.
+
+        A plant that declares its sampling period (``period_h``) is read only once one of
+        its instants has passed (between them it has nothing new, and reading it at every
+        poll held the GIL from the loop in the same process)."""
         t = self.clock.now()
+        if self._period_h is not None:
+            if t < self._next_instant_h - 1e-9:
+                return
+            self._next_instant_h = (math.floor(t / self._period_h + 1e-9) + 1) * self._period_h
         readings = self.plant.read(t)
         for r in readings:
             if r.sensor not in self._outputs:

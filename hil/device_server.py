@@ -49,7 +49,7 @@ from services.edge.link import HeartbeatWatch, free_port
 from services.edge.mapping import DeviceMapping
 from services.edge.profile import DeviceNodes, build_device
 
-__all__ = ["DeviceSecurity", "DeviceServer", "WriteEntry"]
+__all__ = ["DeviceSecurity", "DeviceServer", "WriteEntry", "held_now", "sampling_period"]
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ _TIME_PUBLISH_S = 0.01
 """Wall s between refreshes of the process time while no sampling instant passes."""
 
 
-def _sampling_period(plant: Plant) -> float | None:
+def sampling_period(plant: Plant) -> float | None:
     """The plant's sampling period (h) when it declares one (``period_h``): its readings
     exist only at multiples of it, so the device reads it only when one has passed."""
     period = getattr(plant, "period_h", None)
@@ -275,7 +275,7 @@ class DeviceServer:
             written.set()
 
         server.subscribe_server_callback(CallbackType.PostWrite, on_write)
-        period_h = _sampling_period(self.plant)
+        period_h = sampling_period(self.plant)
         async with server:
             await self._publish_held(nodes, held_now(self.plant, self.write_log, self.mapping))
             self._ready.set()

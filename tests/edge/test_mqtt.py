@@ -238,3 +238,48 @@ def test_tls_broker_round_trip_and_plain_client_refused(
             device.stop()
     finally:
         broker.stop()
+
+
+class _CountingPlant:
+    """A plant that counts its reads (the device's sampling pattern under test)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def read(self, t_h: float) -> object:
+        self.reads += 1
+        return self.inner.read(t_h)  # type: ignore[attr-defined]
+
+
+def test_device_reads_its_plant_once_per_sampling_instant(
+    model: Model, mapping: DeviceMapping, broker: Broker
+) -> None:
+    """As the OPC UA device: 1 min samples at 600x are 0.1 s of wall time, so about 10
+    reads of the plant in 1 s, not one per 2 ms poll (~500); every sample still arrives."""
+    plant = _CountingPlant(ecoli_plant(model, seed=3))
+    clock = PacedClock(600.0)
+    device = DeviceMqtt(
+        plant,  # type: ignore[arg-type]
+        clock,
+        mapping,
+        host="127.0.0.1",
+        port=broker.port,
+        security=DEVICE,
+    )
+    device.start()
+    try:
+        with _gateway(broker, mapping, CONTROLLER) as gw:
+            gw.apply(clock.now(), SETPOINTS)
+            reads0, t0 = plant.reads, clock.now()
+            time.sleep(1.0)
+            instants = (clock.now() - t0) * 60.0  # 1-min instants passed
+            do = [r for r in gw.read(clock.now()) if r.sensor == "DO_probe"]
+    finally:
+        device.stop()
+    assert plant.reads - reads0 <= instants + 2
+    assert plant.reads - reads0 >= instants - 2
+    assert len(do) >= instants - 2  # every sample of the second still arrived
