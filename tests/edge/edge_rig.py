@@ -71,6 +71,21 @@ def client_security(
     return ClientSecurity(c.cert, c.key, c.uri, pki.device.cert, USER, password)
 
 
+class CountingPlant:
+    """A plant that counts its reads (the devices' sampling pattern under test)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def read(self, t_h: float) -> object:
+        self.reads += 1
+        return self.inner.read(t_h)  # type: ignore[attr-defined]
+
+
 class Broker(Mosquitto):
     """The test broker (:class:`services.edge.broker.Mosquitto`) that can come back."""
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from edge_rig import Broker, make_tls, start_broker
+from edge_rig import Broker, CountingPlant, make_tls, start_broker
 
 from bpcontrol.clock import PacedClock
 from bpcontrol.interfaces import PlantError, PlantLinkLostError
@@ -240,27 +240,12 @@ def test_tls_broker_round_trip_and_plain_client_refused(
         broker.stop()
 
 
-class _CountingPlant:
-    """A plant that counts its reads (the device's sampling pattern under test)."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.reads = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def read(self, t_h: float) -> object:
-        self.reads += 1
-        return self.inner.read(t_h)  # type: ignore[attr-defined]
-
-
 def test_device_reads_its_plant_once_per_sampling_instant(
     model: Model, mapping: DeviceMapping, broker: Broker
 ) -> None:
     """As the OPC UA device: 1 min samples at 600x are 0.1 s of wall time, so about 10
     reads of the plant in 1 s, not one per 2 ms poll (~500); every sample still arrives."""
-    plant = _CountingPlant(ecoli_plant(model, seed=3))
+    plant = CountingPlant(ecoli_plant(model, seed=3))
     clock = PacedClock(600.0)
     device = DeviceMqtt(
         plant,  # type: ignore[arg-type]

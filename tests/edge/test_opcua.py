@@ -9,7 +9,7 @@ import time
 import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-from edge_rig import Pki, client_security
+from edge_rig import CountingPlant, Pki, client_security
 
 from bpcontrol.interfaces import PlantError, PlantLinkLostError
 from hil.device_server import DeviceServer
@@ -175,21 +175,6 @@ def test_outage_raises_link_lost_and_the_gateway_reconnects(
         assert len(own_device.write_log) > writes
 
 
-class _CountingPlant:
-    """A plant that counts its reads (the device's sampling pattern under test)."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.reads = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def read(self, t_h: float) -> object:
-        self.reads += 1
-        return self.inner.read(t_h)  # type: ignore[attr-defined]
-
-
 def test_device_reads_its_plant_once_per_sampling_instant(
     model: object, mapping: DeviceMapping, pki: Pki
 ) -> None:
@@ -201,7 +186,7 @@ def test_device_reads_its_plant_once_per_sampling_instant(
     from bpcontrol.clock import PacedClock
     from hil.plant import ecoli_plant
 
-    plant = _CountingPlant(ecoli_plant(model, seed=3))  # type: ignore[arg-type]
+    plant = CountingPlant(ecoli_plant(model, seed=3))  # type: ignore[arg-type]
     clock = PacedClock(600.0)
     device = DeviceServer(plant, clock, mapping, security=device_security(pki))  # type: ignore[arg-type]
     with device, OpcUaPlant(device.endpoint, mapping, security=client_security(pki)) as gw:
