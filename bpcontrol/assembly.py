@@ -117,14 +117,11 @@ def assemble(
     u0 = recipe.fallback(t0_h)
     p0 = model.p0.copy()
     theta0: dict[str, float] | None = None
-    P0_diag = None
     mode = None
     if resume is not None:
         t0_h = resume.t_h
         x0, u0, mode = resume.x0(model.state_names), resume.u0(model.input_names), resume.mode
-        tracked = tuple(t.name for t in ekf_config.tracked)
         theta0 = dict(resume.parameters)
-        P0_diag = resume.p0_diag(model.state_names, tracked)
         for name, value in theta0.items():
             p0[model.index(name)] = value
     pure: PureEstimator
@@ -140,7 +137,10 @@ def assemble(
         raise ValueError(f"estimator must be 'compiled', 'jax' or 'mhe', got {estimator!r}")
     # a resumed filter starts where its last estimate was made and propagates from there
     # (the readings of the downtime are late samples inside its window, fused in order)
-    t_est = t0_h if resume is None else min(resume.estimate_t_h, t0_h)
+    t_est, P0_diag = t0_h, None
+    if resume is not None:
+        t_est = min(resume.estimate_t_h, t0_h)
+        P0_diag = resume.p0_diag(model.state_names, pure.ekf.tracked_names)
     loop_estimator = LoopEstimator(pure, x0, t0_h=t_est, theta0=theta0, P0_diag=P0_diag)
     loop_estimator.warm_up(u0)
     controller: Controller | None = None

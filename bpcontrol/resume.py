@@ -138,7 +138,7 @@ def resume_point(
         )
     if setpoint is None:
         raise ValueError(f"{source}: no applied setpoints of every input to resume from")
-    mode = _MODE_OF_SOURCE.get(SetpointSource(setpoint.source), Mode.AUTO)
+    mode = _MODE_OF_SOURCE[SetpointSource(setpoint.source)]
     cause = ""
     if mode is Mode.FALLBACK and mode_event is not None and mode_event.kind is EventKind.FALLBACK:
         cause = f"resumed in the supervisor's FALLBACK of {mode_event.t_h:.3f} h"
