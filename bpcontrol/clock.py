@@ -4,6 +4,9 @@
 ``PacedClock(speed_up=1800)`` runs 30 h in 60 s of wall time; ``speed_up=inf`` runs as
 fast as the work allows (a simulated clock: ``sleep_until`` jumps). The same loop code runs
 on all of them, which is what lets an accelerated HIL run prove the live loop.
+
+:class:`SteppedClock` is the other side of a simulated loop clock: process time that moves
+only when whoever drives it steps it (a HIL device in lockstep with the loop under test).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["PacedClock"]
+__all__ = ["PacedClock", "SteppedClock"]
 
 _S_PER_H = 3600.0
 _MAX_SLEEP_S = 0.25  # a wait is sliced so that an interrupt ends it within this (wall s)
@@ -95,3 +98,36 @@ class PacedClock:
             if self._interrupted.is_set():
                 return 0.0
             self._sleep(min(remaining, _MAX_SLEEP_S))
+
+
+class SteppedClock:
+    """Process time (h) that moves only by :meth:`step_to`, never backwards.
+
+    A HIL device in lockstep with a loop on a simulated clock runs on one: the loop steps
+    it to each tick's time before it reads, so the device samples exactly what it would
+    have sampled by then at any speed, and a slow solve cannot make it skip samples.
+    """
+
+    def __init__(self, t0_h: float = 0.0) -> None:
+        if not math.isfinite(t0_h):
+            raise ValueError(f"t0_h must be finite, got {t0_h}")
+        self._t_h = float(t0_h)
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        """The process time it was last stepped to (h)."""
+        return self._t_h
+
+    def step_to(self, t_h: float) -> float:
+        """Move process time to ``t_h`` (h; an earlier time leaves it where it is); returns
+        the process time now. Raises ValueError for a non-finite ``t_h``."""
+        if not math.isfinite(t_h):
+            raise ValueError(f"a stepped clock needs a finite time, got {t_h}")
+        with self._lock:
+            self._t_h = max(self._t_h, float(t_h))
+            return self._t_h
+
+    def sleep_until(self, t_h: float) -> float:
+        """Step to ``t_h`` at once (nothing waits on a stepped clock); returns 0 s late."""
+        self.step_to(t_h)
+        return 0.0

@@ -53,6 +53,7 @@ WALL_TIME_KPIS = frozenset(
         "solve_time_median_s",
         "solve_time_max_s",
         "historian_outage_restart_s",
+        "gateway_confirm_median_ms",
     }
 )
 """KPIs that depend on the machine or the moment, not on the spec and seed."""
@@ -310,6 +311,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
     from hil.historian import RunHistorian
     from hil.runner import new_run_dir, run_batch
     from hil.transport import close as close_transport
+    from hil.transport import kpis as transport_kpis
     from hil.transport import layer as transport_layer
     from services.historian import read_records
 
@@ -349,11 +351,12 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
                 crash=_crash(spec),
             )
             historian.settle()
+            result.kpis.update(transport_kpis(spec.transport, spec.speed_up, network))
         finally:
             close_transport(network)
             historian.close()
-        if historian.enabled:  # what InfluxDB held, the outage's times
-            result.kpis.update(historian.kpis())
+        if historian.enabled or spec.transport != "inprocess":  # InfluxDB's, the network's
+            result.kpis.update(historian.kpis() if historian.enabled else {})
             write_json(run_dir / "kpis.json", result.kpis)
         if rigs:  # the rig's figures join the run's KPIs; its base layer's series a file
             result.kpis.update(rigs[0].kpis())

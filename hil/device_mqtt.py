@@ -17,6 +17,10 @@ Fail-safe as the OPC UA device (:mod:`hil.device_server`): once a heartbeat was 
 away) applies the mapping's safe setpoints, publishes ``lost`` on ``<base>/link`` and
 ``SafeState`` on ``<base>/state``; the next beat publishes ``ok``, the next command leaves
 the safe state. The controller's last will (``lost`` on ``<base>/controller``) is logged.
+
+On a :class:`bpcontrol.clock.SteppedClock` the device samples only when
+:meth:`DeviceMqtt.step_to` moves its clock (lockstep with the loop, :mod:`hil.transport`),
+and publishes its process time at every step, with or without new samples.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bpcontrol.clock import SteppedClock
 from bpcontrol.interfaces import Clock, Plant
 from hil.device_server import WriteEntry, held_now, sampling_period
 from services.edge.link import HeartbeatWatch
@@ -55,6 +60,14 @@ class _Command:
     name: str
     value: float
     expires: float
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A lockstep step to ``t_h`` (h); ``done`` is set once its samples are published."""
+
+    t_h: float
+    done: threading.Event
 
 
 class DeviceMqtt:
@@ -86,7 +99,7 @@ class DeviceMqtt:
         """What arrived on ``<base>/controller`` (``online``, ``offline``, ``lost``)."""
         self._watch = HeartbeatWatch(mapping.heartbeat_timeout_s)
         self._lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[_Command | float] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Command | _Step | float] = queue.SimpleQueue()
         self._pending: dict[int, dict[str, float]] = {}
         self._last_command = 0
         self._confirmed: dict[int, dict[str, Any]] = {}
@@ -100,6 +113,7 @@ class DeviceMqtt:
         self._link_ok_sent = True
         self._period_h = sampling_period(plant)
         self._next_instant_h = 0.0  # the plant has nothing new to read before this (h)
+        self._stepped = isinstance(clock, SteppedClock)
 
     @property
     def endpoint(self) -> str:
@@ -152,6 +166,25 @@ class DeviceMqtt:
             client.loop_stop()
         self._thread, self._client = None, None
         self._connected.clear()
+
+    def step_to(self, t_h: float, timeout_s: float = 10.0) -> None:
+        """Lockstep: move the device's stepped clock to ``t_h`` (h), read the plant if one of
+        its sampling instants has passed, and return once its samples and then its process
+        time are handed to the broker (a stopped device only moves its clock). Raises
+        RuntimeError on a device with a paced clock or one that does not answer."""
+        clock = self.clock
+        if not isinstance(clock, SteppedClock):
+            raise RuntimeError("step_to needs a device on a SteppedClock (lockstep)")
+        if self._thread is None or not self._running_batch:
+            clock.step_to(t_h)
+            return
+        step = _Step(float(t_h), threading.Event())
+        self._inbox.put(step)
+        if not step.done.wait(timeout_s):
+            raise RuntimeError(
+                f"MQTT device {self.mapping.name}: step to {t_h:.4f} h not published within "
+                f"{timeout_s:g} s"
+            )
 
     def __enter__(self) -> DeviceMqtt:
         self.start()
@@ -239,13 +272,20 @@ class DeviceMqtt:
             wait = None
             if isinstance(item, float):
                 self._alive(item)
+            elif isinstance(item, _Step):
+                assert isinstance(self.clock, SteppedClock)  # only step_to queues one
+                self.clock.step_to(item.t_h)
+                try:
+                    self._sample(announce=True)
+                finally:
+                    item.done.set()
             else:  # a command is a sign of life too
                 self._alive(time.monotonic())
                 self._command(item)
         now = time.monotonic()
         if self._watch.lost(now) and not self._safe:
             self._go_safe(now)
-        if self._running_batch:
+        if self._running_batch and not self._stepped:  # stepped: each step samples
             self._sample()
 
     def _alive(self, wall_s: float) -> None:
@@ -325,16 +365,19 @@ class DeviceMqtt:
         self._safe = True  # last: whoever sees it sees the log and events too
         _log.warning("MQTT device %s: heartbeat lost, safe setpoints applied", self.mapping.name)
 
-    def _sample(self) -> None:
-        """Publish each new sample, then the process time: the set of this poll is complete.
+    def _sample(self, *, announce: bool = False) -> None:
+        """Publish each new sample, then the process time: the set of this poll is complete
+        (``announce``: the process time also when there is no new sample, as a step must).
 
         A plant that declares its sampling period (``period_h``) is read only once one of
         its instants has passed (between them it has nothing new, and reading it at every
         poll held the GIL from the loop in the same process)."""
         t = self.clock.now()
+        if self._period_h is not None and t < self._next_instant_h - 1e-9:
+            if announce:
+                self._publish(self.topics.clock, json.dumps({"now": t}))
+            return
         if self._period_h is not None:
-            if t < self._next_instant_h - 1e-9:
-                return
             self._next_instant_h = (math.floor(t / self._period_h + 1e-9) + 1) * self._period_h
         readings = self.plant.read(t)
         for r in readings:
@@ -344,5 +387,5 @@ class DeviceMqtt:
             ts = t if r.t_sample is None else float(r.t_sample)
             doc = {"v": o.to_device(float(r.value)), "t": ts, "now": t}
             self._publish(self.topics.signal(o.name), json.dumps(doc), retain=True)
-        if readings:
+        if readings or announce:
             self._publish(self.topics.clock, json.dumps({"now": t}))

@@ -19,6 +19,11 @@ With ``start_on_first_command`` the device neither samples nor advances the plan
 the controller's first command, and restarts its clock (``restart()``, when it has one)
 then: process time 0 is the controller's first setpoint, as for the in-process plant.
 
+On a :class:`bpcontrol.clock.SteppedClock` the device is in lockstep with its controller:
+it samples only when :meth:`DeviceServer.step_to` moves its clock (the HIL layer does that
+before each of the loop's reads, :mod:`hil.transport`), so it sees every sampling instant
+whatever the speed and however long a solve takes.
+
 It is the device side of the HIL rigs: ``DeviceServer(plant, clock, mapping)``, ``start()``
 (a free 127.0.0.1 port unless one is given) and ``stop()``; stop and start again on the
 same port to simulate a device outage (the plant keeps its state).
@@ -44,6 +49,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
 
+from bpcontrol.clock import SteppedClock
 from bpcontrol.interfaces import Clock, Plant
 from services.edge.link import HeartbeatWatch, free_port
 from services.edge.mapping import DeviceMapping
@@ -163,6 +169,9 @@ class DeviceServer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        self._stepped = isinstance(clock, SteppedClock)
+        self._nodes: DeviceNodes | None = None
+        self._period_h = sampling_period(plant)
 
     @property
     def endpoint(self) -> str:
@@ -201,6 +210,31 @@ class DeviceServer:
                 loop.call_soon_threadsafe(stop.set)
         thread.join(timeout_s)
         self._thread = None
+
+    def step_to(self, t_h: float, timeout_s: float = 10.0) -> None:
+        """Lockstep: move the device's stepped clock to ``t_h`` (h), read the plant if one of
+        its sampling instants has passed, and return once its values and then its process
+        time are published (a stopped device only moves its clock: its plant runs on).
+        Raises RuntimeError on a device with a paced clock or one that does not answer."""
+        clock = self.clock
+        if not isinstance(clock, SteppedClock):
+            raise RuntimeError("step_to needs a device on a SteppedClock (lockstep)")
+        clock.step_to(t_h)
+        loop, nodes = self._loop, self._nodes
+        if self._thread is None or loop is None or nodes is None or not self._running_batch:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._publish_step(nodes), loop)
+        try:
+            future.result(timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise RuntimeError(
+                f"device {self.mapping.name}: step to {t_h:.4f} h not published within "
+                f"{timeout_s:g} s"
+            ) from None
+
+    async def _publish_step(self, nodes: DeviceNodes) -> None:
+        await self._sample_if_due(nodes, self._period_h, time.monotonic(), -math.inf)
 
     def __enter__(self) -> DeviceServer:
         self.start()
@@ -275,8 +309,9 @@ class DeviceServer:
             written.set()
 
         server.subscribe_server_callback(CallbackType.PostWrite, on_write)
-        period_h = sampling_period(self.plant)
+        period_h = self._period_h
         async with server:
+            self._nodes = nodes
             await self._publish_held(nodes, held_now(self.plant, self.write_log, self.mapping))
             self._ready.set()
             last_beat: int | None = None
@@ -302,8 +337,9 @@ class DeviceServer:
                         await self._apply_command(nodes)
                 if self._watch.lost(now) and not self._state.safe:
                     await self._go_safe(nodes, now)
-                if self._running_batch:
+                if self._running_batch and not self._stepped:  # stepped: step_to samples
                     published = await self._sample_if_due(nodes, period_h, now, published)
+            self._nodes = None
 
     async def _sample_if_due(
         self, nodes: DeviceNodes, period_h: float | None, now: float, published: float

@@ -205,6 +205,22 @@ class MqttPlant:
             out.append(Reading(name, o.to_model(value), loop_time(ts, offset, t_h)))
         return out
 
+    def device_time_h(self, timeout_s: float = 10.0) -> float:
+        """The device's process time (h) of its latest clock message (it publishes one with
+        each sampling instant): where a restarted controller's clock starts (``bpcontrol run
+        --resume``). Raises PlantError when none arrives within ``timeout_s`` (wall)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._device_now_h == -math.inf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PlantError(
+                        f"the MQTT device {self.mapping.name} published no process time within "
+                        f"{timeout_s:g} s"
+                    )
+                self._cond.wait(left)
+            return self._device_now_h
+
     def apply(self, t_h: float, setpoints: Mapping[str, float]) -> Mapping[str, float]:
         """Publish ``setpoints`` (every input, model units) and return what the device holds."""
         device = device_setpoints(self.mapping, setpoints)

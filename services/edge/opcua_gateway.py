@@ -156,6 +156,11 @@ class OpcUaPlant:
         device = self._check(setpoints)
         return self._call(self._apply(t_h, setpoints, device), self.mapping.confirm_timeout_s + 5.0)
 
+    def device_time_h(self) -> float:
+        """The device's process time now (h): where a restarted controller's clock starts
+        (``bpcontrol run --resume``). Raises PlantLinkLostError without a session."""
+        return self._call(self._device_time(), 5.0)
+
     def close(self) -> None:
         """Stop the heartbeat and close the session (idempotent); the device then falls
         back to its safe setpoints after its heartbeat timeout."""
@@ -245,6 +250,17 @@ class OpcUaPlant:
                 await self._disconnect()
                 continue
             await asyncio.sleep(period)
+
+    async def _device_time(self) -> float:
+        client = self._session()
+        try:
+            (value,) = await client.read_values([self._nodes.process_time])
+        except Exception as exc:
+            await self._lost(exc)
+            raise PlantLinkLostError(
+                f"reading the OPC UA device's process time failed ({type(exc).__name__}: {exc})"
+            ) from None
+        return float(value)
 
     async def _read(self, t_h: float) -> list[Reading]:
         client = self._session()

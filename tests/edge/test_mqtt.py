@@ -268,3 +268,56 @@ def test_device_reads_its_plant_once_per_sampling_instant(
     assert plant.reads - reads0 <= instants + 2
     assert plant.reads - reads0 >= instants - 2
     assert len(do) >= instants - 2  # every sample of the second still arrived
+
+
+def test_a_device_in_lockstep_samples_only_when_stepped(
+    model: Model, mapping: DeviceMapping, broker: Broker
+) -> None:
+    """On a SteppedClock the MQTT device reads its plant only when stepped and announces
+    its process time at every step (new samples or not), so the gateway's read after a
+    step waits for exactly that step's samples."""
+    from bpcontrol.clock import SteppedClock
+
+    plant = CountingPlant(ecoli_plant(model, seed=3))
+    clock = SteppedClock()
+    device = DeviceMqtt(
+        plant,  # type: ignore[arg-type]
+        clock,
+        mapping,
+        host="127.0.0.1",
+        port=broker.port,
+        security=DEVICE,
+        start_on_first_command=True,
+    )
+    device.start()
+    try:
+        gw = MqttPlant("127.0.0.1", broker.port, mapping, security=CONTROLLER, sample_wait_s=10.0)
+        with gw:
+            gw.apply(0.0, SETPOINTS)
+            device.step_to(0.0)
+            first = gw.read(0.0)
+            assert {"DO_probe", "V_meas"} <= {r.sensor for r in first}
+            reads = plant.reads
+            time.sleep(0.3)  # paced at 600x this would be 3 min of process time
+            assert plant.reads == reads
+            device.step_to(0.5 / 60.0)  # between instants: no read, the time announced
+            assert gw.read(0.5 / 60.0) == [] and plant.reads == reads
+            for k in range(1, 6):
+                t = k / 60.0
+                device.step_to(t)
+                got = gw.read(t)
+                assert [r.t_sample for r in got] == pytest.approx([t] * len(got), abs=1e-12)
+                assert "DO_probe" in {r.sensor for r in got}
+            assert plant.reads == reads + 5
+    finally:
+        device.stop()
+    paced = DeviceMqtt(
+        plant,  # type: ignore[arg-type]
+        PacedClock(600.0),
+        mapping,
+        host="127.0.0.1",
+        port=broker.port,
+        security=DEVICE,
+    )
+    with pytest.raises(RuntimeError, match="SteppedClock"):
+        paced.step_to(1.0)

@@ -199,3 +199,45 @@ def test_device_reads_its_plant_once_per_sampling_instant(
     # one read per instant passed (+1 for the first poll and the boundaries)
     assert plant.reads - reads0 <= instants + 2
     assert plant.reads - reads0 >= instants - 2
+
+
+def test_a_device_in_lockstep_samples_only_when_stepped(
+    model: object, mapping: DeviceMapping, pki: Pki
+) -> None:
+    """On a SteppedClock the device reads its plant only when stepped, and a step returns
+    once that instant's samples are published: the gateway's read right after it has them
+    with the step's sample time, however long nobody stepped (no wall-clock pacing)."""
+    from edge_rig import device_security
+
+    from bpcontrol.clock import PacedClock, SteppedClock
+    from hil.plant import ecoli_plant
+
+    plant = CountingPlant(ecoli_plant(model, seed=3))  # type: ignore[arg-type]
+    clock = SteppedClock()
+    device = DeviceServer(
+        plant,  # type: ignore[arg-type]
+        clock,
+        mapping,
+        security=device_security(pki),
+        start_on_first_command=True,
+    )
+    with device, OpcUaPlant(device.endpoint, mapping, security=client_security(pki)) as gw:
+        gw.apply(0.0, SETPOINTS)
+        device.step_to(0.0)
+        first = gw.read(0.0)
+        assert {"DO_probe", "y_O2_out", "V_meas"} <= {r.sensor for r in first}
+        assert {r.t_sample for r in first} == {0.0}
+        reads = plant.reads
+        time.sleep(0.3)  # paced at 600x this would be 3 min of process time
+        assert plant.reads == reads and gw.read(0.0) == []
+        for k in range(1, 6):  # each 1-min instant: read once, published before step returns
+            t = k / 60.0
+            device.step_to(t)
+            got = gw.read(t)
+            assert [r.t_sample for r in got] == pytest.approx([t] * len(got), abs=1e-12)
+            assert "DO_probe" in {r.sensor for r in got}
+        assert plant.reads == reads + 5
+        assert clock.now() == pytest.approx(5 / 60.0)
+    paced = DeviceServer(plant, PacedClock(600.0), mapping, security=None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="SteppedClock"):
+        paced.step_to(1.0)

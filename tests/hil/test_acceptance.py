@@ -4,6 +4,7 @@ file saying the same (issue 22's must-show; time measured in benchmarks/RESULTS.
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -31,3 +32,9 @@ def test_the_acceptance_suite_passes_in_full(tmp_path: Path) -> None:
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     assert result.exit_code == 0 and not failed, (failed, result.output[-3000:])
     assert len(cases) == len(load_suite(ACCEPTANCE).scenarios) >= 12
+    # every scenario went through a real protocol, and the device confirmed every write
+    kpis = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/kpis.json")]
+    assert len(kpis) == len(cases)
+    assert {k["transport"] for k in kpis} == {"opcua", "mqtt"}
+    for k in kpis:
+        assert k["gateway_writes_confirmed"] == k["device_commands_applied"] > 0, k["scenario"]

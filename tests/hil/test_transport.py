@@ -104,11 +104,57 @@ def test_any_model_through_opcua_on_its_identity_mapping_matches_in_process(
     _compare(path, tmp_path / "runs")
 
 
-def test_opcua_needs_a_mapping_and_a_paced_clock(tmp_path: Path) -> None:
+def _measurements(run_dir: str) -> list[tuple[float, str, float, float]]:
+    """Every measurement the loop stored: (t_h, sensor, value, sample time h), in order."""
+    from bpcontrol.records import MeasurementRecord
+    from services.historian import read_records
+
+    return [
+        (r.t_h, r.sensor, r.value, r.t_sample_h)
+        for r in read_records(Path(run_dir) / "records.sqlite")
+        if isinstance(r, MeasurementRecord)
+    ]
+
+
+@pytest.mark.parametrize("transport", ["opcua", "mqtt"])
+def test_in_lockstep_the_network_gives_the_in_process_batch_sample_for_sample(
+    transport: str, tmp_path: Path
+) -> None:
+    """Without a speed_up the device is stepped by the loop's simulated clock: through the
+    real protocol the loop receives every sample the in-process plant gives, at the same
+    tick with the same sample time, so the batch is the same to rounding (the mapping's
+    unit scaling: 1e-12), not only to a paced run's jitter."""
+    path = tmp_path / "net.toml"
+    path.write_text(
+        SUITE.replace("speed_up = 600.0", "").replace(
+            'transport = "opcua"', f'transport = "{transport}"'
+        ),
+        encoding="utf-8",
+    )
+    (spec,) = load_suite(path).scenarios
+    assert spec.transport == transport and spec.speed_up == float("inf")
+    remote = run_scenario(spec, str(tmp_path / "runs"))
+    local = run_scenario(replace(spec, transport="inprocess"), str(tmp_path / "runs"))
+    assert remote.passed and local.passed, (remote.summary_line(), local.summary_line())
+    got, want = _measurements(remote.run_dir), _measurements(local.run_dir)
+    assert len(got) == len(want) > 100  # 2 h of 1-min probes: nothing skipped or added
+    for g, w in zip(got, want, strict=True):
+        assert g[1] == w[1] and g[0] == pytest.approx(w[0], abs=1e-12)
+        assert g[3] == pytest.approx(w[3], abs=1e-12)
+        assert g[2] == pytest.approx(w[2], rel=1e-12, abs=1e-12)
+    assert remote.kpis["final_product"] == pytest.approx(local.kpis["final_product"], rel=1e-12)
+    assert remote.kpis["rig_stuck_readings"] == local.kpis["rig_stuck_readings"] == 30
+    # and it went over the network: every setpoint write confirmed by the device
+    assert remote.kpis["transport"] == transport and remote.kpis["transport_clock"] == "lockstep"
+    assert remote.kpis["gateway_writes_confirmed"] == remote.kpis["device_commands_applied"]
+    assert remote.kpis["device_commands_applied"] == remote.kpis["setpoints_applied"] > 100
+    assert local.kpis["transport"] == "inprocess"
+
+
+def test_a_transport_runs_in_lockstep_without_a_speed_up_and_any_model_has_a_mapping(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(SUITE.replace("speed_up = 600.0", ""), encoding="utf-8")
-    with pytest.raises(SuiteError, match="transport: opcua needs a finite speed_up"):
-        load_suite(path)
     path.write_text(
         SUITE.replace('pack = "ecoli_fedbatch"', 'pack = "yeast_fedbatch"').replace(
             '"kpi.rig_stuck', '"kpi.rig_x'

@@ -1,4 +1,5 @@
-"""The paced clock: simulated (jumps), accelerated and live pacing, lateness reporting."""
+"""The paced clock: simulated (jumps), accelerated and live pacing, lateness reporting; the
+stepped clock of a HIL device in lockstep."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from bpcontrol.clock import PacedClock
+from bpcontrol.clock import PacedClock, SteppedClock
 
 
 class FakeWall:
@@ -85,3 +86,18 @@ def test_live_clock_keeps_real_time() -> None:
 def test_bad_speed_is_refused(speed: float) -> None:
     with pytest.raises(ValueError, match="speed_up"):
         PacedClock(speed)
+
+
+def test_stepped_clock_moves_only_when_stepped_and_never_back() -> None:
+    clock = SteppedClock(1.0)
+    assert clock.now() == 1.0
+    time.sleep(0.01)
+    assert clock.now() == 1.0  # wall time does not move it
+    assert clock.step_to(2.5) == 2.5 and clock.now() == 2.5
+    assert clock.step_to(2.0) == 2.5  # never backwards
+    assert clock.sleep_until(3.0) == 0.0 and clock.now() == 3.0
+    for bad in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite"):
+            clock.step_to(bad)
+    with pytest.raises(ValueError, match="t0_h"):
+        SteppedClock(math.nan)
