@@ -217,6 +217,39 @@ def _device_kpis(kpis: dict[str, Any], run: Any, run_dir: Path) -> dict[str, Any
     return out
 
 
+def check_resume_folder(folder: Path) -> Path:
+    """The run folder ``--resume`` continues: it holds ``run.toml`` and ``records.sqlite``
+    and did not complete, and no live process runs it. Raises ValueError (one line naming
+    the folder) otherwise; nothing is written."""
+    import os
+
+    from bpcontrol.run_status import read_status
+
+    if not folder.is_dir():
+        raise ValueError(f"--resume {folder}: no such run folder")
+    for name in ("run.toml", "records.sqlite"):
+        if not (folder / name).is_file():
+            raise ValueError(f"--resume {folder}: no {name} (not a run folder of bpcontrol run)")
+    try:
+        status = read_status(folder)
+    except (OSError, ValueError):
+        status = {}
+    state = status.get("state")
+    if state == "completed":
+        raise ValueError(f"--resume {folder}: the run completed; nothing to resume")
+    pid = status.get("pid")
+    if state == "running" and isinstance(pid, int) and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pass  # it died: that is what --resume is for
+        except PermissionError:
+            raise ValueError(f"--resume {folder}: still running (pid {pid})") from None
+        else:
+            raise ValueError(f"--resume {folder}: still running (pid {pid})")
+    return folder
+
+
 def run_command(
     pack: Annotated[
         Path | None, typer.Option(help="Process pack folder (pack.toml, recipe.toml, ...).")
@@ -306,6 +339,15 @@ def run_command(
             "BPCONTROL_INFLUX_* environment variables)."
         ),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run in this folder, whose process died, on the same device "
+            "(--plant): from its historian file's last state, at the device's process time; "
+            "--duration is where the whole run ends.",
+        ),
+    ] = None,
 ) -> None:
     """Run a closed-loop batch (EKF + NMPC + supervisor) on the simulated plant; report it."""
     from bpcontrol.run_status import write_json
@@ -321,6 +363,26 @@ def run_command(
 
     with user_errors():
         check_output_folder(out, "--out")
+        if resume is not None:
+            given = {
+                "--spec": spec, "--pack": pack, "--model": model, "--recipe": recipe,
+                "--control": control, "--ekf": ekf, "--scenario": scenario,
+                "--parameters": parameters, "--seed": seed, "--controller": controller,
+                "--estimator": estimator, "--batch": batch,
+            }  # fmt: skip
+            extra = [k for k, v in given.items() if v is not None]
+            if compare_recipe or oracle:
+                extra.append("--compare-recipe/--oracle")
+            if extra:
+                raise ValueError(
+                    f"--resume continues the run as its run.toml says: drop {', '.join(extra)}"
+                )
+            if plant is None:
+                raise ValueError(
+                    "--resume continues a run on a device (--plant URL): a simulated plant's "
+                    "state died with the process that ran it"
+                )
+            spec = check_resume_folder(resume) / "run.toml"
         if spec is not None:
             if any(v is not None for v in (pack, model, recipe, control, ekf)):
                 raise ValueError("--spec holds the whole process; drop --pack/--model/--recipe")
@@ -387,11 +449,15 @@ def run_command(
             device = _device_plant(plant, device_mapping, device_security, run, speed)
         elif device_mapping is not None or device_security is not None:
             raise ValueError("--device-mapping and --device-security go with --plant")
-        run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
-        ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
-        if spec is not None and batch is None:
-            ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
-        run = replace(run, spec=replace(run.spec, identity=ident))
+        if resume is not None:  # the same folder, the same identity
+            run_dir = resume
+        else:
+            run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
+            ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
+            if spec is not None and batch is None:
+                ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
+            run = replace(run, spec=replace(run.spec, identity=ident))
+        ident = run.spec.identity
         console = Console(file=sys.stderr)  # the real stream: the run captures sys.stderr
         kwargs: dict[str, Any] = {
             "run_dir": run_dir,
@@ -407,6 +473,8 @@ def run_command(
         if device is not None:  # the device is the plant; the simulator's truth is unknown
             kwargs["wrap_plant"] = lambda _sim: device
             kwargs["report"] = False
+            if resume is not None:
+                kwargs["resume"] = device.device_time_h
         if console.is_terminal and not as_json:
             label = "batch {task.fields[t]:6.2f} h  {task.fields[mode]:8}"
             with progress_bar(label, console) as bar:

@@ -53,9 +53,14 @@ class PacedClock:
         self._t_sim = float(t0_h)  # used when speed_up is inf
         self._interrupted = threading.Event()
 
-    def restart(self) -> None:
-        """Start process time ``t0_h`` now (call after set-up, before the loop runs, so that
-        compiling and warming up do not eat into the first periods)."""
+    def restart(self, t0_h: float | None = None) -> None:
+        """Start process time ``t0_h`` (default: the clock's own) now (call after set-up,
+        before the loop runs, so that compiling and warming up do not eat into the first
+        periods; a resumed run starts where its device's process time is)."""
+        if t0_h is not None:
+            if not math.isfinite(t0_h):
+                raise ValueError(f"t0_h must be finite, got {t0_h}")
+            self._t0_h = float(t0_h)
         self._wall0 = self._wall()
         self._t_sim = self._t0_h
         self._interrupted.clear()

@@ -305,3 +305,51 @@ def test_oracle_without_a_controller_file_is_refused_before_the_run(tmp_path: Pa
 def test_an_unknown_estimator_lists_the_known_ones(work: Path) -> None:
     line = assert_refused(["run", "--estimator", "kalman"], work, "--estimator")
     assert "compiled, jax, mhe" in line
+
+
+# --- resume ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--resume", "adir.csv"), "--resume continues a run on a device (--plant URL)"),
+        (
+            ("--resume", "adir.csv", "--model", "ecoli_fedbatch", "--plant", "opcua://127.0.0.1:9"),
+            "drop --model",
+        ),
+        (
+            ("--resume", "nowhere", "--plant", "opcua://127.0.0.1:9"),
+            "--resume nowhere: no such run folder",
+        ),
+        (("--resume", "adir.csv", "--plant", "opcua://127.0.0.1:9"), "no run.toml"),
+    ],
+)
+def test_a_bad_resume_is_one_line(args: tuple[str, ...], fragment: str, work: Path) -> None:
+    assert_refused(("run", *args), work, fragment)
+
+
+def test_resume_refuses_a_completed_run_and_one_still_running(tmp_path: Path) -> None:
+    """A folder that completed, or whose process is alive, is not resumed; a process that
+    died mid-run (status ``running``, its pid gone) is what --resume is for."""
+    from bpcontrol.cli_run import check_resume_folder
+    from bpcontrol.run_status import write_status
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.toml").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no records\.sqlite"):
+        check_resume_folder(folder)
+    (folder / "records.sqlite").write_bytes(b"")
+    write_status(folder, "completed")
+    with pytest.raises(ValueError, match="the run completed; nothing to resume"):
+        check_resume_folder(folder)
+    write_status(folder, "running", pid=os.getppid())  # alive: the test's parent
+    with pytest.raises(ValueError, match=f"still running \\(pid {os.getppid()}\\)"):
+        check_resume_folder(folder)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_status(folder, "running", pid=dead.pid)
+    assert check_resume_folder(folder) == folder
+    write_status(folder, "failed", "the historian stored nothing")
+    assert check_resume_folder(folder) == folder

@@ -200,3 +200,73 @@ def test_run_drives_the_served_device(served: Served, tmp_path: Path) -> None:
     assert served.interrupt() == 0
     applied = int(served.lines[-1].split("(")[1].split()[0])
     assert applied >= kpis["setpoints_applied"]  # each applied step reached the device
+
+
+def _records(run_dir: Path) -> list[object]:
+    from services.historian import read_records
+
+    return list(read_records(run_dir / "records.sqlite"))
+
+
+@pytest.mark.parametrize("served", ["opcua", "mqtt"], indirect=True)
+def test_a_killed_run_resumes_on_the_device_from_its_historian(
+    served: Served, tmp_path: Path
+) -> None:
+    """The controller *process* dies (SIGKILL mid-batch) while the device runs on; `bpcontrol
+    run --resume RUN_DIR` on the same device continues the run in its folder from the
+    historian file's last state, at the device's process time, bumplessly."""
+    import time
+
+    from bpcontrol.records import EventKind, EventRecord, MeasurementRecord, SetpointRecord
+
+    runs = tmp_path / "runs"
+    first = subprocess.Popen(
+        [*BPCONTROL, "run", *served.run_line(), "--duration", "2", "--out", str(runs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:  # until the run has stored half an hour of its batch (600x: 3 s of wall)
+        deadline = time.monotonic() + 120.0
+        run_dir: Path | None = None
+        while time.monotonic() < deadline and first.poll() is None:
+            folders = list(runs.glob("*/records.sqlite"))
+            if folders:
+                run_dir = folders[0].parent
+                meas = [r for r in _records(run_dir) if isinstance(r, MeasurementRecord)]
+                if meas and meas[-1].t_h >= 0.5:
+                    break
+            time.sleep(0.2)
+        assert first.poll() is None and run_dir is not None, "the run ended before the kill"
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the status stays "running"
+        first.wait(10.0)
+    before = _records(run_dir)
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+    last_sp = [r for r in before if isinstance(r, SetpointRecord)][-1]
+    time.sleep(1.0)  # 10 min of process time with no controller
+    done = subprocess.run(
+        [*BPCONTROL, "run", *served.run_line(), "--resume", str(run_dir), "--duration", "2",
+         "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    kpis = json.loads(done.stdout)
+    assert kpis["restarts"] == 1
+    # it resumed after the downtime (>= 10 min of process time), not at the crash
+    assert kpis["restart_resumed_h"] >= kpis["restart_at_h"] + 10 / 60
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    after = _records(run_dir)[len(before) :]
+    resumed = [r for r in after if isinstance(r, EventRecord) and r.kind == EventKind.RESUMED]
+    assert len(resumed) == 1
+    meas = [r for r in after if isinstance(r, MeasurementRecord)]
+    assert meas and meas[-1].t_h == pytest.approx(2.0, abs=1 / 60 + 1e-9)  # to the end
+    assert min(r.t_h for r in meas) >= kpis["restart_resumed_h"] - 1e-9
+    # bumpless: the first setpoints after the restart are those the device held
+    first_sp = next(r for r in after if isinstance(r, SetpointRecord))
+    assert first_sp.t_h == pytest.approx(kpis["restart_resumed_h"])
+    for name, value in last_sp.values.items():
+        assert first_sp.values[name] == pytest.approx(value, rel=1e-9), name
+    assert served.interrupt() == 0
