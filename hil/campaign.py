@@ -15,6 +15,7 @@ order they finish.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -31,6 +32,8 @@ from bpcontrol.runspec import ResolvedRun
 from bpcontrol.supervisor import SetpointLimits
 from hil.criteria import CriterionResult, evaluate, measure
 from hil.suite import FaultSpec, ScenarioSpec
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "WALL_TIME_KPIS",
@@ -78,6 +81,8 @@ class ScenarioOutcome:
     report: str = ""
     wall_s: float = math.nan
     worker: str = ""
+    figure: str = ""
+    """The scenario's figure for the suite report (a PNG data URI; empty: none was drawn)."""
 
     def failed_criteria(self) -> list[CriterionResult]:
         """The criteria that failed."""
@@ -374,6 +379,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
             historian_points=historian.points(records),
         )
         criteria = tuple(evaluate(spec.criteria, measures, result.kpis))
+        figure = _figure(spec, run, result, records, limits)
     except Exception as exc:  # a scenario that cannot run fails; the campaign goes on
         return ScenarioOutcome(
             **base,
@@ -393,7 +399,36 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         run_dir=str(run_dir),
         report=str(result.report or ""),
         wall_s=time.perf_counter() - start,
+        figure=figure,
     )
+
+
+def _figure(
+    spec: ScenarioSpec,
+    run: ResolvedRun,
+    result: Any,
+    records: Any,
+    limits: Mapping[str, SetpointLimits],
+) -> str:
+    """The scenario's figure (:mod:`hil.scenario_figure`); a figure that cannot be drawn is
+    logged and left out, it never fails the scenario."""
+    from hil.scenario_figure import figure_data, scenario_figure
+
+    try:
+        truth = _truth_do(run, result)
+        data = figure_data(
+            title=f"{spec.name} (seed {spec.seed})",
+            records=records,
+            limits=limits,
+            faults=[(f.kind, f.start_h, f.end_h) for f in spec.faults],
+            truth_t=result.truth_t if truth is None else truth[0],
+            truth_do=None if truth is None else truth[1],
+            do_minimum=None if truth is None else truth[2],
+        )
+        return scenario_figure(data)
+    except Exception:
+        _log.exception("scenario %s: its figure could not be drawn", spec.name)
+        return ""
 
 
 class Executor(Protocol):

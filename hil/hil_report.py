@@ -2,8 +2,9 @@
 
 Both list every scenario with its seed and each criterion's bound, measured value and
 verdict; the HTML page adds the versions of the software under test, the run folders
-and, per scenario, the command that reproduces it alone. Nothing is fetched from the
-network: the page carries its own style.
+and, per scenario, its figure (DO and setpoints over time with the fault windows:
+:mod:`hil.scenario_figure`) and the command that reproduces it alone. Nothing is fetched
+from the network: the page carries its own style and its figures as PNG data URIs.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}
 .pass{color:#176f2c;font-weight:bold}.fail{color:#b00020;font-weight:bold}
 code{background:#f4f4f4;padding:0 .3em}
 h2{margin-top:2em;border-bottom:1px solid #ddd}
+img.figure{max-width:100%;border:1px solid #ddd}
 """
 
 
@@ -158,6 +160,11 @@ def write_html(
             parts.append("</p>")
         if o.error:
             parts.append(f"<p class='fail'>{esc(o.error)}</p>")
+        if o.figure.startswith("data:image/png;base64,"):
+            parts.append(
+                f"<p><img class='figure' alt='{esc(o.name)}: DO and setpoints over process "
+                f"time' src='{o.figure}'></p>"
+            )
         parts.append("<table><tr><th>criterion</th><th>bound</th><th>measured</th>")
         parts.append("<th>result</th></tr>")
         for c in o.criteria:

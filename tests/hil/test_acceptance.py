@@ -32,6 +32,9 @@ def test_the_acceptance_suite_passes_in_full(tmp_path: Path) -> None:
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     assert result.exit_code == 0 and not failed, (failed, result.output[-3000:])
     assert len(cases) == len(load_suite(ACCEPTANCE).scenarios) >= 12
+    # the report shows each scenario's figure (DO and setpoints, fault windows)
+    page = (tmp_path / "acceptance.html").read_text(encoding="utf-8")
+    assert page.count("<img class='figure'") == len(cases)
     # every scenario went through a real protocol, and the device confirmed every write
     kpis = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/kpis.json")]
     assert len(kpis) == len(cases)

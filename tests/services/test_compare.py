@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ PROFILES = {
     "B2": {"inp": [(0.0, 0.0), (5.0, 0.04), (25.0, 0.01)]},
     "B3": {"inp": [(0.0, 0.0), (10.0, 0.03)]},
 }
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def _batch(seed: int, batch_id: str) -> BatchData:
@@ -127,26 +125,6 @@ def _write_run(root: Path, b: BatchData, phases: list[tuple[str, float]], run: s
         for s in b.measurements.values():
             for th, ts, v in zip(s.t_h, s.t_sample_h, s.value, strict=True):
                 hist.write(MeasurementRecord(float(th), s.sensor, float(v), float(ts), run=ident))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("Debian's chromium and chromedriver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_cli_on_the_embedded_store_by_phase_with_a_report_in_a_browser(
