@@ -70,7 +70,7 @@ def check_command(
     offline = [i.output for i in run.instruments if i.kind == "offline"]
     sensors = f"online {', '.join(online) or '-'}; offline {', '.join(offline) or '-'}"
     table.add_row("sensors", sensors)
-    tracked = ", ".join(tp.name for tp in run.ekf.tracked) or "no parameters"
+    tracked = ", ".join(run.ekf.tracked_names) or "no parameters"
     table.add_row("estimator", f"tracks {tracked}")
     if run.nmpc is None:
         table.add_row("controller", "none (recipe only)")

@@ -159,7 +159,7 @@ class EstimationResult:
 
     @property
     def tracked_names(self) -> tuple[str, ...]:
-        return tuple(tp.name for tp in self.config.tracked)
+        return self.config.tracked_names
 
     def event_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(e.kind for e in self.events).items()))

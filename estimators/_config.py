@@ -93,6 +93,11 @@ class EKFConfig:
     recover_min_period_h: float = 0.5
     recover_probes_after_h: float = 0.5
 
+    @property
+    def tracked_names(self) -> tuple[str, ...]:
+        """The tracked parameters' names, in the filter's order."""
+        return tuple(tp.name for tp in self.tracked)
+
     def validate(self, model: Model) -> None:
         """Raise :class:`EstimatorConfigError` naming the first entry that does not fit."""
         if not self.sensors:
@@ -133,7 +138,7 @@ class EKFConfig:
                 raise EstimatorConfigError(
                     f"tracked parameter {tp.name!r}: need sigma0 > 0 and drift_per_sqrt_h >= 0"
                 )
-        if len({tp.name for tp in self.tracked}) != len(self.tracked):
+        if len(set(self.tracked_names)) != len(self.tracked):
             raise EstimatorConfigError("a tracked parameter is listed twice")
         states = set(model.state_names)
         for label, mapping in (

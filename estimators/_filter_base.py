@@ -77,7 +77,7 @@ class FilterSetup:
         if self.p_nominal.shape != (model.n_p,):
             raise ValueError(f"parameter vector must have shape ({model.n_p},)")
         self.sensor_names = tuple(s.output for s in config.sensors)
-        self.tracked_names = tuple(tp.name for tp in config.tracked)
+        self.tracked_names = config.tracked_names
         self.nx = model.nx
         self.nz = model.nx + len(config.tracked)
         self._out_idx = np.array([model.index(n) for n in self.sensor_names], dtype=int)

@@ -546,7 +546,7 @@ def _restart(
         read_records(run_dir / "records.sqlite"),
         state_names=model.state_names,
         input_names=model.input_names,
-        tracked=tuple(t.name for t in run.ekf.tracked),
+        tracked=run.ekf.tracked_names,
         source=str(run_dir / "records.sqlite"),
     )
     period = recipe.measurement_period_h
@@ -597,7 +597,7 @@ def _resumed(
         read_records(run_dir / "records.sqlite"),
         state_names=model.state_names,
         input_names=model.input_names,
-        tracked=tuple(t.name for t in run.ekf.tracked),
+        tracked=run.ekf.tracked_names,
         source=str(run_dir / "records.sqlite"),
     )
     period = recipe.measurement_period_h
@@ -746,7 +746,7 @@ def _finish_run(
     model, recipe = run.model, run.recipe
     truth = sim.truth()
     p_true = sim.p_true
-    tracked = {n: float(p_true[model.index(n)]) for n in (tp.name for tp in run.ekf.tracked)}
+    tracked = {n: float(p_true[model.index(n)]) for n in run.ekf.tracked_names}
     records = read_records(run_dir / "records.sqlite")
     ident = run.spec.identity
     kpis: dict[str, Any] = {

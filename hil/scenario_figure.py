@@ -122,13 +122,14 @@ def scenario_figure(data: FigureData, *, dpi: int = 72) -> str:
     if data.minimum is not None:
         top.axhline(data.minimum, ls="--", lw=0.8, color="#b00020", label="minimum")
     top.set_ylabel("DO, % sat." if data.signal == "DO" else data.signal, fontsize=8)
-    top.legend(fontsize=7, loc="upper right", ncols=3)
+    outside = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}  # no data hidden
+    top.legend(**outside)
     for name, values in data.setpoints_percent.items():
         bottom.step(data.setpoint_t, values, where="post", lw=0.9, label=name)
     bottom.set_ylabel("setpoint, % of range", fontsize=8)
     bottom.set_xlabel("process time (h); grey: fault, red: fallback or hold", fontsize=8)
     if data.setpoints_percent:
-        bottom.legend(fontsize=7, loc="upper left", ncols=min(4, len(data.setpoints_percent)))
+        bottom.legend(**outside)
     for ax in (top, bottom):
         ax.tick_params(labelsize=7)
     top.set_title(data.title, fontsize=9)

@@ -57,15 +57,20 @@ def test_each_broken_controller_fails_its_criterion(tmp_path: Path) -> None:
 
 def test_same_seed_same_kpis_on_local_pool_and_dask(tmp_path: Path) -> None:
     suite = load_suite(SMOKE).only(["yeast-nominal", "yeast-controller-raises", "yeast-rig-faults"])
+    # the rig through the OPC UA device and gateway, in lockstep: reproducible too
+    scenarios = [
+        replace(s, transport="opcua") if s.name == "yeast-rig-faults" else s
+        for s in suite.scenarios
+    ]
     pool = LocalPool(2)
     try:
-        local = run_campaign(suite.scenarios, pool, out_root=tmp_path / "local")
+        local = run_campaign(scenarios, pool, out_root=tmp_path / "local")
     finally:
         pool.close()
     dask = DaskExecutor(workers=2)
     try:
         assert dask.address.startswith("tcp://127.0.0.1")
-        remote = run_campaign(suite.scenarios, dask, out_root=tmp_path / "dask")
+        remote = run_campaign(scenarios, dask, out_root=tmp_path / "dask")
     finally:
         dask.close()
     for a, b in zip(local, remote, strict=True):
@@ -81,6 +86,7 @@ def test_same_seed_same_kpis_on_local_pool_and_dask(tmp_path: Path) -> None:
                 assert va == vb, (a.name, key)
     rig = next(o for o in local if o.name == "yeast-rig-faults")
     assert rig.kpis["rig_spikes"] >= 1 and rig.kpis["rig_T_final_output"] < 0  # the rig ran
+    assert rig.kpis["transport"] == "opcua" and rig.kpis["gateway_writes_confirmed"] > 0
     # and the seed matters: another seed moves the product
     other = next(s for s in suite.scenarios if s.name == "yeast-nominal")
     moved = run_scenario(replace(other, seed=8), str(tmp_path / "seed8"))
