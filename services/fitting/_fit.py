@@ -331,6 +331,168 @@ def fit(
         [_scale_of(v, lo, hi) for v, lo, hi in zip(theta0, th_lo, th_hi, strict=True)]
     )
 
+    def finish(
+        theta_hat: np.ndarray,
+        r_v: np.ndarray,
+        J_phys: np.ndarray,
+        info: dict[str, Any],
+        ok: bool,
+        outcomes: list[StartOutcome],
+        evaluations: dict[str, int],
+        times: tuple[float, float, float, float],
+        t_stats: float,
+        integrator: str,
+    ) -> FitResult:
+        """Statistics at the optimum from the reduced sensitivities ``J_phys`` (residuals by
+        the estimates, physical units) and the result."""
+        build_s, t_sim, t_sens, t_opt = times
+        F = J_phys.T @ J_phys
+        ssr = float(r_v @ r_v)
+        dof = n_meas - n_est
+        s2 = ssr / dof
+        Dd = np.array(
+            [_scale_of(v, lo, hi) for v, lo, hi in zip(theta_hat, th_lo, th_hi, strict=True)]
+        )
+        Fs = F * np.outer(Dd, Dd)
+        evals, evecs = np.linalg.eigh(Fs)
+        lam_max = float(max(evals[-1], 0.0))
+        ratio = float(max(evals[0], 0.0) / lam_max) if lam_max > 0 else 0.0
+        warnings: list[FitWarning] = []
+        weak = np.zeros(n_est, dtype=bool)
+        for k in range(n_est):
+            if lam_max > 0 and evals[k] / lam_max >= EIGEN_RATIO_LIMIT:
+                break
+            vec = evecs[:, k]
+            involved = np.flatnonzero(np.abs(vec) >= 0.1 * np.max(np.abs(vec)))
+            weak[involved] = True
+            combo = " ".join(f"{vec[i]:+.2f} {names[i]}" for i in involved)
+            warnings.append(
+                FitWarning(
+                    Identifiability.SINGULAR,
+                    tuple(names[i] for i in involved),
+                    f"near-singular Fisher information (eigenvalue ratio {evals[k] / lam_max:.1e} "
+                    f"< {EIGEN_RATIO_LIMIT:g}): the data do not fix the combination of relative "
+                    f"changes {combo}",
+                )
+            )
+        cov_s = np.linalg.pinv(Fs, rcond=1e-14, hermitian=True) * s2
+        cov = cov_s * np.outer(Dd, Dd)
+        se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        se[weak] = math.inf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
+        corr = np.clip(np.nan_to_num(corr), -1.0, 1.0)
+        np.fill_diagonal(corr, 1.0)
+        tq = float(stats.t.ppf(0.975, dof))
+        estimates = []
+        for i, n in enumerate(names):
+            lo_ci, hi_ci = theta_hat[i] - tq * se[i], theta_hat[i] + tq * se[i]
+            estimates.append(
+                Estimate(
+                    n,
+                    units[i],
+                    float(theta_hat[i]),
+                    float(theta0[i]),
+                    float(se[i]),
+                    (float(lo_ci), float(hi_ci)),
+                    float(th_lo[i]),
+                    float(th_hi[i]),
+                )
+            )
+            if lo_ci <= th_lo[i] and hi_ci >= th_hi[i]:
+                warnings.append(
+                    FitWarning(
+                        Identifiability.SPANS_BOUNDS,
+                        (n,),
+                        f"{n}: the 95 % interval [{lo_ci:.3g}, {hi_ci:.3g}] spans its bounds "
+                        f"[{th_lo[i]:g}, {th_hi[i]:g}]: the data do not determine it",
+                    )
+                )
+            tol_b = 1e-6 * th_scale[i]
+            if theta_hat[i] - th_lo[i] <= tol_b or th_hi[i] - theta_hat[i] <= tol_b:
+                warnings.append(
+                    FitWarning(
+                        Identifiability.AT_BOUND,
+                        (n,),
+                        f"{n} = {theta_hat[i]:.4g} is on its bound [{th_lo[i]:g}, {th_hi[i]:g}]; "
+                        "widen the range or fix it",
+                    )
+                )
+        for i in range(n_est):
+            for j in range(i + 1, n_est):
+                if abs(corr[i, j]) > CORRELATION_LIMIT and not (weak[i] and weak[j]):
+                    warnings.append(
+                        FitWarning(
+                            Identifiability.CORRELATED,
+                            (names[i], names[j]),
+                            f"{names[i]} and {names[j]} correlate at {corr[i, j]:+.3f} "
+                            f"(|r| > {CORRELATION_LIMIT}): fix one or add excitation",
+                        )
+                    )
+                elif abs(corr[i, j]) > CORRELATION_LIMIT:
+                    warnings.append(
+                        FitWarning(
+                            Identifiability.CORRELATED,
+                            (names[i], names[j]),
+                            f"{names[i]} and {names[j]} correlate at {corr[i, j]:+.3f} "
+                            f"(|r| > {CORRELATION_LIMIT}; near-singular, see above)",
+                        )
+                    )
+        # residuals per batch and sensor
+        residuals = []
+        std_all = np.concatenate([g.std for g in grids])
+        k0 = 0
+        for g in grids:
+            m = g.value.size
+            pred = r_v[k0 : k0 + m] * g.std + g.value
+            k0 += m
+            for s in sensors:
+                mask = g.output == model.index(s)
+                order = np.argsort(g.t_h[g.node[mask]], kind="stable")
+                residuals.append(
+                    ResidualSeries(
+                        g.batch_id,
+                        s,
+                        g.t_h[g.node[mask]][order],
+                        g.value[mask][order],
+                        pred[mask][order],
+                        g.std[mask][order],
+                    )
+                )
+        n_f = float(n_meas)
+        m2ll = (
+            n_f * math.log(ssr / n_f)
+            + float(np.sum(np.log(std_all**2)))
+            + n_f * (1 + math.log(2 * math.pi))
+        )
+        k_aic = n_est + 1
+        stats_s = time.perf_counter() - t_stats
+        return FitResult(
+            model=model.name,
+            batches=tuple(ids),
+            sources=tuple(dict.fromkeys(b.origin for b in batches)),
+            estimates=tuple(estimates),
+            correlation=corr,
+            fisher=F,
+            eigen_ratio=ratio,
+            warnings=tuple(warnings),
+            n_measurements=n_meas,
+            dof=dof,
+            ssr=ssr,
+            residual_variance=s2,
+            aic=m2ll + 2 * k_aic,
+            bic=m2ll + k_aic * math.log(n_f),
+            status=str(info["status"]),
+            converged=ok,
+            iterations=int(info["iter"]),
+            evaluations=evaluations,
+            starts=tuple(outcomes),
+            timing=Timing(build_s, t_sim, t_sens, t_opt, stats_s),
+            residuals=tuple(residuals),
+            parameters={n: float(theta_hat[i]) for i, n in enumerate(shared)},
+            integrator=integrator,
+        )
+
     # --- CasADi: one time-scaled integrator, mapped over each batch's intervals -------
     cas = model.to_casadi()
     dt = ca.SX.sym("dt")
@@ -725,147 +887,15 @@ def fit(
     # scaled variables -> physical units of the estimates
     J_phys = np.asarray(J_red) / np.array(col_scale)
     theta_hat = wopt[cols] * np.array(col_scale)
-    F = J_phys.T @ J_phys
-    ssr = float(r_v @ r_v)
-    dof = n_meas - n_est
-    s2 = ssr / dof
-    Dd = np.array([_scale_of(v, lo, hi) for v, lo, hi in zip(theta_hat, th_lo, th_hi, strict=True)])
-    Fs = F * np.outer(Dd, Dd)
-    evals, evecs = np.linalg.eigh(Fs)
-    lam_max = float(max(evals[-1], 0.0))
-    ratio = float(max(evals[0], 0.0) / lam_max) if lam_max > 0 else 0.0
-    warnings: list[FitWarning] = []
-    weak = np.zeros(n_est, dtype=bool)
-    for k in range(n_est):
-        if lam_max > 0 and evals[k] / lam_max >= EIGEN_RATIO_LIMIT:
-            break
-        vec = evecs[:, k]
-        involved = np.flatnonzero(np.abs(vec) >= 0.1 * np.max(np.abs(vec)))
-        weak[involved] = True
-        combo = " ".join(f"{vec[i]:+.2f} {names[i]}" for i in involved)
-        warnings.append(
-            FitWarning(
-                Identifiability.SINGULAR,
-                tuple(names[i] for i in involved),
-                f"near-singular Fisher information (eigenvalue ratio {evals[k] / lam_max:.1e} "
-                f"< {EIGEN_RATIO_LIMIT:g}): the data do not fix the combination of relative "
-                f"changes {combo}",
-            )
-        )
-    cov_s = np.linalg.pinv(Fs, rcond=1e-14, hermitian=True) * s2
-    cov = cov_s * np.outer(Dd, Dd)
-    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    se[weak] = math.inf
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = cov / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
-    corr = np.clip(np.nan_to_num(corr), -1.0, 1.0)
-    np.fill_diagonal(corr, 1.0)
-    tq = float(stats.t.ppf(0.975, dof))
-    estimates = []
-    for i, n in enumerate(names):
-        lo_ci, hi_ci = theta_hat[i] - tq * se[i], theta_hat[i] + tq * se[i]
-        estimates.append(
-            Estimate(
-                n,
-                units[i],
-                float(theta_hat[i]),
-                float(theta0[i]),
-                float(se[i]),
-                (float(lo_ci), float(hi_ci)),
-                float(th_lo[i]),
-                float(th_hi[i]),
-            )
-        )
-        if lo_ci <= th_lo[i] and hi_ci >= th_hi[i]:
-            warnings.append(
-                FitWarning(
-                    Identifiability.SPANS_BOUNDS,
-                    (n,),
-                    f"{n}: the 95 % interval [{lo_ci:.3g}, {hi_ci:.3g}] spans its bounds "
-                    f"[{th_lo[i]:g}, {th_hi[i]:g}]: the data do not determine it",
-                )
-            )
-        tol_b = 1e-6 * th_scale[i]
-        if theta_hat[i] - th_lo[i] <= tol_b or th_hi[i] - theta_hat[i] <= tol_b:
-            warnings.append(
-                FitWarning(
-                    Identifiability.AT_BOUND,
-                    (n,),
-                    f"{n} = {theta_hat[i]:.4g} is on its bound [{th_lo[i]:g}, {th_hi[i]:g}]; "
-                    "widen the range or fix it",
-                )
-            )
-    for i in range(n_est):
-        for j in range(i + 1, n_est):
-            if abs(corr[i, j]) > CORRELATION_LIMIT and not (weak[i] and weak[j]):
-                warnings.append(
-                    FitWarning(
-                        Identifiability.CORRELATED,
-                        (names[i], names[j]),
-                        f"{names[i]} and {names[j]} correlate at {corr[i, j]:+.3f} "
-                        f"(|r| > {CORRELATION_LIMIT}): fix one or add excitation",
-                    )
-                )
-            elif abs(corr[i, j]) > CORRELATION_LIMIT:
-                warnings.append(
-                    FitWarning(
-                        Identifiability.CORRELATED,
-                        (names[i], names[j]),
-                        f"{names[i]} and {names[j]} correlate at {corr[i, j]:+.3f} "
-                        f"(|r| > {CORRELATION_LIMIT}; near-singular, see above)",
-                    )
-                )
-    # residuals per batch and sensor
-    residuals = []
-    std_all = np.concatenate([g.std for g in grids])
-    k0 = 0
-    for g in grids:
-        m = g.value.size
-        pred = r_v[k0 : k0 + m] * g.std + g.value
-        k0 += m
-        for s in sensors:
-            mask = g.output == model.index(s)
-            order = np.argsort(g.t_h[g.node[mask]], kind="stable")
-            residuals.append(
-                ResidualSeries(
-                    g.batch_id,
-                    s,
-                    g.t_h[g.node[mask]][order],
-                    g.value[mask][order],
-                    pred[mask][order],
-                    g.std[mask][order],
-                )
-            )
-    n_f = float(n_meas)
-    m2ll = (
-        n_f * math.log(ssr / n_f)
-        + float(np.sum(np.log(std_all**2)))
-        + n_f * (1 + math.log(2 * math.pi))
-    )
-    k_aic = n_est + 1
-    stats_s = time.perf_counter() - t_stats
-    return FitResult(
-        model=model.name,
-        batches=tuple(ids),
-        sources=tuple(dict.fromkeys(b.origin for b in batches)),
-        estimates=tuple(estimates),
-        correlation=corr,
-        fisher=F,
-        eigen_ratio=ratio,
-        warnings=tuple(warnings),
-        n_measurements=n_meas,
-        dof=dof,
-        ssr=ssr,
-        residual_variance=s2,
-        aic=m2ll + 2 * k_aic,
-        bic=m2ll + k_aic * math.log(n_f),
-        status=str(info["status"]),
-        converged=ok,
-        iterations=int(info["iter"]),
-        evaluations=evaluations,
-        starts=tuple(outcomes),
-        timing=Timing(build_s, t_sim, t_sens, t_opt, stats_s),
-        residuals=tuple(residuals),
-        parameters={n: float(theta_hat[i]) for i, n in enumerate(shared)},
-        integrator="cvodes" if chosen[0] == "cvodes" else f"{chosen[0]} x{chosen[1]}",
+    return finish(
+        theta_hat,
+        r_v,
+        J_phys,
+        info,
+        ok,
+        outcomes,
+        evaluations,
+        (build_s, t_sim, t_sens, t_opt),
+        t_stats,
+        "cvodes" if chosen[0] == "cvodes" else f"{chosen[0]} x{chosen[1]}",
     )
