@@ -63,7 +63,7 @@ from services.historian.readback import BatchData
 __all__ = ["FitOptions", "fit"]
 
 _CONVERGED = ("Solve_Succeeded", "Solved_To_Acceptable_Level")
-INTEGRATORS = ("auto", "cvodes", "collocation", "rk")
+INTEGRATORS = ("auto", "cvodes", "collocation", "rk", "radau")
 AUTO_RK_STEPS = (1, 2, 4, 8, 16)
 """RK4 steps per shooting interval that ``integrator="auto"`` tries, fewest first."""
 AUTO_TOL = 1e-5
@@ -635,6 +635,90 @@ def fit(
             worst = max(worst, float(np.max(np.abs(X - ref[b]) / x_scale[b])))
         return worst
 
+    def fit_radau(n_fe: int, build_s: float) -> FitResult:
+        """Single shooting with Radau IIA steps solved by Newton and Levenberg-Marquardt
+        (:mod:`services.fitting._radau`), from each start; the best converged one."""
+        from services.fitting._radau import (
+            RadauShooting,
+            ShootingBatch,
+            ShootingProblem,
+            levenberg_marquardt,
+        )
+
+        t0 = time.perf_counter()
+        _, C = _radau_points()
+        sim = RadauShooting(cas, nx, model.nu, model.n_p, RADAU_DEGREE, C)
+        zero = np.zeros(n_est)
+        sb = []
+        for b, (g, pb, xb) in enumerate(zip(grids, p_vectors(zero), x0_vectors(zero), strict=True)):
+            dp = np.zeros((model.n_p, n_est))
+            dx0 = np.zeros((nx, n_est))
+            for k, n in enumerate(shared):
+                dp[model.index(n), k] = 1.0
+            for k, n in enumerate(local):
+                dp[model.index(n), len(shared) + b * len(local) + k] = 1.0
+            off = len(shared) + B * len(local) + b * len(estimate_x0)
+            for k, n in enumerate(estimate_x0):
+                dx0[model.index(n), off + k] = 1.0
+            sb.append(
+                ShootingBatch(
+                    g.t_h,
+                    g.u,
+                    xb,
+                    dx0,
+                    pb,
+                    dp,
+                    g.node,
+                    g.output,
+                    g.value,
+                    g.std,
+                    g.u_meas,
+                    x_scale[b],
+                )
+            )
+        problem = ShootingProblem(cas, sim, sb, n_fe)
+        build_s += time.perf_counter() - t0
+        outcomes: list[StartOutcome] = []
+        best = None
+        for i, s in enumerate(_draw_starts(theta0, th_lo, th_hi, opts)):
+            t_run = time.perf_counter()
+            out = levenberg_marquardt(
+                problem,
+                s,
+                th_lo,
+                th_hi,
+                th_scale,
+                max_nfev=opts.max_iter if i == 0 else opts.extra_start_max_iter,
+                tol=opts.tol,
+            )
+            obj = 0.5 * float(out.residuals @ out.residuals)
+            outcomes.append(
+                StartOutcome(
+                    tuple(float(v) for v in s),
+                    out.status,
+                    out.converged,
+                    obj,
+                    out.iterations,
+                    time.perf_counter() - t_run,
+                )
+            )
+            if best is None or (out.converged, -obj) > (best[0], -best[1]):
+                best = (out.converged, obj, out)
+        assert best is not None
+        out = best[2]
+        return finish(
+            out.theta,
+            out.residuals,
+            out.jacobian,
+            {"status": out.status, "iter": out.iterations},
+            out.converged,
+            outcomes,
+            {"f": problem.n_sim, "jac": problem.n_sens},
+            (build_s, problem.t_sim, problem.t_sens, out.t_opt_s),
+            time.perf_counter(),
+            f"radau x{n_fe}",
+        )
+
     chosen = (opts.integrator, opts.steps_per_interval)
     if opts.integrator == "auto":
         chosen = ("cvodes", 0)
@@ -649,6 +733,8 @@ def fit(
             coll = make_step("collocation", n_fe)
             if deviation(coll, p_vectors(theta0), x0_vectors(theta0), X_start) <= AUTO_TOL:
                 chosen = ("collocation", n_fe)
+    if chosen[0] == "radau":
+        return fit_radau(max(int(chosen[1]), 1), time.perf_counter() - t_build)
     step = step_cv if chosen[0] == "cvodes" else make_step(*chosen)
 
     n_par = len(shared) + B * len(local)  # parameter estimates (the rest: initial states)
