@@ -728,11 +728,8 @@ def fit(
             if dev <= AUTO_TOL:
                 chosen = ("rk", n_steps)
                 break
-        else:  # stiff: Radau collocation (A-stable) where it agrees with CVODES
-            n_fe = max(int(opts.steps_per_interval), 1)
-            coll = make_step("collocation", n_fe)
-            if deviation(coll, p_vectors(theta0), x0_vectors(theta0), X_start) <= AUTO_TOL:
-                chosen = ("collocation", n_fe)
+        else:  # stiff: single shooting with Radau IIA steps on an error-controlled mesh
+            chosen = ("radau", 1)
     if chosen[0] == "radau":
         return fit_radau(max(int(chosen[1]), 1), time.perf_counter() - t_build)
     step = step_cv if chosen[0] == "cvodes" else make_step(*chosen)
