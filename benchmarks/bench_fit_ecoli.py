@@ -119,12 +119,12 @@ def main() -> None:
         "",
         "| part (median fit) | s |",
         "|---|---:|",
-        f"| building the NLP (CasADi functions, start simulation, integrator choice) "
+        f"| building (CasADi functions, start simulation, integrator choice, mesh) "
         f"| {tm.build:.2f} |",
-        f"| simulation (NLP function values: the shooting integrations) | {tm.simulation:.2f} |",
+        f"| simulation (residuals: the shooting integrations) | {tm.simulation:.2f} |",
         f"| sensitivities (gradients, Jacobians, Gauss-Newton Hessian, by AD) "
         f"| {tm.sensitivities:.2f} |",
-        f"| optimiser (IPOPT itself) | {tm.optimiser:.2f} |",
+        f"| optimiser (IPOPT or SciPy trf itself) | {tm.optimiser:.2f} |",
         f"| statistics (Fisher information, intervals) | {tm.statistics:.2f} |",
         "",
         "| parameter | plant (truth) | fitted +- SE |",
