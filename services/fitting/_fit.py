@@ -642,6 +642,7 @@ def fit(
             RadauShooting,
             ShootingBatch,
             ShootingProblem,
+            SimulationError,
             levenberg_marquardt,
         )
 
@@ -682,15 +683,22 @@ def fit(
         best = None
         for i, s in enumerate(_draw_starts(theta0, th_lo, th_hi, opts)):
             t_run = time.perf_counter()
-            out = levenberg_marquardt(
-                problem,
-                s,
-                th_lo,
-                th_hi,
-                th_scale,
-                max_nfev=opts.max_iter if i == 0 else opts.extra_start_max_iter,
-                tol=opts.tol,
-            )
+            try:
+                out = levenberg_marquardt(
+                    problem,
+                    s,
+                    th_lo,
+                    th_hi,
+                    th_scale,
+                    max_nfev=opts.max_iter if i == 0 else opts.extra_start_max_iter,
+                    tol=opts.tol,
+                )
+            except SimulationError as exc:
+                if i == 0:
+                    raise FitError(
+                        f"the model cannot be integrated from the start values: {exc}"
+                    ) from exc
+                continue  # a drawn start the model cannot run from: skip it
             obj = 0.5 * float(out.residuals @ out.residuals)
             outcomes.append(
                 StartOutcome(

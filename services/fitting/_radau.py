@@ -400,7 +400,11 @@ def levenberg_marquardt(
     tol: float,
 ) -> ShootingOutcome:
     """Bounded trust-region least squares (SciPy ``trf``) on the estimates scaled by
-    ``scale``, with the exact Jacobian; the outcome in physical units."""
+    ``scale``, with the exact Jacobian; the outcome in physical units.
+
+    Raises:
+        SimulationError: the model cannot be integrated from ``theta0``.
+    """
     from scipy.optimize import least_squares
 
     n_res = sum(b.value.size for b in problem.batches)
@@ -435,7 +439,12 @@ def levenberg_marquardt(
         nfev += int(sol.nfev)
         njev += int(sol.njev or 0)
         z = sol.x
-        if sol.status <= 0 or not problem.refine(z * scale):
+        if sol.status <= 0:
+            break
+        try:
+            if not problem.refine(z * scale):
+                break
+        except SimulationError:  # not integrable on any mesh there: keep the last one
             break
     wall = time.perf_counter() - t0
     t_sim, t_sens = problem.t_sim, problem.t_sens

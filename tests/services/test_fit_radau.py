@@ -6,14 +6,17 @@ a fit of the same data by CVODES multiple shooting and central finite difference
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from reactor_batches import ERRORS, MODEL, PROFILES, synthetic_batch
 
-from services.fitting import FitOptions, fit
+from models import Model, Output, Parameter, State
+from services.fitting import ErrorModel, FitError, FitOptions, fit
 from services.fitting._fit import RADAU_DEGREE, _radau_points
 from services.fitting._radau import RadauShooting
-from services.historian.readback import BatchData
+from services.historian.readback import BatchData, Series
 
 PARAMS = ("mu_m", "K_m", "Y_x", "v_par")
 RADAU = FitOptions(n_starts=1, integrator="radau", steps_per_interval=2)
@@ -92,3 +95,29 @@ def test_radau_sensitivities_equal_central_differences() -> None:
         assert np.max(np.abs(fd - tr.S[:, :, k])) <= 1e-5 * np.max(np.abs(fd)) + 1e-9, (
             MODEL.parameter_names[i]
         )
+
+
+def test_a_model_that_cannot_be_integrated_from_the_start_is_one_fit_error() -> None:
+    """x' = k x^2 from x = 1 blows up at t = 1/k h: no mesh integrates it past that."""
+
+    def rhs(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"X": p.k * x.X**2}
+
+    def measure(m: Any, x: Any, u: Any, p: Any) -> dict[str, Any]:
+        return {"X_meas": x.X}
+
+    src = "test-only model"
+    blowup = Model(
+        name="blowup",
+        description="finite-time blow-up",
+        states=(State(name="X", unit="g/L", lower=0.0, upper=1e9, nominal=1.0),),
+        inputs=(),
+        parameters=(Parameter.of("k", "1/h", 1.0, 0.1, 10.0, src),),
+        outputs=(Output(name="X_meas", unit="g/L", lower=0.0, upper=1e9),),
+        rhs=rhs,
+        measure=measure,
+    )
+    t = np.arange(1, 7) * 0.5
+    batch = BatchData("Z1", "simulated", {"X_meas": Series("X_meas", t, t + 1.0, t)}, None)
+    with pytest.raises(FitError, match="cannot be integrated from the start values"):
+        fit(blowup, [batch], ["k"], errors={"X_meas": ErrorModel(0.1)}, options=RADAU)
