@@ -208,6 +208,12 @@ def _records(run_dir: Path) -> list[object]:
     return list(read_records(run_dir / "records.sqlite"))
 
 
+RESUME_RUN_H = 5.0
+"""Length of the killed-and-resumed run (h): killed at 0.5 h, the device runs on at 600x, so
+the second process has (5 - 0.5) h / 600 = 27 s of wall time to start (imports, loop
+build) before the batch is over; 2 h left 8 s, which a loaded 2-core machine exceeded."""
+
+
 @pytest.mark.parametrize("served", ["opcua", "mqtt"], indirect=True)
 def test_a_killed_run_resumes_on_the_device_from_its_historian(
     served: Served, tmp_path: Path
@@ -221,7 +227,15 @@ def test_a_killed_run_resumes_on_the_device_from_its_historian(
 
     runs = tmp_path / "runs"
     first = subprocess.Popen(
-        [*BPCONTROL, "run", *served.run_line(), "--duration", "2", "--out", str(runs)],
+        [
+            *BPCONTROL,
+            "run",
+            *served.run_line(),
+            "--duration",
+            str(RESUME_RUN_H),
+            "--out",
+            str(runs),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -246,8 +260,8 @@ def test_a_killed_run_resumes_on_the_device_from_its_historian(
     last_sp = [r for r in before if isinstance(r, SetpointRecord)][-1]
     time.sleep(1.0)  # 10 min of process time with no controller
     done = subprocess.run(
-        [*BPCONTROL, "run", *served.run_line(), "--resume", str(run_dir), "--duration", "2",
-         "--json"],
+        [*BPCONTROL, "run", *served.run_line(), "--resume", str(run_dir), "--duration",
+         str(RESUME_RUN_H), "--json"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -262,7 +276,7 @@ def test_a_killed_run_resumes_on_the_device_from_its_historian(
     resumed = [r for r in after if isinstance(r, EventRecord) and r.kind == EventKind.RESUMED]
     assert len(resumed) == 1
     meas = [r for r in after if isinstance(r, MeasurementRecord)]
-    assert meas and meas[-1].t_h == pytest.approx(2.0, abs=1 / 60 + 1e-9)  # to the end
+    assert meas and meas[-1].t_h == pytest.approx(RESUME_RUN_H, abs=1 / 60 + 1e-9)  # to the end
     assert min(r.t_h for r in meas) >= kpis["restart_resumed_h"] - 1e-9
     # bumpless: the first setpoints after the restart are those the device held
     first_sp = next(r for r in after if isinstance(r, SetpointRecord))
