@@ -647,20 +647,16 @@ def fit(
         )
 
         t0 = time.perf_counter()
-        _, C = _radau_points()
-        sim = RadauShooting(cas, nx, model.nu, model.n_p, RADAU_DEGREE, C)
+        sim = RadauShooting(_radau_collocation(cas, 1)[0])
+        # p and x0 are linear in the estimates (each one entry): their columns by unit vectors
         zero = np.zeros(n_est)
+        p_at, x0_at = p_vectors(zero), x0_vectors(zero)
+        p_cols = [p_vectors(e) for e in np.eye(n_est)]
+        x0_cols = [x0_vectors(e) for e in np.eye(n_est)]
         sb = []
-        for b, (g, pb, xb) in enumerate(zip(grids, p_vectors(zero), x0_vectors(zero), strict=True)):
-            dp = np.zeros((model.n_p, n_est))
-            dx0 = np.zeros((nx, n_est))
-            for k, n in enumerate(shared):
-                dp[model.index(n), k] = 1.0
-            for k, n in enumerate(local):
-                dp[model.index(n), len(shared) + b * len(local) + k] = 1.0
-            off = len(shared) + B * len(local) + b * len(estimate_x0)
-            for k, n in enumerate(estimate_x0):
-                dx0[model.index(n), off + k] = 1.0
+        for b, (g, pb, xb) in enumerate(zip(grids, p_at, x0_at, strict=True)):
+            dp = np.column_stack([c[b] - pb for c in p_cols])
+            dx0 = np.column_stack([c[b] - xb for c in x0_cols])
             sb.append(
                 ShootingBatch(
                     g.t_h,

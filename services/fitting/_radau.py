@@ -1,7 +1,7 @@
 """Stiff single-shooting simulation with exact sensitivities: Radau IIA steps solved by Newton.
 
-A batch is integrated interval by interval (piecewise-constant inputs) with ``n_fe`` Radau
-IIA elements of :data:`~services.fitting._fit.RADAU_DEGREE` stages per interval (L-stable,
+A batch is integrated interval by interval (piecewise-constant inputs) with Radau IIA
+elements of :data:`~services.fitting._fit.RADAU_DEGREE` stages (L-stable,
 order 5 at the element ends: a DO that settles in seconds needs no small steps). Each
 element's stage equations are solved by Newton from the element's start state; an element
 whose Newton iteration does not converge (a kink of the model's min/max, a feed step) is
@@ -42,6 +42,13 @@ NEWTON_TOL = 1e-10
 class SimulationError(RuntimeError):
     """Newton did not converge on an element even after :data:`MAX_HALVINGS` halvings."""
 
+    @classmethod
+    def at(cls, t_h: float) -> SimulationError:
+        """The error for an element that starts at ``t_h`` (h)."""
+        return cls(
+            f"Radau IIA: Newton did not converge at t = {t_h:g} h after {MAX_HALVINGS} halvings"
+        )
+
 
 @dataclass(frozen=True)
 class Trajectory:
@@ -51,8 +58,6 @@ class Trajectory:
     """(nodes, nx) states."""
     S: np.ndarray | None
     """(nodes, nx, n_est) sensitivities dX/dtheta, or None when not asked."""
-    elements: int
-    """Elements integrated (halvings included)."""
 
 
 class _Buffered:
@@ -83,18 +88,20 @@ class _Buffered:
 class RadauShooting:
     """Simulator of one model (see the module docstring); built once, used for every batch."""
 
-    def __init__(self, cas: Any, nx: int, nu: int, n_p: int, degree: int, C: np.ndarray):
+    def __init__(self, element: Any) -> None:
+        """``element``: one Radau IIA element of length h, ``(x, K, u, p, h) -> (x_end,
+        stage residuals)`` (:func:`services.fitting._fit._radau_collocation` with one
+        element)."""
         import casadi as ca
+        from scipy.linalg import lu_factor, lu_solve
 
-        d = degree
-        x, u, p, h = ca.SX.sym("x", nx), ca.SX.sym("u", nu), ca.SX.sym("p", n_p), ca.SX.sym("h")
-        k = ca.SX.sym("K", nx * d)
-        pts = [x] + [k[j * nx : (j + 1) * nx] for j in range(d)]
-        res = []
-        for j in range(d):
-            slope = sum(float(C[r, j]) * pts[r] for r in range(d + 1))
-            res.append(slope - h * cas.f(pts[j + 1], u, p))
-        R = ca.vertcat(*res)
+        self._lu_factor, self._lu_solve = lu_factor, lu_solve
+        nx = element.size1_in(0)
+        d = element.size1_in(1) // nx
+        x, k = ca.SX.sym("x", nx), ca.SX.sym("K", nx * d)
+        u, p = ca.SX.sym("u", element.size1_in(2)), ca.SX.sym("p", element.size1_in(3))
+        h = ca.SX.sym("h")
+        R = element(x, k, u, p, h)[1]
         dense = ca.densify
         self._newton = _Buffered(
             ca.Function("radau_newton", [k, x, u, p, h], [R, dense(ca.jacobian(R, k))])
@@ -115,8 +122,6 @@ class RadauShooting:
         """Converged stage states of one element, or None when Newton fails. Simplified
         Newton: the Newton matrix is factored once and refreshed only when the iteration
         contracts slowly."""
-        from scipy.linalg import lu_factor, lu_solve
-
         K = np.tile(x, self.d)
         ks = np.tile(scale, self.d)
         R, RK = self._newton(K, x, u, p, h)
@@ -124,11 +129,11 @@ class RadauShooting:
         for _ in range(NEWTON_MAX_ITER):
             if fresh:
                 try:
-                    lu = lu_factor(RK, check_finite=True)
+                    lu = self._lu_factor(RK, check_finite=True)
                 except (ValueError, np.linalg.LinAlgError):
                     return None
                 fresh = False
-            dK = lu_solve(lu, -R)
+            dK = self._lu_solve(lu, -R)
             if not np.all(np.isfinite(dK)):
                 return None
             K = K + dK
@@ -182,10 +187,7 @@ class RadauShooting:
                         x = whole[-self.nx :]
                         continue
                 if depth >= MAX_HALVINGS:
-                    raise SimulationError(
-                        f"Radau IIA: Newton did not converge at t = {t_h[k]:g} h "
-                        f"after {MAX_HALVINGS} halvings"
-                    )
+                    raise SimulationError.at(t_h[k])
                 todo += [(h / 2.0, depth + 1), (h / 2.0, depth + 1)]
             out.append(lengths)
         return out
@@ -216,11 +218,10 @@ class RadauShooting:
         n_nodes = t_h.size
         X = np.empty((n_nodes, nx))
         X[0] = x0
-        want = dx0 is not None and dp is not None
-        S = np.empty((n_nodes, nx, dx0.shape[1])) if want and dx0 is not None else None
-        if S is not None and dx0 is not None:
+        S = None
+        if dx0 is not None and dp is not None:
+            S = np.empty((n_nodes, nx, dx0.shape[1]))
             S[0] = dx0
-        elements = 0
         for k in range(n_nodes - 1):
             x = X[k]
             s = S[k] if S is not None else None
@@ -235,13 +236,9 @@ class RadauShooting:
                 if K is None:
                     halvings += 1
                     if halvings > MAX_HALVINGS * n_fe:
-                        raise SimulationError(
-                            f"Radau IIA: Newton did not converge at t = {t_h[k]:g} h "
-                            f"after {MAX_HALVINGS} halvings"
-                        )
+                        raise SimulationError.at(t_h[k])
                     todo += [h / 2.0, h / 2.0]
                     continue
-                elements += 1
                 if s is not None and dp is not None:
                     RK, Rx, Rp = self._sens(K, x, u[k], p, h)
                     dK = np.linalg.solve(RK, -(Rx @ s + Rp @ dp))
@@ -250,7 +247,7 @@ class RadauShooting:
             X[k + 1] = x
             if S is not None and s is not None:
                 S[k + 1] = s
-        return Trajectory(X, S, elements)
+        return Trajectory(X, S)
 
 
 @dataclass(frozen=True)
@@ -272,6 +269,12 @@ class ShootingBatch:
     u_meas: np.ndarray
     scale: np.ndarray
 
+    def x0(self, theta: np.ndarray) -> np.ndarray:
+        return self.x0_base + self.dx0 @ theta
+
+    def p(self, theta: np.ndarray) -> np.ndarray:
+        return self.p_base + self.dp @ theta
+
 
 @dataclass
 class ShootingOutcome:
@@ -283,7 +286,6 @@ class ShootingOutcome:
     converged: bool
     status: str
     iterations: int
-    evaluations: dict[str, int]
     t_sim_s: float
     t_sens_s: float
     t_opt_s: float
@@ -310,10 +312,10 @@ class ShootingProblem:
         t0 = time.perf_counter()
         meshes = []
         for b in self.batches:
-            x0 = b.x0_base + b.dx0 @ theta
-            p = b.p_base + b.dp @ theta
             meshes.append(
-                self.sim.refine(b.t_h, b.u, x0, p, n_fe=self.n_fe, scale=b.scale, tol=MESH_TOL)
+                self.sim.refine(
+                    b.t_h, b.u, b.x0(theta), b.p(theta), n_fe=self.n_fe, scale=b.scale, tol=MESH_TOL
+                )
             )
         self.t_sim += time.perf_counter() - t0
         changed = self.meshes is None or any(
@@ -324,22 +326,16 @@ class ShootingProblem:
         self.meshes = meshes
         return changed
 
-    @property
-    def elements(self) -> int:
-        """Elements of the mesh in use, every batch."""
-        return sum(len(e) for m in self.meshes or [] for e in m)
-
     def _batch(self, i: int, theta: np.ndarray, sens: bool) -> tuple[Any, Any]:
         if self.meshes is None:
             self.refine(theta)
         assert self.meshes is not None
         b = self.batches[i]
-        x0 = b.x0_base + b.dx0 @ theta
-        p = b.p_base + b.dp @ theta
+        p = b.p(theta)
         tr = self.sim.simulate(
             b.t_h,
             b.u,
-            x0,
+            b.x0(theta),
             p,
             n_fe=self.n_fe,
             scale=b.scale,
@@ -458,7 +454,6 @@ def levenberg_marquardt(
         converged=converged,
         status=str(sol.message),
         iterations=njev,
-        evaluations={"f": nfev, "jac": njev + 1},
         t_sim_s=t_sim,
         t_sens_s=problem.t_sens,
         t_opt_s=max(wall - t_sim - t_sens, 0.0),

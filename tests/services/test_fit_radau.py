@@ -2,6 +2,8 @@
 
 Data: do-mpc's batch reactor (``reactor_batches``, simulated, seeded); the references are
 a fit of the same data by CVODES multiple shooting and central finite differences.
+Per-batch parameters and estimated initial states by this integrator are tested in
+test_fitting.py (parametrised over rk and radau).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from reactor_batches import ERRORS, MODEL, PROFILES, synthetic_batch
 
 from models import Model, Output, Parameter, State
 from services.fitting import ErrorModel, FitError, FitOptions, fit
-from services.fitting._fit import RADAU_DEGREE, _radau_points
+from services.fitting._fit import _radau_collocation
 from services.fitting._radau import RadauShooting
 from services.historian.readback import BatchData, Series
 
@@ -47,30 +49,9 @@ def test_radau_shooting_agrees_with_the_cvodes_fit(batches: list[BatchData]) -> 
     assert ra.timing.simulation > 0 and ra.timing.sensitivities > 0
 
 
-def test_radau_per_batch_parameters_and_initial_states(batches: list[BatchData]) -> None:
-    res = fit(
-        MODEL,
-        batches,
-        ("mu_m", "Y_x", "v_par"),
-        errors=ERRORS,
-        per_batch=("v_par",),
-        estimate_x0=("X_s",),
-        start={"mu_m": 0.025},
-        options=RADAU,
-    )
-    assert res.converged, res.status
-    assert res.names == ("mu_m", "Y_x", "v_par[B1]", "v_par[B2]", "X_s(0)[B1]", "X_s(0)[B2]")
-    for e in res.estimates:
-        true = (
-            1.0 if e.name.startswith("X_s") else float(MODEL.p0[MODEL.index(e.name.split("[")[0])])
-        )
-        assert e.ci95[0] < true < e.ci95[1], e
-
-
 def test_radau_sensitivities_equal_central_differences() -> None:
     cas = MODEL.to_casadi()
-    _, C = _radau_points()
-    sim = RadauShooting(cas, MODEL.nx, MODEL.nu, MODEL.n_p, RADAU_DEGREE, C)
+    sim = RadauShooting(_radau_collocation(cas, 1)[0])
     t_h = np.arange(0.0, 20.5, 0.5)
     u = np.tile(np.array([[0.02]]), (t_h.size - 1, 1)) if MODEL.nu else np.zeros((t_h.size - 1, 0))
     x0, p = MODEL.x0.copy(), MODEL.p0.copy()

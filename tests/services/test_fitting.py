@@ -205,7 +205,14 @@ def test_an_rk4_optimum_that_cvodes_disagrees_with_is_solved_again_with_cvodes()
     assert abs(e.value - 2.0) < 4 * e.se
 
 
-def test_per_batch_parameters_and_estimated_initial_states(two_batches: list[BatchData]) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [FAST, FitOptions(n_starts=1, integrator="radau", steps_per_interval=2)],
+    ids=["rk", "radau"],
+)
+def test_per_batch_parameters_and_estimated_initial_states(
+    two_batches: list[BatchData], options: FitOptions
+) -> None:
     res = fit(
         MODEL,
         two_batches,
@@ -214,9 +221,9 @@ def test_per_batch_parameters_and_estimated_initial_states(two_batches: list[Bat
         per_batch=("v_par",),
         estimate_x0=("X_s",),
         start={"mu_m": 0.025},
-        options=FAST,
+        options=options,
     )
-    assert res.converged
+    assert res.converged, res.status
     assert res.names == ("mu_m", "Y_x", "v_par[B1]", "v_par[B2]", "X_s(0)[B1]", "X_s(0)[B2]")
     for e in res.estimates:
         true = 1.0 if e.name.startswith("X_s") else truth(e.name.split("[")[0])
