@@ -53,8 +53,16 @@ DOMPC_ERRORS = {
 }
 
 
-def to_batch(data: Any, batch_id: str, keep_every: Mapping[str, int] | None = None) -> BatchData:
-    """A synthetic record as the read-back gives it (online series thinned if asked)."""
+def to_batch(
+    data: Any,
+    batch_id: str,
+    keep_every: Mapping[str, int] | None = None,
+    *,
+    origin: str | None = None,
+    initial_state: Mapping[str, float] | None = None,
+) -> BatchData:
+    """A synthetic record as the read-back gives it (online series thinned if asked), with
+    the recorded ``initial_state`` where given."""
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for r in data.records:
         rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
@@ -62,7 +70,14 @@ def to_batch(data: Any, batch_id: str, keep_every: Mapping[str, int] | None = No
     for name, rs in rows.items():
         step = (keep_every or {}).get(name, 1)
         series[name] = series_from_rows(name, sorted(rs)[step - 1 :: step])
-    return BatchData(batch_id, f"synthetic {batch_id}", series, data.inputs, {}, {})
+    return BatchData(
+        batch_id,
+        origin or f"synthetic {batch_id}",
+        series,
+        data.inputs,
+        dict(initial_state or {}),
+        {},
+    )
 
 
 def dompc_batches(model: Model) -> list[BatchData]:

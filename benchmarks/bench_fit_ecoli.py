@@ -27,11 +27,12 @@ import time
 import numpy as np
 import scipy.stats  # noqa: F401  (imported before timing: the fit imports it lazily)
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from bench_fit import to_batch
 
 from hil.synthetic import OfflineAssays, SyntheticRun, generate
 from models import InputProfile, Model, load_model
 from services.fitting import ErrorModel, FitOptions, FitResult, fit
-from services.historian.readback import BatchData, series_from_rows
+from services.historian.readback import BatchData
 
 PARAMS = ("mu_max", "Y_xs", "K_s", "qO_max", "Y_as", "alpha_P")
 PLANT_FACTORS = {"mu_max": 0.8, "Y_xs": 1.2}  # the pack's plant.toml
@@ -70,13 +71,9 @@ def ecoli_batches(
             offline=OfflineAssays(relative_sigma=0.05, absolute_sigma=OFFLINE_FLOOR),
         )
         data = generate(model, run, seed=seed0 + k)
-        rows: dict[str, list[tuple[float, float, float]]] = {}
-        for r in data.records:
-            rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-        series = {n: series_from_rows(n, sorted(rs)) for n, rs in rows.items()}
         # the recorded initial state (the charge: S 5 g/L, not the model's nominal 10 g/L)
         x0 = {n: float(v) for n, v in zip(data.state_names, data.x[0], strict=True)}
-        out.append(BatchData(f"E{k + 1}", f"synthetic E{k + 1}", series, data.inputs, x0, {}))
+        out.append(to_batch(data, f"E{k + 1}", initial_state=x0))
     return out
 
 

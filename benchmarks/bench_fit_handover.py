@@ -55,13 +55,14 @@ from typing import Any
 import numpy as np
 import scipy.stats  # noqa: F401  (imported before timing: the fit imports it lazily)
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from bench_fit import to_batch
 
 from bpcontrol.pack import load_pack
 from bpcontrol.runspec import ResolvedRun, resolve, spec_for
 from hil.runner import parse_scenario
 from hil.synthetic import OfflineAssays, SyntheticRun, generate
 from services.fitting import ErrorModel, FitOptions, FitResult, fit, result_toml
-from services.historian.readback import BatchData, series_from_rows
+from services.historian.readback import BatchData
 
 
 def pack_dir(name: str) -> Path:
@@ -150,18 +151,12 @@ def recorded_batches(
             offline=offline,
         )
         data = generate(model, syn, seed=seed0 + k)
-        rows: dict[str, list[tuple[float, float, float]]] = {}
-        for r in data.records:
-            rows.setdefault(r.sensor, []).append((r.t_sample_h, r.value, r.t_h))
-        series = {s: series_from_rows(s, sorted(rs)) for s, rs in rows.items()}
         out.append(
-            BatchData(
+            to_batch(
+                data,
                 f"B{k + 1}",
-                f"synthetic B{k + 1} (feed x{f:g})",
-                series,
-                data.inputs,
-                dict(run.recipe.initial),
-                {},
+                origin=f"synthetic B{k + 1} (feed x{f:g})",
+                initial_state=dict(run.recipe.initial),
             )
         )
     return out
