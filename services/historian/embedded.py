@@ -56,6 +56,7 @@ import contextlib
 import enum
 import json
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -506,6 +507,8 @@ class EmbeddedHistorian:
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                self._create()
             self._connect().close()
         except (sqlite3.Error, OSError) as exc:
             raise HistorianError(f"cannot open historian file {self.path}: {exc}") from exc
@@ -649,6 +652,31 @@ class EmbeddedHistorian:
         )
 
     # -- the writer thread -----------------------------------------------------------
+
+    def _create(self) -> None:
+        """Create the file with its schema under a temporary name, then link it into place,
+        so a reader (or a resume after a kill) never finds a file without a schema."""
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.creating")
+        staging.unlink(missing_ok=True)
+        try:
+            conn = sqlite3.connect(staging, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                _prepare(conn, self._synchronous)
+                conn.execute("PRAGMA journal_mode=DELETE")  # self-contained before linking
+            finally:
+                conn.close()
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        try:
+            os.link(staging, self.path)  # never replaces a file another writer made first
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename, unless one appeared
+            if not self.path.exists():
+                os.replace(staging, self.path)
+        finally:
+            staging.unlink(missing_ok=True)
 
     def _connect(self) -> sqlite3.Connection:
         self._run_key.clear()  # a new connection may see a new file: look keys up again

@@ -311,6 +311,55 @@ def test_reading_while_writing(db: Path) -> None:
     assert read_records(db) == records
 
 
+def test_a_new_file_appears_only_with_its_schema(tmp_path: Path) -> None:
+    """A reader polling for the file (a resume, a live report) never finds it without its
+    schema: the writer creates it under a staging name and links it into place."""
+    paths = [tmp_path / f"run-{i}" / "records.sqlite" for i in range(12)]
+    seen: list[int] = []
+    done = threading.Event()
+
+    def create() -> None:
+        for path in paths:
+            EmbeddedHistorian(path).close()
+        done.set()
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    try:
+        while not done.is_set():
+            for path in paths:
+                if path.exists():
+                    read_records(path)  # raises on a file without its schema (version 0)
+                    seen.append(1)
+    finally:
+        thread.join()
+    assert seen, "the poller never saw a file"
+    assert not list(tmp_path.glob("*/.*creating"))  # no staging file left behind
+
+
+def test_a_writer_stopped_while_creating_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creation that fails half-way (here: the schema step raises, as a kill would stop it)
+    leaves no ``records.sqlite``, so a later resume says "no historian file", not "schema
+    version 0"."""
+    import services.historian.embedded as embedded
+
+    def broken(conn: sqlite3.Connection, synchronous: str) -> None:
+        conn.execute("CREATE TABLE half (x)")
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    monkeypatch.setattr(embedded, "_prepare", broken)
+    path = tmp_path / "run" / "records.sqlite"
+    with pytest.raises(HistorianError, match="disk I/O error"):
+        EmbeddedHistorian(path)
+    assert not path.exists()
+    assert not list(path.parent.glob(".*creating"))
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="no historian file"):
+        read_records(path)
+
+
 def test_locked_database_delays_but_loses_and_duplicates_nothing(db: Path) -> None:
     records = loop_records(3_000)
     historian = EmbeddedHistorian(db, batch_interval_s=0.01, busy_timeout_s=0.02, max_backoff_s=0.1)
