@@ -30,8 +30,9 @@ a markdown block for benchmarks/RESULTS.md. Everything is written in a temporary
 (``--keep DIR``: there instead, kept).
 
     .venv/bin/python benchmarks/bench_fit_handover.py [--pack yeast_fedbatch] [--seeds 1,2,3] \
-        [--oracle] [--params qO_max,qS_max] [--feed-factors 0.6,1.0,1.4] [--period-h 0.25] \
-        [--starts 3] [--integrator auto] [--steps 4] [--keep DIR]
+        [--oracle] [--plant-factors Y_xs_ox=1.2] [--params qO_max,qS_max] \
+        [--feed-factors 0.6,1.0,1.4] [--period-h 0.25] [--starts 3] [--integrator auto] \
+        [--steps 4] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,27 @@ def pack_dir(name: str) -> Path:
     if not shipped.is_dir():
         raise SystemExit(f"--pack {name}: neither a folder nor a shipped pack")
     return shipped
+
+
+def with_plant_factors(folder: Path, text: str, work: Path) -> Path:
+    """A copy of pack ``folder`` in ``work`` whose ``plant.toml`` has the parameter factors
+    ``text`` (``name=factor,...``) and nothing else: a plant mismatched where asked."""
+    factors = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--plant-factors {text}: {item!r} is not name=factor")
+        factors[name.strip()] = float(value)
+    copy = work / f"{folder.name}-plant"
+    shutil.copytree(folder, copy, dirs_exist_ok=True)
+    lines = [
+        f"# {folder.name} with its plant's parameter factors from --plant-factors {text}",
+        'name = "plant-factors"',
+        "[parameter_factors]",
+        *(f"{k} = {v!r}" for k, v in factors.items()),
+    ]
+    (copy / "plant.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return copy
 
 
 def plant_factors(run: ResolvedRun) -> dict[str, float]:
@@ -222,6 +245,7 @@ def report(
     n_read = sum(len(s) for b in batches for s in b.measurements.values())
     cmd = shlex.join([".venv/bin/python", "benchmarks/bench_fit_handover.py", *sys.argv[1:]])
     plant = ", ".join(f"{k} x{v:g}" for k, v in factors.items()) or "the model"
+    source = ", written by --plant-factors" if args.plant_factors else ""
     (l0, l1) = loads
     lines = [
         f"### Hand-over: `{args.pack}` fitted from 3 batches of its plant, then run closed loop "
@@ -235,7 +259,7 @@ def report(
         f"load average {l0[0]:.2f} / {l0[1]:.2f} / {l0[2]:.2f} at the start, "
         f"{l1[0]:.2f} / {l1[1]:.2f} / {l1[2]:.2f} at the end.",
         "",
-        f"Plant: {plant} (`plant.toml`). Data: {len(batches)} batches x "
+        f"Plant: {plant} (`plant.toml`{source}). Data: {len(batches)} batches x "
         f"{run.recipe.duration_h:g} h, the recipe's schedule with {args.feed_input} x "
         f"{', '.join(f'{f:g}' for f in args.feed_factors)}, readings every {args.period_h:g} h, "
         f"{n_read} readings (the pack's instruments and noise), seeds "
@@ -320,6 +344,11 @@ def main() -> None:
         "--seeds", type=_ints, default=[1], help="the closed loop's plant seeds (comma list)"
     )
     ap.add_argument("--oracle", action="store_true", help="also the oracle (first seed's run)")
+    ap.add_argument(
+        "--plant-factors",
+        default="",
+        help="name=factor,... : the plant of a copy of the pack (default: its plant.toml)",
+    )
     ap.add_argument("--params", default="", help="comma list (default: the plant's factors)")
     ap.add_argument("--feed-input", default="F")
     ap.add_argument("--feed-factors", type=_floats, default=[0.6, 1.0, 1.4])
@@ -331,19 +360,20 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write here (kept), not in /tmp")
     args = ap.parse_args()
 
-    folder = pack_dir(args.pack)
-    pack = load_pack(folder)
-    run = resolve(spec_for(pack, controller="recipe"))
-    factors = plant_factors(run)
-    params = [p for p in args.params.split(",") if p] or list(factors)
-    if not params:
-        raise SystemExit(f"{folder}: the plant has no parameter factors; give --params")
-    if args.feed_input not in run.model.input_names:
-        raise SystemExit(f"--feed-input {args.feed_input}: not an input of {run.model.name}")
-
     with tempfile.TemporaryDirectory(prefix="bench-handover-") as tmp:
         work = args.keep if args.keep is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        folder = pack_dir(args.pack)
+        if args.plant_factors:
+            folder = with_plant_factors(folder, args.plant_factors, work)
+        pack = load_pack(folder)
+        run = resolve(spec_for(pack, controller="recipe"))
+        factors = plant_factors(run)
+        params = [p for p in args.params.split(",") if p] or list(factors)
+        if not params:
+            raise SystemExit(f"{folder}: the plant has no parameter factors; give --params")
+        if args.feed_input not in run.model.input_names:
+            raise SystemExit(f"--feed-input {args.feed_input}: not an input of {run.model.name}")
         load0 = os.getloadavg()
         batches = recorded_batches(
             run, factors, args.feed_input, args.feed_factors, args.period_h, args.data_seed
