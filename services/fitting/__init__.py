@@ -14,7 +14,7 @@ lack-of-fit tests of the residuals (:mod:`services.fitting._lack_of_fit`) in the
 """
 
 from services.fitting._data import DEFAULT_SIGMA_FRACTION, ErrorModel, FitError
-from services.fitting._fit import FitOptions, fit
+from services.fitting._fit import AUTO_MAX_NODE_STATES, FitOptions, fit
 from services.fitting._lack_of_fit import RUNS_Z_LIMIT, ResidualCheck, check_residuals
 from services.fitting._report import fit_report_html, write_fit_report
 from services.fitting._result import (
@@ -38,6 +38,7 @@ from services.fitting.handover import (
 )
 
 __all__ = [
+    "AUTO_MAX_NODE_STATES",
     "CORRELATION_LIMIT",
     "DEFAULT_SIGMA_FRACTION",
     "EIGEN_RATIO_LIMIT",

@@ -36,14 +36,16 @@ def synthetic_batch(
     *,
     plant: Model | None = None,
     origin: str | None = None,
+    period_h: float = 0.5,
 ) -> BatchData:
     """One simulated 40 h batch of ``plant`` (default: the nominal reactor) under the
-    feed ``profile``; the inputs are the reactor model's."""
+    feed ``profile``, online readings every ``period_h``; the inputs are the reactor
+    model's."""
     steps = InputProfile.from_steps(MODEL, profile)
     run = SyntheticRun(
         hours=40.0,
         inputs=steps,
-        period_h=0.5,
+        period_h=period_h,
         online={"X_meas": 0.01, "V_meas": 0.1},
         offline=OfflineAssays(
             outputs=("S_meas", "P_meas"),

@@ -29,6 +29,7 @@ from models import (
     simulate,
 )
 from services.fitting import (
+    AUTO_MAX_NODE_STATES,
     EIGEN_RATIO_LIMIT,
     ErrorModel,
     FitError,
@@ -106,6 +107,28 @@ def test_more_parameters_cost_aic_and_the_cvodes_fit_agrees_with_rk4(
     assert more.converged
     assert more.ssr <= two_batch_fit.ssr + 1e-6
     assert more.bic > two_batch_fit.bic - 2.0
+
+
+def test_auto_integrator_takes_radau_shooting_for_dense_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readings every 0.05 h give RK4 multiple shooting 801 nodes x 4 states, above
+    ``AUTO_MAX_NODE_STATES``: ``auto`` takes single shooting with Radau steps instead (with
+    the limit lifted it takes RK4, which agrees with CVODES on this model), and both
+    recover the truth."""
+    dense = synthetic_batch(17, "D1", PROFILES[0], period_h=0.05)
+    nodes = len({float(t) for s in dense.measurements.values() for t in s.t_sample_h})
+    assert nodes * MODEL.nx > AUTO_MAX_NODE_STATES
+    options = FitOptions(n_starts=1)
+    res = fit(MODEL, [dense], ("mu_m", "Y_x"), errors=ERRORS, options=options)
+    assert res.converged and res.integrator.startswith("radau"), res.integrator
+    monkeypatch.setattr("services.fitting._fit.AUTO_MAX_NODE_STATES", 10**9)
+    rk = fit(MODEL, [dense], ("mu_m", "Y_x"), errors=ERRORS, options=options)
+    assert rk.converged and rk.integrator.startswith("rk"), rk.integrator
+    for name in ("mu_m", "Y_x"):
+        e = res.estimate(name)
+        assert abs(e.value - truth(name)) < 4 * e.se, (name, e)  # a 99.99 % interval
+        assert e.value == pytest.approx(rk.estimate(name).value, rel=1e-4)
 
 
 def test_auto_integrator_takes_radau_shooting_for_a_stiff_model() -> None:
