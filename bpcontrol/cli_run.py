@@ -94,10 +94,12 @@ def choose_pack(
     return replace(chosen, **parts, sources=sources)
 
 
-def _identity(site: str, reactor: str, batch: str | None, run_id: str, pack_name: str) -> Any:
+def _identity(site: str, reactor: str, batch: str | None, run_id: str) -> Any:
+    """The identity of a new run: its batch id is ``--batch`` or else the run id, so that
+    two runs of one pack recorded side by side read back as two batches, not one."""
     from bpcontrol.records import RunIdentity
 
-    return RunIdentity.start(site=site, reactor=reactor, batch_id=batch or pack_name, run_id=run_id)
+    return RunIdentity.start(site=site, reactor=reactor, batch_id=batch or run_id, run_id=run_id)
 
 
 def _kpi_table(kpis: dict[str, Any], title: str) -> Table:
@@ -293,7 +295,7 @@ def run_command(
     site: Annotated[str, typer.Option(help="Site of the run's identity.")] = "local",
     reactor: Annotated[str, typer.Option(help="Reactor of the run's identity.")] = "R1",
     batch: Annotated[
-        str | None, typer.Option(help="Batch id of the run's identity (default: the pack).")
+        str | None, typer.Option(help="Batch id of the run's identity (default: the run id).")
     ] = None,
     compare_recipe: Annotated[
         bool, typer.Option(help="Also run the recipe alone on the same plant; report the ratio.")
@@ -453,7 +455,7 @@ def run_command(
             run_dir = resume
         else:
             run_dir = new_run_dir(out, run.spec.pack.name, run.spec.seed)
-            ident = _identity(site, reactor, batch, run_dir.name, run.spec.pack.name)
+            ident = _identity(site, reactor, batch, run_dir.name)
             if spec is not None and batch is None:
                 ident = replace(base.identity, run_id=run_dir.name, started_utc=ident.started_utc)
             run = replace(run, spec=replace(run.spec, identity=ident))

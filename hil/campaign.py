@@ -332,7 +332,7 @@ def run_scenario(spec: ScenarioSpec, out_root: str, report: bool = False) -> Sce
         run, limits = prepare_run(spec)
         run_dir = new_run_dir(out_root, spec.name, spec.seed)
         ident = RunIdentity.start(
-            site="hil", reactor=spec.name, batch_id=run.spec.pack.name, run_id=run_dir.name
+            site="hil", reactor=spec.name, batch_id=run_dir.name, run_id=run_dir.name
         )
         run = replace(run, spec=replace(run.spec, identity=ident))
         rigs: list[Any] = []

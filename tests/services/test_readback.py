@@ -180,3 +180,22 @@ def test_an_empty_t_sample_means_an_online_reading_and_nan_is_skipped(tmp_path: 
     s = src.batch("B1").series("X_meas")
     np.testing.assert_array_equal(s.t_sample_h, [1.0])
     assert s.unit is None
+
+
+def test_two_runs_of_one_pack_read_back_as_two_batches(tmp_path: Path) -> None:
+    """``bpcontrol run`` without ``--batch`` names the batch after the run (not the pack),
+    so runs recorded side by side stay apart; ``--batch`` names it."""
+    from typer.testing import CliRunner
+
+    from bpcontrol.cli import app
+
+    out = tmp_path / "runs"
+    common = ["run", "--controller", "recipe", "--duration", "0.5", "--out", str(out)]
+    for extra in ([], ["--seed", "2"], ["--batch", "LOT-7"]):
+        result = CliRunner().invoke(app, [*common, *extra])
+        assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 3
+    ids = open_source(out).batch_ids()
+    assert len(ids) == 3 and "LOT-7" in ids
+    assert set(ids) - {"LOT-7"} <= set(folders)
