@@ -6,6 +6,7 @@ folder (helpers in ``edge_rig.py``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,13 +44,21 @@ def _device(model: Model, mapping: DeviceMapping, pki: Pki) -> DeviceServer:
     )
 
 
+PATIENT_HEARTBEAT_TIMEOUT_S = 60.0
+"""The shared device's heartbeat timeout (wall s): it hosts no heartbeat test, and a loaded
+CI machine once starved the in-process beat past the mapping's 3 s during a SignAndEncrypt
+read, dropping the device to safe mid-test; the heartbeat tests use ``own_device``."""
+
+
 @pytest.fixture(scope="module")
 def device(model: Model, mapping: DeviceMapping, pki: Pki) -> Iterator[DeviceServer]:
     """The simulated E. coli reactor on a free 127.0.0.1 port, SignAndEncrypt only, its
     clock 600x (1 min of process time per 0.1 s); shared by the tests of one module that
     leave it up. Not session-wide: its 2 ms poll reads the plant, a core's worth of CPU
-    that slowed every later test of the run."""
-    server = _device(model, mapping, pki)
+    that slowed every later test of the run. Its heartbeat timeout is
+    :data:`PATIENT_HEARTBEAT_TIMEOUT_S`."""
+    patient = dataclasses.replace(mapping, heartbeat_timeout_s=PATIENT_HEARTBEAT_TIMEOUT_S)
+    server = _device(model, patient, pki)
     server.start()
     try:
         yield server
