@@ -117,7 +117,7 @@ def fit_command(
     starts: Annotated[int, typer.Option("--starts", help="Multi-start: number of starts.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the extra starts.")] = 0,
     out: Annotated[
-        Path, typer.Option("--out", help="Result file (TOML: [parameters] for a pack).")
+        Path, typer.Option("--out", help="Result file (TOML: \\[parameters] for a pack).")
     ] = Path("fit.toml"),
     report: Annotated[
         Path | None,

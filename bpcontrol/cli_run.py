@@ -307,7 +307,7 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the KPIs as JSON only.")] = False,
     parameters: Annotated[
         Path | None,
-        typer.Option(help="A `bpcontrol fit` result file: its [parameters] over the pack's."),
+        typer.Option(help="A `bpcontrol fit` result file: its \\[parameters] over the pack's."),
     ] = None,
     plant: Annotated[
         str | None,

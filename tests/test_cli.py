@@ -58,6 +58,13 @@ def test_help_for_the_app_and_every_command() -> None:
         assert "Usage" in result.stdout
 
 
+@pytest.mark.parametrize("command", ["fit", "run"])
+def test_help_keeps_bracketed_toml_tables(command: str) -> None:
+    """Rich markup ate an unescaped ``[parameters]`` from the help text."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "[parameters]" in result.stdout, result.stdout
+
+
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.strip() == "bpcontrol 0.1.0"
