@@ -110,6 +110,22 @@ class HistorianClosedError(HistorianError):
 _NONFINITE_TEXT: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
+def _remove_dead_staging(path: Path) -> None:
+    """Remove the staging files (``.NAME.PID.creating``) next to ``path`` whose creator
+    process is gone (killed mid-creation); a live creator's file is left alone."""
+    prefix, suffix = f".{path.name}.", ".creating"
+    for stale in path.parent.glob(f"{prefix}*{suffix}"):
+        pid = stale.name[len(prefix) : -len(suffix)]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass  # another user's live process, or no such pid at all: leave it
+
+
 def _json_float(v: float) -> float | str:
     """A float as a JSON value: itself when finite, else ``"NaN"``/``"Infinity"``/...."""
     return v if math.isfinite(v) else _NONFINITE_TEXT[repr(v)]
@@ -656,6 +672,7 @@ class EmbeddedHistorian:
     def _create(self) -> None:
         """Create the file with its schema under a temporary name, then link it into place,
         so a reader (or a resume after a kill) never finds a file without a schema."""
+        _remove_dead_staging(self.path)
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.creating")
         staging.unlink(missing_ok=True)
         try:

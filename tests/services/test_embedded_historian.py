@@ -647,3 +647,31 @@ def test_run_identity_refuses_bad_fields() -> None:
         "batch": "B-1",
         "run": started.run_id,
     }
+
+
+def test_a_creator_killed_mid_creation_leaves_no_staging_file_for_long(tmp_path: Path) -> None:
+    """A process killed while creating (SIGKILL runs no cleanup) leaves its
+    ``.records.sqlite.PID.creating``; the next creator removes it, and keeps the staging
+    file of a creator that is still alive."""
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        dead_file = folder / f".records.sqlite.{killed.pid}.creating"
+        live_file = folder / f".records.sqlite.{live.pid}.creating"
+        for f in (dead_file, live_file):
+            f.write_bytes(b"half a database")
+        with EmbeddedHistorian(folder / "records.sqlite"):
+            pass
+        assert not dead_file.exists()
+        assert live_file.exists()
+    finally:
+        live.kill()
+        live.wait(10)
