@@ -110,12 +110,18 @@ class HistorianClosedError(HistorianError):
 _NONFINITE_TEXT: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
+def _staging_path(path: Path, pid: int | str) -> Path:
+    """Where process ``pid`` builds a new ``path`` before linking it into place."""
+    return path.with_name(f".{path.name}.{pid}.creating")
+
+
 def _remove_dead_staging(path: Path) -> None:
-    """Remove the staging files (``.NAME.PID.creating``) next to ``path`` whose creator
+    """Remove the staging files (:func:`_staging_path`) next to ``path`` whose creator
     process is gone (killed mid-creation); a live creator's file is left alone."""
-    prefix, suffix = f".{path.name}.", ".creating"
-    for stale in path.parent.glob(f"{prefix}*{suffix}"):
-        pid = stale.name[len(prefix) : -len(suffix)]
+    pattern = _staging_path(path, "*").name
+    head, _, tail = pattern.rpartition("*")  # the pid's star is the last one
+    for stale in path.parent.glob(pattern):
+        pid = stale.name[len(head) : len(stale.name) - len(tail)]
         if not pid.isdigit():
             continue
         try:
@@ -673,7 +679,7 @@ class EmbeddedHistorian:
         """Create the file with its schema under a temporary name, then link it into place,
         so a reader (or a resume after a kill) never finds a file without a schema."""
         _remove_dead_staging(self.path)
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.creating")
+        staging = _staging_path(self.path, os.getpid())
         staging.unlink(missing_ok=True)
         try:
             conn = sqlite3.connect(staging, timeout=self._busy_timeout, isolation_level=None)
