@@ -2,7 +2,10 @@
 
 :class:`OpcUaPlant` keeps one session to the device (its own event loop thread), writes
 the controller's heartbeat every ``heartbeat_period_s`` and reconnects with exponential
-backoff when the session drops. ``read`` reads every mapped SensorValue and SampleTime in
+backoff when the session drops; a session counts as connected once the device's LinkOk
+says it saw the first beat (a fresh or safe device reports LinkOk false until then), and
+the beat counter starts from the wall clock in ms, so a restarted gateway's first beat
+differs from the last one the device saw. ``read`` reads every mapped SensorValue and SampleTime in
 one request and returns the samples newer than those already returned (model units,
 sample times in the loop's process time). ``apply`` refuses values outside the device's
 declared ranges before anything is sent, writes the TargetValues with their declared type
@@ -120,7 +123,7 @@ class OpcUaPlant:
         self._client: Client | None = None
         self._connected = threading.Event()
         self._closing = False
-        self._beat = 0
+        self._beat = int(time.time() * 1000)  # a restarted gateway's first beat is new
         self._command = int(time.time() * 1000)  # ids stay unique across gateway restarts
         self._last_sample: dict[str, float] = {}
         self._offset_h: float | None = None
@@ -237,19 +240,50 @@ class OpcUaPlant:
                     continue
                 backoff.reset()
                 self._last_error = ""
+                try:
+                    await self._first_beat()
+                except Exception as exc:
+                    self._last_error = f"session lost ({type(exc).__name__}: {exc})"
+                    await self._disconnect()
+                    continue
                 self._connected.set()
                 _log.info("OPC UA gateway connected to %s", self.endpoint)
+                await asyncio.sleep(period)
             try:
-                self._beat += 1
-                await self._nodes.heartbeat.write_value(
-                    ua.DataValue(ua.Variant(self._beat, ua.VariantType.UInt64))
-                )
+                await self._write_beat()
             except Exception as exc:
                 self._last_error = f"session lost ({type(exc).__name__}: {exc})"
                 _log.warning("OPC UA gateway: %s", self._last_error)
                 await self._disconnect()
                 continue
             await asyncio.sleep(period)
+
+    async def _write_beat(self) -> None:
+        self._beat += 1
+        await self._nodes.heartbeat.write_value(
+            ua.DataValue(ua.Variant(self._beat, ua.VariantType.UInt64))
+        )
+
+    async def _first_beat(self) -> None:
+        """Beat once and wait (up to ``confirm_timeout_s``) until the device's LinkOk
+        says it saw the beat: LinkOk is false on a device that has seen no controller yet,
+        and a read in that gap would report a heartbeat lost that never happened."""
+        await self._write_beat()
+        start = time.monotonic()
+        beaten = start
+        while not await self._nodes.link_ok.read_value():
+            now = time.monotonic()
+            if now - beaten >= self.mapping.heartbeat_period_s:
+                await self._write_beat()
+                beaten = now
+            if now - start > self.mapping.confirm_timeout_s:  # a read will say it is lost
+                _log.warning(
+                    "OPC UA device %s: LinkOk still false %g s after the first heartbeat",
+                    self.endpoint,
+                    self.mapping.confirm_timeout_s,
+                )
+                return
+            await asyncio.sleep(0.005)
 
     async def _device_time(self) -> float:
         client = self._session()
