@@ -225,7 +225,7 @@ def check_resume_folder(folder: Path) -> Path:
     the folder) otherwise; nothing is written."""
     import os
 
-    from bpcontrol.run_status import read_status
+    from bpcontrol.run_status import process_alive, read_status
 
     if not folder.is_dir():
         raise ValueError(f"--resume {folder}: no such run folder")
@@ -240,15 +240,9 @@ def check_resume_folder(folder: Path) -> Path:
     if state == "completed":
         raise ValueError(f"--resume {folder}: the run completed; nothing to resume")
     pid = status.get("pid")
-    if state == "running" and isinstance(pid, int) and pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            pass  # it died: that is what --resume is for
-        except PermissionError:
-            raise ValueError(f"--resume {folder}: still running (pid {pid})") from None
-        else:
-            raise ValueError(f"--resume {folder}: still running (pid {pid})")
+    # a dead run is what --resume is for; a live one is not to be run twice
+    if state == "running" and isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
+        raise ValueError(f"--resume {folder}: still running (pid {pid})")
     return folder
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "STATUS_FILE",
     "RunState",
     "StopOnSignals",
+    "process_alive",
     "read_status",
     "signal_exit_code",
     "write_json",
@@ -77,6 +78,18 @@ def write_json(path: str | Path, doc: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 probes without sending anything). Another
+    user's process counts as alive; a pid too large for the system cannot exist."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:

@@ -5,14 +5,14 @@ the controller's heartbeat every ``heartbeat_period_s`` and reconnects with expo
 backoff when the session drops; a session counts as connected once the device's LinkOk
 says it saw the first beat (a fresh or safe device reports LinkOk false until then), and
 the beat counter starts from the wall clock in ms, so a restarted gateway's first beat
-differs from the last one the device saw. ``read`` reads every mapped SensorValue and SampleTime in
-one request and returns the samples newer than those already returned (model units,
-sample times in the loop's process time). ``apply`` refuses values outside the device's
-declared ranges before anything is sent, writes the TargetValues with their declared type
-(Double) and a new SetpointCommandId in one request, and waits (``confirm_timeout_s``)
-until the device's ConfirmedCommandId says it applied them; it returns the CurrentValues,
-what the device really holds. :attr:`OpcUaPlant.exchanges` keeps every write sent and its
-confirmation.
+differs from the last one the device saw. ``read`` reads every mapped SensorValue and
+SampleTime in one request and returns the samples newer than those already returned
+(model units, sample times in the loop's process time). ``apply`` refuses values outside
+the device's declared ranges before anything is sent, writes the TargetValues with their
+declared type (Double) and a new SetpointCommandId in one request, and waits
+(``confirm_timeout_s``) until the device's ConfirmedCommandId says it applied them; it
+returns the CurrentValues, what the device really holds. :attr:`OpcUaPlant.exchanges`
+keeps every write sent and its confirmation.
 
 Security is on by default: Basic256Sha256 SignAndEncrypt with the client's certificate
 (which the device must trust), a user name and password, and the device's certificate
@@ -240,17 +240,13 @@ class OpcUaPlant:
                     continue
                 backoff.reset()
                 self._last_error = ""
-                try:
-                    await self._first_beat()
-                except Exception as exc:
-                    self._last_error = f"session lost ({type(exc).__name__}: {exc})"
-                    await self._disconnect()
-                    continue
-                self._connected.set()
-                _log.info("OPC UA gateway connected to %s", self.endpoint)
-                await asyncio.sleep(period)
             try:
-                await self._write_beat()
+                if self._connected.is_set():
+                    await self._write_beat()
+                else:  # the first beat of a session: connected once the device saw it
+                    await self._first_beat()
+                    self._connected.set()
+                    _log.info("OPC UA gateway connected to %s", self.endpoint)
             except Exception as exc:
                 self._last_error = f"session lost ({type(exc).__name__}: {exc})"
                 _log.warning("OPC UA gateway: %s", self._last_error)

@@ -76,6 +76,7 @@ from bpcontrol.records import (
     RunIdentity,
     SetpointRecord,
 )
+from bpcontrol.run_status import process_alive
 from services.historian._batching import STOP, WAKE, Retry, gather
 from services.historian._validation import RUN_FIELDS
 from services.historian._validation import validate as _validate
@@ -122,14 +123,8 @@ def _remove_dead_staging(path: Path) -> None:
     head, _, tail = pattern.rpartition("*")  # the pid's star is the last one
     for stale in path.parent.glob(pattern):
         pid = stale.name[len(head) : len(stale.name) - len(tail)]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and not process_alive(int(pid)):
             stale.unlink(missing_ok=True)
-        except (PermissionError, OverflowError):
-            pass  # another user's live process, or no such pid at all: leave it
 
 
 def _json_float(v: float) -> float | str:

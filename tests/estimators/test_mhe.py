@@ -14,6 +14,7 @@ solves at every step: every 10th step left the plant below at 1.10 and 1.07).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import time
 from collections.abc import Mapping
@@ -300,14 +301,15 @@ def run_pair(
     )
 
 
-_WORKER_MHE: dict[str, MovingHorizonEstimator] = {}
+@functools.cache
+def _worker_mhe() -> MovingHorizonEstimator:
+    """The MHE of a worker process, its NLP built on the process's first pair."""
+    return MovingHorizonEstimator(MODEL, RUN.ekf, RUN.mhe)
 
 
 def _pair_in_worker(direction: str, seed: int) -> Result:
     """:func:`run_pair` in a worker process (the MHE's NLP built once per process)."""
-    if "mhe" not in _WORKER_MHE:
-        _WORKER_MHE["mhe"] = MovingHorizonEstimator(MODEL, RUN.ekf, RUN.mhe)
-    return run_pair(RUN, _WORKER_MHE["mhe"], DIRECTIONS[direction], seed)
+    return run_pair(RUN, _worker_mhe(), DIRECTIONS[direction], seed)
 
 
 @pytest.mark.slow

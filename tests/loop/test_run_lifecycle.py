@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bpcontrol.interfaces import Plant
-from bpcontrol.run_status import read_status, write_status
+from bpcontrol.run_status import process_alive, read_status, write_status
 from bpcontrol.runspec import spec_for
 from estimators import Reading
 from hil.faults import FlakyPlant
@@ -272,3 +272,13 @@ def test_a_line_flushed_in_pieces_is_one_event() -> None:
         sys.stderr.flush()
         sys.stderr.write("failed\nunfinished")
     assert lines == ["CVODES: step failed", "unfinished"]
+
+
+def test_process_alive_tells_a_live_process_from_a_dead_one() -> None:
+    """This process is alive; a child that has exited and been reaped is not; a pid too
+    large for the system is no process at all."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process (until the system reuses it)
+    assert process_alive(os.getpid())
+    assert not process_alive(child.pid)
+    assert not process_alive(2**70)
