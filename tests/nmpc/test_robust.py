@@ -434,37 +434,32 @@ def test_robust_controller_keeps_x_bound_on_a_plant_the_nominal_one_overshoots(
 
 ECOLI_HOURS = 16.0  # batch (6 h) and 10 h of the fed-batch, where the feed drives the DO
 ECOLI_ROBUST = RobustConfig(values={"mu_max": (0.65, 0.585, 0.715)}, n_robust=1)  # 1/h, +-10 %
+# Wall s a solve may take, for both controllers: 5 % of the pack's 10-min control period.
+# The pack's own 2 s deadline paces accelerated simulation; the robust tree's worst solves
+# (the batch phase, where the fast scenario cannot keep DO up: 300-500 IPOPT iterations)
+# take 3-7 s quiet and 12.6 s at a load of 2, so under it the test measured the machine's
+# load, not the controller (on a loaded machine 31 % of the steps fell back to the recipe).
+ECOLI_DEADLINE_S = 30.0
 
 
 def _ecoli_batch(robust: RobustConfig | None, factors: dict[str, float], out: Path) -> Any:
     run = resolve(spec_for(ECOLI, seed=1))
     assert run.nmpc is not None
-    config = run.nmpc
-    if robust is not None:  # three scenarios: four times the pack's 2 s deadline
-        config = replace(config, robust=robust, time_limit_s=4 * config.time_limit_s)
-    run = replace(run, nmpc=config, deadline_s=config.time_limit_s)
+    config = replace(run.nmpc, robust=robust, time_limit_s=ECOLI_DEADLINE_S)
+    run = replace(run, nmpc=config, deadline_s=ECOLI_DEADLINE_S)
     scenario = Scenario(name="robust-test", parameter_factors=factors)
     return run_batch(run, run_dir=out, scenario=scenario, duration_h=ECOLI_HOURS, report=False)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason=(
-        "not met yet (measured at a load of 3-4 on 2 cores): on the nominal plant the robust "
-        "loop made 9.67 g against the nominal loop's 12.34 g (its batch-phase solves ran "
-        "past the 8 s deadline, 31 % of the steps fell back to the recipe; with a 20 s "
-        "deadline 12.06 g against 12.89 g, -6.4 %); on the mu_max 1.1 plant the DO fell to "
-        "29.2-29.6 % for 0.4 % of the time (the nominal loop on the nominal plant: 28.7 %, "
-        "0.8 %)"
-    ),
-    strict=False,
-)
 def test_robust_nmpc_in_the_ecoli_loop(tmp_path: Path) -> None:
     """The E. coli pack's loop (EKF + NMPC + supervisor, seed 1), shortened to 16 h, with
     a tree over mu_max in {0.65, 0.585, 0.715} 1/h. On the plant at the range's corner of
     highest oxygen demand (mu_max 0.715 = 1.1 x the model) the DO never falls below its
     30 % minimum; on the nominal plant the robust loop makes at least 97 % of the nominal
-    loop's product (the issue's 3 %), and every setpoint stays inside the limits."""
+    loop's product (the issue's 3 %), and every setpoint stays inside the limits. Both
+    controllers plan under the same deadline (``ECOLI_DEADLINE_S``) and every plan of
+    either must be usable: a fallback would compare the recipe, not the controllers."""
     fast = _ecoli_batch(ECOLI_ROBUST, {"mu_max": 1.1}, tmp_path / "robust-fast")
     robust = _ecoli_batch(ECOLI_ROBUST, {}, tmp_path / "robust-nominal")
     nominal = _ecoli_batch(None, {}, tmp_path / "nominal")
@@ -478,3 +473,4 @@ def test_robust_nmpc_in_the_ecoli_loop(tmp_path: Path) -> None:
     assert k_rob["final_product"] >= 0.97 * k_nom["final_product"]
     for k in (k_fast, k_rob, k_nom):
         assert k["setpoints_outside_limits_or_rates"] == 0
+        assert k["plans_usable_percent"] == 100.0
