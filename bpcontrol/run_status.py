@@ -88,7 +88,7 @@ def process_alive(pid: int) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
-        return True
+        pass  # it exists, but belongs to another user
     return True
 
 
